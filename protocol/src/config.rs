@@ -1,0 +1,114 @@
+//! Node configuration: every bound the core enforces, with defaults for hosts and a preset for
+//! microcontrollers.
+
+use alloc::string::String;
+use core::fmt;
+use core::time::Duration;
+
+use crate::state::DEFAULT_LEASE_BLOCK;
+use crate::wire::{FRAME_OVERHEAD, MAX_DATAGRAM, MAX_NAME_LEN};
+
+/// Configuration of a [`Node`](crate::Node). Build with [`Config::new`], adjust fields, and the
+/// node checks it with [`Config::validate`] when created.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// Human-readable node name announced in beacons (at most 32 bytes; need not be unique).
+    pub name: String,
+    /// Mean time between beacons; each one is jittered by ±25% so nodes do not synchronise.
+    pub beacon_interval: Duration,
+    /// A peer is considered down after this many of its own beacon intervals of silence.
+    pub peer_timeout_factor: u32,
+    /// Most peers tracked at once (departed peers are kept as long as room allows, so that
+    /// their old frames stay recognisable as replays).
+    pub max_peers: usize,
+    /// Most local subscriptions.
+    pub max_subscriptions: usize,
+    /// Most events waiting in [`Node::poll_event`](crate::Node::poll_event); more are dropped and counted.
+    pub max_events: usize,
+    /// Most bytes of records waiting for [`Node::poll_transmit`](crate::Node::poll_transmit).
+    pub max_queued_bytes: usize,
+    /// Largest datagram to send, at most 1200.
+    pub max_datagram: usize,
+    /// Packet numbers reserved per durable lease write.
+    pub lease_block: u64,
+    /// Seed of the node's random generator (beacon jitter). Supply fresh OS or hardware entropy.
+    pub rng_seed: [u8; 32],
+}
+
+impl Config {
+    /// Host defaults: 5 s beacons, 256 peers, 64 subscriptions, 256 KiB send queue.
+    pub fn new(name: impl Into<String>, rng_seed: [u8; 32]) -> Self {
+        Config {
+            name: name.into(),
+            beacon_interval: Duration::from_secs(5),
+            peer_timeout_factor: 3,
+            max_peers: 256,
+            max_subscriptions: 64,
+            max_events: 4096,
+            max_queued_bytes: 256 * 1024,
+            max_datagram: MAX_DATAGRAM,
+            lease_block: DEFAULT_LEASE_BLOCK,
+            rng_seed,
+        }
+    }
+
+    /// Small bounds for microcontrollers with tens of kilobytes of RAM to spare.
+    pub fn embedded(name: impl Into<String>, rng_seed: [u8; 32]) -> Self {
+        Config {
+            max_peers: 32,
+            max_subscriptions: 16,
+            max_events: 32,
+            max_queued_bytes: 8 * 1024,
+            lease_block: 1 << 14,
+            ..Config::new(name, rng_seed)
+        }
+    }
+
+    /// Checks every field; the error names the field and how to fix it.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |field, problem| Err(ConfigError { field, problem });
+        if self.name.len() > MAX_NAME_LEN {
+            return err("name", "must be at most 32 bytes of UTF-8");
+        }
+        if self.beacon_interval < Duration::from_millis(10) || self.beacon_interval > Duration::from_secs(3600) {
+            return err("beacon_interval", "must be between 10 ms and 1 hour");
+        }
+        if self.peer_timeout_factor < 2 {
+            return err("peer_timeout_factor", "must be at least 2, or one lost beacon marks a peer down");
+        }
+        if self.max_peers == 0 {
+            return err("max_peers", "must be at least 1");
+        }
+        if self.max_events == 0 {
+            return err("max_events", "must be at least 1");
+        }
+        if !(FRAME_OVERHEAD + 64..=MAX_DATAGRAM).contains(&self.max_datagram) {
+            return err("max_datagram", "must be between 96 and 1200 bytes");
+        }
+        if self.max_queued_bytes < self.max_datagram {
+            return err("max_queued_bytes", "must be at least max_datagram, or no message could ever be queued");
+        }
+        if self.lease_block < 16 {
+            return err("lease_block", "must be at least 16 packet numbers");
+        }
+        Ok(())
+    }
+}
+
+/// A configuration field has a value the node cannot work with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The field's name, as in [`Config`].
+    pub field: &'static str,
+    /// What is wrong and what values would work.
+    pub problem: &'static str,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "configuration field `{}` {}", self.field, self.problem)
+    }
+}
+
+impl core::error::Error for ConfigError {}

@@ -1,0 +1,45 @@
+//! Starling: brokerless, encrypted publish/subscribe over UDP multicast.
+//!
+//! The crate is a sans-IO protocol core that runs anywhere (`#![no_std]` + `alloc`), plus, with
+//! the default `std` feature, a tokio runtime that drives it over a real multicast socket.
+//!
+//! # Map
+//! - [`node`]: the [`Node`] state machine: discovery, pub/sub, sealing, replay protection.
+//! - [`wire`]: wire format v1, header and records (PROTOCOL.md §2).
+//! - [`crypto`]: network key, derived keys, per-sender AEAD (PROTOCOL.md §3).
+//! - [`replay`]: the sliding anti-replay window.
+//! - [`state`]: what a node persists between boots (id, epoch, packet-number lease).
+//! - [`topic`]: MQTT-style topic names and filters.
+//! - [`config`]: every bound the core enforces.
+//! - [`time`]: the core's own [`Instant`]; the core never reads a clock.
+//! - `runtime` (feature `std`): the tokio driver and async API.
+#![no_std]
+#![warn(missing_docs)]
+
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+pub mod config;
+pub mod crypto;
+pub mod hex;
+pub mod node;
+pub mod replay;
+pub mod state;
+pub mod time;
+pub mod topic;
+pub mod wire;
+
+#[cfg(feature = "std")]
+pub mod runtime;
+
+pub use config::{Config, ConfigError};
+pub use crypto::{KeyParseError, NetworkKey};
+pub use node::{
+    BufferTooSmall, Destination, DownReason, Event, Message, Node, PeerInfo, PublishError, Stats, SubscribeError,
+    SubscriptionId, Transmit,
+};
+pub use state::{Boot, PersistedState, StateError};
+pub use time::Instant;
+pub use topic::{Topic, TopicError, TopicFilter};
+pub use wire::NodeId;

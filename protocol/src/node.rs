@@ -1,0 +1,864 @@
+//! The sans-IO node: discovery, best-effort pub/sub, PSK sealing, replay protection.
+
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt;
+use core::net::SocketAddr;
+use core::time::Duration;
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::{RngCore, SeedableRng};
+
+use crate::config::{Config, ConfigError};
+use crate::crypto::{NetworkKey, NetworkKeys, SenderKey};
+use crate::replay::ReplayWindow;
+use crate::state::{Boot, PersistedState};
+use crate::time::Instant;
+use crate::topic::{Topic, TopicError, TopicFilter};
+use crate::wire::{self, Beacon, Header, NodeId, Record, RecordIter, WireError, FRAME_OVERHEAD, HEADER_LEN, MAX_PN, SUITE_PSK};
+
+/// Where a datagram from [`Node::poll_transmit`] goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    /// The network's multicast group.
+    Multicast,
+    /// One peer's unicast address.
+    Unicast(SocketAddr),
+}
+
+/// A datagram ready in the caller's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where to send it.
+    pub destination: Destination,
+    /// Its length: send `buf[..len]`.
+    pub len: usize,
+}
+
+/// Identifies one local subscription, to route messages and to unsubscribe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SubscriptionId(pub u64);
+
+/// A message delivered to local subscriptions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Topic name it was published on.
+    pub topic: String,
+    /// Payload bytes, exactly as published (possibly empty, any bytes).
+    pub payload: Vec<u8>,
+    /// The publishing node (this node's own id for local publications).
+    pub from: NodeId,
+    /// The local subscriptions whose filter matched.
+    pub subscriptions: Vec<SubscriptionId>,
+}
+
+/// What is known about a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// Its id.
+    pub id: NodeId,
+    /// Its announced name (empty until its first beacon).
+    pub name: String,
+    /// The address its last frame came from.
+    pub addr: SocketAddr,
+    /// Its boot epoch (0 until its first beacon).
+    pub epoch: u32,
+    /// When its last authenticated frame arrived.
+    pub last_heard: Instant,
+}
+
+/// Why a peer went down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DownReason {
+    /// It announced that it was leaving.
+    Left,
+    /// Nothing was heard from it for `peer_timeout_factor` beacon intervals.
+    Timeout,
+}
+
+/// What the application must see, from [`Node::poll_event`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A message matched one or more local subscriptions.
+    Message(Message),
+    /// A peer announced itself for the first time, or came back after being down.
+    PeerUp(PeerInfo),
+    /// A peer that was up announced a new boot epoch: it restarted.
+    PeerRestarted(PeerInfo),
+    /// A peer left or timed out.
+    PeerDown {
+        /// Its id.
+        id: NodeId,
+        /// Why.
+        reason: DownReason,
+    },
+    /// Another device sends with this node's id: its state was cloned. Nonce safety depends on
+    /// unique ids, so the application should stop this node and start it with a new id.
+    NodeIdConflict {
+        /// Where the other device's frame came from.
+        addr: SocketAddr,
+    },
+}
+
+/// Counters of everything received, sent and dropped. Never reset while the node lives.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Datagrams handed to `handle_datagram`.
+    pub rx_datagrams: u64,
+    /// Datagrams that authenticated and were processed.
+    pub rx_accepted: u64,
+    /// Dropped: shorter than header plus tag.
+    pub drop_truncated: u64,
+    /// Dropped: larger than 1200 bytes.
+    pub drop_oversized: u64,
+    /// Dropped: unknown version or security suite.
+    pub drop_version: u64,
+    /// Dropped before any crypto: another network's tag.
+    pub drop_foreign_network: u64,
+    /// Dropped: authentication failed (wrong key, forged or corrupted).
+    pub drop_auth: u64,
+    /// Dropped: packet number seen before or too old.
+    pub drop_replay: u64,
+    /// Dropped: authenticated but its content is malformed.
+    pub drop_malformed: u64,
+    /// Dropped: a new sender while the peer table is full of live peers.
+    pub drop_peer_table_full: u64,
+    /// Own multicast frames looped back by the network (not an error).
+    pub rx_own: u64,
+    /// Frames carrying this node's id that it did not send.
+    pub node_id_conflicts: u64,
+    /// Records of unknown type, skipped.
+    pub unknown_records: u64,
+    /// Datagrams produced by `poll_transmit`.
+    pub tx_datagrams: u64,
+    /// Bytes produced by `poll_transmit`.
+    pub tx_bytes: u64,
+    /// Messages delivered to at least one local subscription.
+    pub messages_delivered: u64,
+    /// Messages received that matched no local subscription.
+    pub messages_unmatched: u64,
+    /// Events dropped because the event queue was full.
+    pub events_dropped: u64,
+    /// Times sending waited for a packet-number lease to be stored.
+    pub lease_stalls: u64,
+}
+
+impl Stats {
+    /// Every counter with its name, for printing.
+    pub fn fields(&self) -> [(&'static str, u64); 19] {
+        [
+            ("rx_datagrams", self.rx_datagrams),
+            ("rx_accepted", self.rx_accepted),
+            ("drop_truncated", self.drop_truncated),
+            ("drop_oversized", self.drop_oversized),
+            ("drop_version", self.drop_version),
+            ("drop_foreign_network", self.drop_foreign_network),
+            ("drop_auth", self.drop_auth),
+            ("drop_replay", self.drop_replay),
+            ("drop_malformed", self.drop_malformed),
+            ("drop_peer_table_full", self.drop_peer_table_full),
+            ("rx_own", self.rx_own),
+            ("node_id_conflicts", self.node_id_conflicts),
+            ("unknown_records", self.unknown_records),
+            ("tx_datagrams", self.tx_datagrams),
+            ("tx_bytes", self.tx_bytes),
+            ("messages_delivered", self.messages_delivered),
+            ("messages_unmatched", self.messages_unmatched),
+            ("events_dropped", self.events_dropped),
+            ("lease_stalls", self.lease_stalls),
+        ]
+    }
+
+    /// Total frames dropped for any reason.
+    pub fn dropped(&self) -> u64 {
+        self.drop_truncated
+            + self.drop_oversized
+            + self.drop_version
+            + self.drop_foreign_network
+            + self.drop_auth
+            + self.drop_replay
+            + self.drop_malformed
+            + self.drop_peer_table_full
+    }
+}
+
+/// Why a publication was refused. Nothing was queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The topic name is invalid.
+    InvalidTopic(TopicError),
+    /// The message does not fit one datagram (fragmentation is not part of wire v1).
+    TooLarge {
+        /// Payload size given.
+        size: usize,
+        /// Largest payload that fits with this topic.
+        max: usize,
+    },
+    /// The send queue is full; poll_transmit must drain it first.
+    QueueFull,
+    /// The node is closing.
+    Closed,
+}
+
+impl fmt::Display for PublishError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PublishError::InvalidTopic(e) => write!(f, "invalid topic: {e}"),
+            PublishError::TooLarge { size, max } => write!(
+                f,
+                "payload of {size} bytes does not fit one datagram; the limit for this topic is {max} bytes"
+            ),
+            PublishError::QueueFull => f.write_str("send queue is full; retry after the node has sent what it holds"),
+            PublishError::Closed => f.write_str("node is closed"),
+        }
+    }
+}
+
+impl core::error::Error for PublishError {}
+
+/// Why a subscription was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SubscribeError {
+    /// The filter is invalid.
+    InvalidFilter(TopicError),
+    /// `max_subscriptions` are already active.
+    TooMany {
+        /// The configured limit.
+        max: usize,
+    },
+    /// The node is closing.
+    Closed,
+}
+
+impl fmt::Display for SubscribeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SubscribeError::InvalidFilter(e) => write!(f, "invalid topic filter: {e}"),
+            SubscribeError::TooMany { max } => write!(f, "already {max} subscriptions (max_subscriptions)"),
+            SubscribeError::Closed => f.write_str("node is closed"),
+        }
+    }
+}
+
+impl core::error::Error for SubscribeError {}
+
+/// The caller's buffer for [`Node::poll_transmit`] is too small.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufferTooSmall {
+    /// Bytes the buffer must hold (the configured `max_datagram`).
+    pub needed: usize,
+}
+
+impl fmt::Display for BufferTooSmall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "transmit buffer too small: {} bytes needed", self.needed)
+    }
+}
+
+impl core::error::Error for BufferTooSmall {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PeerStatus {
+    /// Frames authenticated but no beacon yet: no PeerUp emitted.
+    Unannounced,
+    Up,
+    /// Left or timed out; kept so its old frames remain replays.
+    Down,
+}
+
+struct Peer {
+    name: String,
+    addr: SocketAddr,
+    epoch: u32,
+    interval: Duration,
+    last_heard: Instant,
+    replay: ReplayWindow,
+    key: SenderKey,
+    status: PeerStatus,
+}
+
+impl Peer {
+    fn info(&self, id: NodeId) -> PeerInfo {
+        PeerInfo { id, name: self.name.clone(), addr: self.addr, epoch: self.epoch, last_heard: self.last_heard }
+    }
+}
+
+/// Timers of the node; `poll_timeout` is the earliest armed one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    Beacon = 0,
+    Liveness = 1,
+}
+
+const TIMER_COUNT: usize = 2;
+
+#[derive(Debug, Default)]
+struct Timers([Option<Instant>; TIMER_COUNT]);
+
+impl Timers {
+    fn set(&mut self, t: Timer, at: Option<Instant>) {
+        self.0[t as usize] = at;
+    }
+    fn get(&self, t: Timer) -> Option<Instant> {
+        self.0[t as usize]
+    }
+    fn earliest(&self) -> Option<Instant> {
+        self.0.iter().flatten().min().copied()
+    }
+}
+
+struct Queued {
+    destination: Destination,
+    record: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lifecycle {
+    Running,
+    Closing,
+}
+
+/// Delay before an early beacon that answers a new peer, so that a newcomer learns everyone fast.
+const EARLY_BEACON_MAX_DELAY: Duration = Duration::from_millis(100);
+
+/// A Starling node as a deterministic state machine: no sockets, clocks or OS randomness.
+///
+/// # Driving it
+/// - **Inputs** (`handle_*`): hand every received datagram to [`handle_datagram`](Self::handle_datagram)
+///   and call [`handle_timeout`](Self::handle_timeout) when the deadline from
+///   [`poll_timeout`](Self::poll_timeout) passes.
+/// - **Commands**: [`publish`](Self::publish), [`subscribe`](Self::subscribe),
+///   [`unsubscribe`](Self::unsubscribe), [`close`](Self::close).
+/// - **Outputs** (`poll_*`), after every input or command, in this order:
+///   1. [`poll_lease`](Self::poll_lease): store the returned state durably, then call
+///      [`handle_lease_stored`](Self::handle_lease_stored);
+///   2. [`poll_transmit`](Self::poll_transmit) until it returns `None`, sending each datagram;
+///   3. [`poll_event`](Self::poll_event) until `None`, handing events to the application;
+///   4. [`poll_timeout`](Self::poll_timeout) for the next wake-up.
+/// - **Getters**: [`id`](Self::id), [`peers`](Self::peers), [`stats`](Self::stats), ...
+pub struct Node {
+    config: Config,
+    keys: NetworkKeys,
+    own_key: SenderKey,
+    boot: Boot,
+    next_pn: u64,
+    lease_end: u64,
+    lease_request: Option<PersistedState>,
+    lease_requested_end: Option<u64>,
+    peers: BTreeMap<NodeId, Peer>,
+    subs: Vec<(SubscriptionId, TopicFilter)>,
+    next_sub: u64,
+    queue: VecDeque<Queued>,
+    queued_bytes: usize,
+    events: VecDeque<Event>,
+    timers: Timers,
+    last_early_beacon: Option<Instant>,
+    scratch: Vec<u8>,
+    rng: ChaCha20Rng,
+    stats: Stats,
+    lifecycle: Lifecycle,
+}
+
+impl fmt::Debug for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.boot.node_id)
+            .field("epoch", &self.boot.epoch)
+            .field("peers", &self.peers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Creates a node that starts sending its first beacon at `now`.
+    ///
+    /// `boot` comes from [`Boot::resume`] (after its state was stored durably) or
+    /// [`Boot::ephemeral`].
+    pub fn new(config: Config, key: &NetworkKey, boot: Boot, now: Instant) -> Result<Node, ConfigError> {
+        config.validate()?;
+        let keys = NetworkKeys::derive(key);
+        let own_key = keys.sender_key(boot.node_id);
+        let rng = ChaCha20Rng::from_seed(config.rng_seed);
+        let mut timers = Timers::default();
+        timers.set(Timer::Beacon, Some(now));
+        let scratch = Vec::with_capacity(config.max_datagram);
+        Ok(Node {
+            keys,
+            own_key,
+            boot,
+            next_pn: boot.first_pn,
+            lease_end: boot.lease_end.min(MAX_PN + 1),
+            lease_request: None,
+            lease_requested_end: None,
+            peers: BTreeMap::new(),
+            subs: Vec::new(),
+            next_sub: 1,
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            events: VecDeque::new(),
+            timers,
+            last_early_beacon: None,
+            scratch,
+            rng,
+            stats: Stats::default(),
+            lifecycle: Lifecycle::Running,
+            config,
+        })
+    }
+
+    // ----- getters -----
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.boot.node_id
+    }
+
+    /// This boot's epoch.
+    pub fn epoch(&self) -> u32 {
+        self.boot.epoch
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Counters of traffic and drops.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Peers currently up (announced and not timed out).
+    pub fn peers(&self) -> impl Iterator<Item = PeerInfo> + '_ {
+        self.peers.iter().filter(|(_, p)| p.status == PeerStatus::Up).map(|(id, p)| p.info(*id))
+    }
+
+    /// One peer, if it is up.
+    pub fn peer(&self, id: NodeId) -> Option<PeerInfo> {
+        self.peers.get(&id).filter(|p| p.status == PeerStatus::Up).map(|p| p.info(id))
+    }
+
+    /// Largest payload that [`publish`](Self::publish) accepts on a topic of `topic_len` bytes.
+    pub fn max_payload(&self, topic_len: usize) -> usize {
+        let room = self.config.max_datagram - FRAME_OVERHEAD;
+        // record: type byte, body length varint, topic length varint, topic, payload
+        let fixed = 1 + wire::varint_len(topic_len) + topic_len;
+        let mut max = room.saturating_sub(fixed + 1);
+        while max > 0 && fixed + wire::varint_len(fixed - 1 + max) + max > room {
+            max -= 1;
+        }
+        max
+    }
+
+    /// True when nothing waits to be sent: a closing driver may stop once this holds.
+    pub fn is_idle(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    // ----- commands -----
+
+    /// Publishes `payload` on `topic`, best effort: one datagram to the group, no retransmission.
+    /// Local subscriptions that match receive it too.
+    pub fn publish(&mut self, topic: &str, payload: &[u8]) -> Result<(), PublishError> {
+        if self.lifecycle != Lifecycle::Running {
+            return Err(PublishError::Closed);
+        }
+        let topic = Topic::new(topic).map_err(PublishError::InvalidTopic)?;
+        let max = self.max_payload(topic.as_str().len());
+        if payload.len() > max {
+            return Err(PublishError::TooLarge { size: payload.len(), max });
+        }
+        let record = Record::Publish { topic: topic.as_str(), payload };
+        if self.queued_bytes + record.encoded_len() > self.config.max_queued_bytes {
+            return Err(PublishError::QueueFull);
+        }
+        self.enqueue(Destination::Multicast, &record);
+        let id = self.id();
+        self.deliver(id, topic, payload);
+        Ok(())
+    }
+
+    /// Subscribes to `filter` (MQTT syntax, `+` and `#` wildcards).
+    pub fn subscribe(&mut self, filter: &str) -> Result<SubscriptionId, SubscribeError> {
+        if self.lifecycle != Lifecycle::Running {
+            return Err(SubscribeError::Closed);
+        }
+        let filter = TopicFilter::new(filter).map_err(SubscribeError::InvalidFilter)?;
+        if self.subs.len() >= self.config.max_subscriptions {
+            return Err(SubscribeError::TooMany { max: self.config.max_subscriptions });
+        }
+        let id = SubscriptionId(self.next_sub);
+        self.next_sub += 1;
+        self.subs.push((id, filter));
+        Ok(id)
+    }
+
+    /// Ends a subscription. Returns false if it did not exist.
+    pub fn unsubscribe(&mut self, id: SubscriptionId) -> bool {
+        let before = self.subs.len();
+        self.subs.retain(|(s, _)| *s != id);
+        self.subs.len() != before
+    }
+
+    /// Announces departure so peers see `PeerDown` at once. Send what `poll_transmit` returns,
+    /// then drop the node. Later commands fail with `Closed`.
+    pub fn close(&mut self) {
+        if self.lifecycle == Lifecycle::Running {
+            self.lifecycle = Lifecycle::Closing;
+            self.enqueue(Destination::Multicast, &Record::Leave);
+            self.timers = Timers::default();
+        }
+    }
+
+    // ----- inputs -----
+
+    /// Handles one received datagram from `from`. Never panics on any input: bad frames are
+    /// dropped and counted in [`stats`](Self::stats).
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        self.stats.rx_datagrams += 1;
+        // Cheap checks first: no crypto for what can be refused by looking.
+        let header = match Header::parse(datagram) {
+            Ok(h) => h,
+            Err(e) => {
+                match e {
+                    WireError::Oversized => self.stats.drop_oversized += 1,
+                    WireError::UnsupportedVersion => self.stats.drop_version += 1,
+                    _ => self.stats.drop_truncated += 1,
+                }
+                return;
+            }
+        };
+        if header.net_tag != self.keys.net_tag() {
+            self.stats.drop_foreign_network += 1;
+            return;
+        }
+        if header.sender == self.id() {
+            self.handle_own_id(from, header, datagram);
+            return;
+        }
+        let known = match self.peers.get(&header.sender) {
+            Some(peer) => {
+                if peer.replay.check(header.pn).is_err() {
+                    self.stats.drop_replay += 1;
+                    return;
+                }
+                true
+            }
+            None => {
+                if self.peers.len() >= self.config.max_peers && self.evictable().is_none() {
+                    self.stats.drop_peer_table_full += 1;
+                    return;
+                }
+                false
+            }
+        };
+        // One AEAD attempt, never more.
+        let fresh_key;
+        let key = match self.peers.get(&header.sender) {
+            Some(peer) => &peer.key,
+            None => {
+                fresh_key = self.keys.sender_key(header.sender);
+                &fresh_key
+            }
+        };
+        self.scratch.clear();
+        self.scratch.extend_from_slice(datagram);
+        if key.open(header.pn, &mut self.scratch, HEADER_LEN).is_err() {
+            self.stats.drop_auth += 1;
+            return;
+        }
+        let body_end = self.scratch.len() - wire::TAG_LEN;
+        // Validate every record before acting on any, so a frame is taken whole or not at all.
+        if RecordIter::new(&self.scratch[HEADER_LEN..body_end]).any(|r| r.is_err()) {
+            self.stats.drop_malformed += 1;
+            return;
+        }
+        if !known {
+            if self.peers.len() >= self.config.max_peers {
+                if let Some(victim) = self.evictable() {
+                    self.peers.remove(&victim);
+                }
+            }
+            let key = self.keys.sender_key(header.sender);
+            self.peers.insert(
+                header.sender,
+                Peer {
+                    name: String::new(),
+                    addr: from,
+                    epoch: 0,
+                    interval: self.config.beacon_interval,
+                    last_heard: now,
+                    replay: ReplayWindow::new(),
+                    key,
+                    status: PeerStatus::Unannounced,
+                },
+            );
+        }
+        let peer = self.peers.get_mut(&header.sender).expect("present: found or inserted above");
+        // Accepting cannot fail: checked above and nothing ran in between.
+        let _ = peer.replay.accept(header.pn);
+        peer.last_heard = now;
+        peer.addr = from;
+        if peer.status == PeerStatus::Down {
+            peer.status = PeerStatus::Unannounced;
+        }
+        self.stats.rx_accepted += 1;
+
+        let scratch = core::mem::take(&mut self.scratch);
+        for record in RecordIter::new(&scratch[HEADER_LEN..body_end]).flatten() {
+            self.handle_record(now, header.sender, record);
+        }
+        self.scratch = scratch;
+        self.update_liveness_timer();
+    }
+
+    /// Handles expired timers. Calling it early or more than once is harmless.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.timers.get(Timer::Beacon).is_some_and(|t| t <= now) {
+            self.send_beacon();
+            let next = now + self.jittered(self.config.beacon_interval);
+            self.timers.set(Timer::Beacon, Some(next));
+        }
+        if self.timers.get(Timer::Liveness).is_some_and(|t| t <= now) {
+            let factor = self.config.peer_timeout_factor;
+            let mut down = Vec::new();
+            for (id, p) in self.peers.iter_mut() {
+                if p.status != PeerStatus::Down && p.last_heard + p.interval * factor <= now {
+                    if p.status == PeerStatus::Up {
+                        down.push(*id);
+                    }
+                    p.status = PeerStatus::Down;
+                }
+            }
+            for id in down {
+                self.push_event(Event::PeerDown { id, reason: DownReason::Timeout });
+            }
+            self.update_liveness_timer();
+        }
+    }
+
+    /// Confirms that the state returned by [`poll_lease`](Self::poll_lease) is stored durably;
+    /// packet numbers below its `lease_end` may now be used.
+    pub fn handle_lease_stored(&mut self, lease_end: u64) {
+        if self.lease_requested_end == Some(lease_end) {
+            self.lease_end = self.lease_end.max(lease_end);
+            self.lease_requested_end = None;
+        }
+    }
+
+    // ----- outputs -----
+
+    /// State to store durably before more packet numbers can be used. At most one request is
+    /// outstanding; it is asked for early (half a block ahead) so sending never waits in practice.
+    pub fn poll_lease(&mut self) -> Option<PersistedState> {
+        self.lease_request.take()
+    }
+
+    /// Writes the next datagram into `buf` (which must hold `max_datagram` bytes). Several
+    /// queued records for the same destination are packed into one datagram, sealed once.
+    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Result<Option<Transmit>, BufferTooSmall> {
+        let max = self.config.max_datagram;
+        if buf.len() < max {
+            return Err(BufferTooSmall { needed: max });
+        }
+        let Some(first) = self.queue.front() else {
+            return Ok(None);
+        };
+        let destination = first.destination;
+        if self.next_pn >= self.lease_end {
+            self.stats.lease_stalls += 1;
+            self.request_lease();
+            return Ok(None);
+        }
+        let mut len = HEADER_LEN;
+        while let Some(q) = self.queue.front() {
+            if q.destination != destination || len + q.record.len() + wire::TAG_LEN > max {
+                break;
+            }
+            let q = self.queue.pop_front().expect("front exists");
+            buf[len..len + q.record.len()].copy_from_slice(&q.record);
+            len += q.record.len();
+            self.queued_bytes -= q.record.len();
+        }
+        let pn = self.next_pn;
+        self.next_pn += 1;
+        Header { suite: SUITE_PSK, net_tag: self.keys.net_tag(), sender: self.id(), pn }.emit(buf);
+        len += wire::TAG_LEN;
+        self.own_key.seal(pn, &mut buf[..len], HEADER_LEN);
+        self.stats.tx_datagrams += 1;
+        self.stats.tx_bytes += len as u64;
+        if self.next_pn + self.config.lease_block / 2 >= self.lease_end {
+            self.request_lease();
+        }
+        Ok(Some(Transmit { destination, len }))
+    }
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.earliest()
+    }
+
+    // ----- internals -----
+
+    fn handle_own_id(&mut self, from: SocketAddr, header: Header, datagram: &[u8]) {
+        if header.pn < self.next_pn {
+            // Our own multicast, looped back by the network.
+            self.stats.rx_own += 1;
+            return;
+        }
+        // A packet number we never used: another device holds our id (cloned state).
+        self.scratch.clear();
+        self.scratch.extend_from_slice(datagram);
+        if self.own_key.open(header.pn, &mut self.scratch, HEADER_LEN).is_err() {
+            self.stats.drop_auth += 1;
+            return;
+        }
+        self.stats.node_id_conflicts += 1;
+        self.push_event(Event::NodeIdConflict { addr: from });
+    }
+
+    fn handle_record(&mut self, now: Instant, sender: NodeId, record: Record<'_>) {
+        match record {
+            Record::Beacon(b) => self.handle_beacon(now, sender, b),
+            Record::Publish { topic, payload } => match Topic::new(topic) {
+                Ok(topic) => self.deliver(sender, topic, payload),
+                Err(_) => self.stats.drop_malformed += 1,
+            },
+            Record::Leave => {
+                if let Some(p) = self.peers.get_mut(&sender) {
+                    let was_up = p.status == PeerStatus::Up;
+                    p.status = PeerStatus::Down;
+                    if was_up {
+                        self.push_event(Event::PeerDown { id: sender, reason: DownReason::Left });
+                    }
+                }
+            }
+            Record::Unknown { .. } => self.stats.unknown_records += 1,
+        }
+    }
+
+    fn handle_beacon(&mut self, now: Instant, sender: NodeId, b: Beacon<'_>) {
+        let Some(p) = self.peers.get_mut(&sender) else { return };
+        p.name = b.name.to_string();
+        p.interval = Duration::from_millis(u64::from(b.interval_ms.max(10)));
+        let event = match p.status {
+            PeerStatus::Up if b.epoch > p.epoch => {
+                p.epoch = b.epoch;
+                Some(Event::PeerRestarted(p.info(sender)))
+            }
+            PeerStatus::Up => None,
+            PeerStatus::Unannounced | PeerStatus::Down => {
+                p.epoch = p.epoch.max(b.epoch);
+                p.status = PeerStatus::Up;
+                Some(Event::PeerUp(p.info(sender)))
+            }
+        };
+        if let Some(e) = event {
+            self.push_event(e);
+            self.schedule_early_beacon(now);
+        }
+    }
+
+    /// Answers a newcomer with a beacon soon, so it learns the mesh in well under one interval.
+    /// At most one early beacon per quarter interval keeps a burst of arrivals from causing a storm.
+    fn schedule_early_beacon(&mut self, now: Instant) {
+        if self.lifecycle != Lifecycle::Running {
+            return;
+        }
+        let quiet = self.config.beacon_interval / 4;
+        if self.last_early_beacon.is_some_and(|t| now < t + quiet) {
+            return;
+        }
+        let delay = Duration::from_micros(self.rng.next_u64() % (EARLY_BEACON_MAX_DELAY.as_micros() as u64));
+        let at = now + delay;
+        if self.timers.get(Timer::Beacon).is_none_or(|t| at < t) {
+            self.timers.set(Timer::Beacon, Some(at));
+            self.last_early_beacon = Some(now);
+        }
+    }
+
+    fn deliver(&mut self, from: NodeId, topic: Topic<'_>, payload: &[u8]) {
+        let subscriptions: Vec<SubscriptionId> =
+            self.subs.iter().filter(|(_, f)| f.matches(&topic)).map(|(id, _)| *id).collect();
+        if subscriptions.is_empty() {
+            self.stats.messages_unmatched += 1;
+            return;
+        }
+        self.stats.messages_delivered += 1;
+        self.push_event(Event::Message(Message {
+            topic: topic.as_str().to_string(),
+            payload: payload.to_vec(),
+            from,
+            subscriptions,
+        }));
+    }
+
+    fn send_beacon(&mut self) {
+        let interval_ms = u32::try_from(self.config.beacon_interval.as_millis()).unwrap_or(u32::MAX);
+        let beacon = Beacon { epoch: self.boot.epoch, interval_ms, name: &self.config.name };
+        let record = Record::Beacon(beacon);
+        let mut bytes = Vec::with_capacity(record.encoded_len());
+        record.emit(&mut bytes);
+        // Beacons are small and periodic: queue them even past the byte bound rather than go silent.
+        self.queued_bytes += bytes.len();
+        self.queue.push_back(Queued { destination: Destination::Multicast, record: bytes });
+    }
+
+    fn enqueue(&mut self, destination: Destination, record: &Record<'_>) {
+        let mut bytes = Vec::with_capacity(record.encoded_len());
+        record.emit(&mut bytes);
+        self.queued_bytes += bytes.len();
+        self.queue.push_back(Queued { destination, record: bytes });
+    }
+
+    fn push_event(&mut self, e: Event) {
+        if self.events.len() >= self.config.max_events {
+            self.stats.events_dropped += 1;
+        } else {
+            self.events.push_back(e);
+        }
+    }
+
+    fn request_lease(&mut self) {
+        if self.lease_requested_end.is_some() || self.lease_end > MAX_PN {
+            return;
+        }
+        let Some(end) = self.lease_end.checked_add(self.config.lease_block).filter(|&e| e <= MAX_PN + 1) else {
+            return;
+        };
+        self.lease_requested_end = Some(end);
+        self.lease_request = Some(PersistedState { node_id: self.id(), epoch: self.boot.epoch, lease_end: end });
+    }
+
+    /// The departed peer heard from least recently, if any: the one to forget for a newcomer.
+    fn evictable(&self) -> Option<NodeId> {
+        self.peers.iter().filter(|(_, p)| p.status == PeerStatus::Down).min_by_key(|(_, p)| p.last_heard).map(|(id, _)| *id)
+    }
+
+    fn update_liveness_timer(&mut self) {
+        let factor = self.config.peer_timeout_factor;
+        let next = self
+            .peers
+            .values()
+            .filter(|p| p.status != PeerStatus::Down)
+            .map(|p| p.last_heard + p.interval * factor)
+            .min();
+        self.timers.set(Timer::Liveness, next);
+    }
+
+    /// `d` scaled by a random factor in [0.75, 1.25).
+    fn jittered(&mut self, d: Duration) -> Duration {
+        let permille = 750 + self.rng.next_u64() % 500;
+        Duration::from_micros((d.as_micros() as u64).saturating_mul(permille) / 1000)
+    }
+}

@@ -1,0 +1,466 @@
+//! Sliding anti-replay window for packet numbers.
+//!
+//! Every authenticated frame carries a 48-bit packet number. An attacker who
+//! records a frame could send it again later; the AEAD would still accept it,
+//! so the receiver remembers which packet numbers it has already seen. Like
+//! WireGuard (RFC 6479 style, as in boringtun), it keeps the highest number
+//! seen plus a fixed bitmap of the [`WINDOW_BITS`] numbers at and below it.
+//! Anything older than the window is refused outright, which keeps memory
+//! fixed while still tolerating reordering on the network.
+//!
+//! Usage: call [`ReplayWindow::check`] before the expensive AEAD open to drop
+//! obvious replays cheaply, then [`ReplayWindow::accept`] only once the frame
+//! has authenticated, so forged frames can never move the window.
+
+use core::fmt;
+
+/// Number of packet numbers behind the highest one that are still tracked individually.
+///
+/// The window covers `highest - (WINDOW_BITS - 1) ..= highest`; older numbers
+/// are refused as [`ReplayError::TooOld`].
+pub const WINDOW_BITS: u64 = 1024;
+
+/// Number of 64-bit words in the bitmap.
+const WORDS: usize = (WINDOW_BITS / 64) as usize;
+
+// The ring indexing below relies on this.
+const _: () = assert!(WINDOW_BITS % 64 == 0 && WINDOW_BITS.is_power_of_two());
+
+/// Why a packet number was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayError {
+    /// The number is at least [`WINDOW_BITS`] below the highest seen, so it
+    /// can no longer be told apart from a replay.
+    TooOld,
+    /// The number was already accepted once.
+    Duplicate,
+}
+
+impl fmt::Display for ReplayError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReplayError::TooOld => write!(
+                f,
+                "packet number is too old: it is {WINDOW_BITS} or more behind the newest accepted one"
+            ),
+            ReplayError::Duplicate => {
+                f.write_str("packet number was already received (possible replay)")
+            }
+        }
+    }
+}
+
+impl core::error::Error for ReplayError {}
+
+/// Anti-replay window over 48-bit packet numbers (u64 values < 2^48).
+///
+/// Fixed size (no allocation): the highest accepted number and a ring of
+/// [`WINDOW_BITS`] bits, where packet number `pn` lives in bit `pn % WINDOW_BITS`.
+/// Every operation is O(`WINDOW_BITS / 64`) at worst, whatever the jump.
+///
+/// The logic is correct for any `u64`; the 48-bit range is the wire format's
+/// limit, and callers are expected to have decoded numbers within it.
+#[derive(Debug, Clone)]
+pub struct ReplayWindow {
+    /// Highest packet number accepted so far; `None` until the first accept.
+    highest: Option<u64>,
+    /// Bit `pn % WINDOW_BITS` is set when `pn` (within the window) was accepted.
+    bitmap: [u64; WORDS],
+}
+
+impl ReplayWindow {
+    /// Creates an empty window, which accepts any packet number.
+    pub const fn new() -> Self {
+        ReplayWindow {
+            highest: None,
+            bitmap: [0; WORDS],
+        }
+    }
+
+    /// Checks without recording; call before the (expensive) AEAD open.
+    ///
+    /// Returns `Ok(())` if `pn` is newer than everything seen, or inside the
+    /// window and not yet seen.
+    pub fn check(&self, pn: u64) -> Result<(), ReplayError> {
+        let Some(highest) = self.highest else {
+            return Ok(());
+        };
+        if pn > highest {
+            return Ok(());
+        }
+        if pn == highest {
+            return Err(ReplayError::Duplicate);
+        }
+        if highest - pn >= WINDOW_BITS {
+            return Err(ReplayError::TooOld);
+        }
+        if self.is_marked(pn) {
+            Err(ReplayError::Duplicate)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Records `pn` as seen (call only after the frame authenticated). Returns the same error as check if refused.
+    ///
+    /// A number above the highest slides the window forward, forgetting the
+    /// numbers that fall out of it; a refused number leaves the window unchanged.
+    pub fn accept(&mut self, pn: u64) -> Result<(), ReplayError> {
+        self.check(pn)?;
+        match self.highest {
+            Some(highest) if pn <= highest => {}
+            Some(highest) => {
+                let jump = pn - highest;
+                if jump >= WINDOW_BITS {
+                    // Everything previously tracked is now out of the window.
+                    self.bitmap = [0; WORDS];
+                } else {
+                    // Slots highest+1 ..= pn held numbers that just fell out
+                    // of the window; clear them (pn's slot is set below).
+                    self.clear_slots((slot(highest) + 1) % WINDOW_BITS, jump);
+                }
+                self.highest = Some(pn);
+            }
+            None => {
+                // Nothing was tracked yet, so the bitmap is already clear.
+                self.highest = Some(pn);
+            }
+        }
+        self.mark(pn);
+        Ok(())
+    }
+
+    /// Highest packet number accepted so far, if any.
+    pub fn highest(&self) -> Option<u64> {
+        self.highest
+    }
+
+    fn is_marked(&self, pn: u64) -> bool {
+        let s = slot(pn);
+        self.bitmap[(s / 64) as usize] & (1 << (s % 64)) != 0
+    }
+
+    fn mark(&mut self, pn: u64) {
+        let s = slot(pn);
+        self.bitmap[(s / 64) as usize] |= 1 << (s % 64);
+    }
+
+    /// Clears `len` consecutive ring slots starting at `start`, wrapping
+    /// around; word at a time, so at most `WORDS + 1` iterations.
+    fn clear_slots(&mut self, mut start: u64, mut len: u64) {
+        debug_assert!(start < WINDOW_BITS && len <= WINDOW_BITS);
+        while len > 0 {
+            let bit = start % 64;
+            let n = (64 - bit).min(len);
+            let mask = if n == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << n) - 1) << bit
+            };
+            self.bitmap[(start / 64) as usize] &= !mask;
+            start = (start + n) % WINDOW_BITS;
+            len -= n;
+        }
+    }
+}
+
+impl Default for ReplayWindow {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Ring slot of a packet number.
+fn slot(pn: u64) -> u64 {
+    pn % WINDOW_BITS
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+
+    use super::*;
+    use std::collections::BTreeSet;
+    use std::format;
+    use std::string::ToString;
+
+    const MAX_PN: u64 = (1 << 48) - 1;
+
+    #[test]
+    fn empty_accepts_anything() {
+        let w = ReplayWindow::new();
+        assert_eq!(w.highest(), None);
+        for pn in [0, 1, 1023, 1024, 1 << 47, MAX_PN] {
+            assert_eq!(w.check(pn), Ok(()));
+        }
+        assert_eq!(ReplayWindow::default().highest(), None);
+    }
+
+    #[test]
+    fn pn_zero_first() {
+        let mut w = ReplayWindow::new();
+        assert_eq!(w.accept(0), Ok(()));
+        assert_eq!(w.highest(), Some(0));
+        assert_eq!(w.check(0), Err(ReplayError::Duplicate));
+        assert_eq!(w.accept(0), Err(ReplayError::Duplicate));
+        assert_eq!(w.accept(1), Ok(()));
+        assert_eq!(w.accept(0), Err(ReplayError::Duplicate));
+    }
+
+    #[test]
+    fn in_order() {
+        let mut w = ReplayWindow::new();
+        for pn in 0..5000 {
+            assert_eq!(w.check(pn), Ok(()));
+            assert_eq!(w.accept(pn), Ok(()));
+            assert_eq!(w.highest(), Some(pn));
+        }
+        for pn in 5000 - WINDOW_BITS..5000 {
+            assert_eq!(w.check(pn), Err(ReplayError::Duplicate), "{pn}");
+        }
+        assert_eq!(w.check(5000 - WINDOW_BITS - 1), Err(ReplayError::TooOld));
+    }
+
+    #[test]
+    fn out_of_order_within_window() {
+        let mut w = ReplayWindow::new();
+        assert_eq!(w.accept(100), Ok(()));
+        assert_eq!(w.accept(90), Ok(()));
+        assert_eq!(w.accept(99), Ok(()));
+        assert_eq!(w.accept(95), Ok(()));
+        assert_eq!(w.highest(), Some(100));
+        assert_eq!(w.accept(90), Err(ReplayError::Duplicate));
+        assert_eq!(w.accept(95), Err(ReplayError::Duplicate));
+        assert_eq!(w.accept(91), Ok(()));
+        assert_eq!(w.accept(0), Ok(()));
+        assert_eq!(w.accept(0), Err(ReplayError::Duplicate));
+        assert_eq!(w.accept(101), Ok(()));
+        assert_eq!(w.accept(99), Err(ReplayError::Duplicate));
+        assert_eq!(w.accept(98), Ok(()));
+    }
+
+    #[test]
+    fn duplicate_of_highest() {
+        let mut w = ReplayWindow::new();
+        w.accept(7).unwrap();
+        assert_eq!(w.check(7), Err(ReplayError::Duplicate));
+        assert_eq!(w.accept(7), Err(ReplayError::Duplicate));
+        assert_eq!(w.highest(), Some(7));
+    }
+
+    #[test]
+    fn too_old_boundary() {
+        let mut w = ReplayWindow::new();
+        let h = 10_000;
+        w.accept(h).unwrap();
+        // highest-1023 ..= highest are tracked: exactly WINDOW_BITS numbers.
+        assert_eq!(w.check(h - (WINDOW_BITS - 1)), Ok(()));
+        assert_eq!(w.check(h - WINDOW_BITS), Err(ReplayError::TooOld));
+        assert_eq!(w.check(h - WINDOW_BITS - 1), Err(ReplayError::TooOld));
+        assert_eq!(w.check(0), Err(ReplayError::TooOld));
+        assert_eq!(w.accept(h - WINDOW_BITS), Err(ReplayError::TooOld));
+        assert_eq!(w.accept(h - (WINDOW_BITS - 1)), Ok(()));
+        assert_eq!(w.accept(h - (WINDOW_BITS - 1)), Err(ReplayError::Duplicate));
+        // Small highest: nothing can be too old yet.
+        let mut w = ReplayWindow::new();
+        w.accept(WINDOW_BITS - 1).unwrap();
+        assert_eq!(w.accept(0), Ok(()));
+        let mut w = ReplayWindow::new();
+        w.accept(WINDOW_BITS).unwrap();
+        assert_eq!(w.accept(0), Err(ReplayError::TooOld));
+        assert_eq!(w.accept(1), Ok(()));
+    }
+
+    #[test]
+    fn number_seen_becomes_too_old_after_slide() {
+        let mut w = ReplayWindow::new();
+        w.accept(5).unwrap();
+        w.accept(5 + WINDOW_BITS - 1).unwrap();
+        assert_eq!(w.check(5), Err(ReplayError::Duplicate));
+        w.accept(5 + WINDOW_BITS).unwrap();
+        assert_eq!(w.check(5), Err(ReplayError::TooOld));
+    }
+
+    #[test]
+    fn jump_of_exactly_window_and_one_more() {
+        for jump in [WINDOW_BITS - 1, WINDOW_BITS, WINDOW_BITS + 1] {
+            let mut w = ReplayWindow::new();
+            // Fill the whole window so stale bits would show up as duplicates.
+            for pn in 0..WINDOW_BITS {
+                w.accept(pn).unwrap();
+            }
+            let old = WINDOW_BITS - 1;
+            let new = old + jump;
+            assert_eq!(w.accept(new), Ok(()), "jump {jump}");
+            assert_eq!(w.highest(), Some(new));
+            // Every number still in the window except `new` is fresh unless it
+            // was accepted before the jump.
+            for pn in new - (WINDOW_BITS - 1)..new {
+                let want = if pn <= old {
+                    Err(ReplayError::Duplicate)
+                } else {
+                    Ok(())
+                };
+                assert_eq!(w.check(pn), want, "jump {jump}, pn {pn}");
+            }
+            assert_eq!(w.check(new - WINDOW_BITS), Err(ReplayError::TooOld));
+            for pn in new - (WINDOW_BITS - 1)..new {
+                if pn > old {
+                    assert_eq!(w.accept(pn), Ok(()), "jump {jump}, pn {pn}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn huge_jumps() {
+        let mut w = ReplayWindow::new();
+        w.accept(3).unwrap();
+        w.accept(1).unwrap();
+        let big = 1u64 << 47;
+        assert_eq!(w.accept(big), Ok(()));
+        assert_eq!(w.highest(), Some(big));
+        assert_eq!(w.check(3), Err(ReplayError::TooOld));
+        // The slot shared with 3 and 1 (big % 1024 == 0) must not look seen.
+        assert_eq!(w.accept(big + 1), Ok(()));
+        assert_eq!(w.accept(big + 3), Ok(()));
+        assert_eq!(w.accept(big - 1), Ok(()));
+        assert_eq!(w.accept(big - 1), Err(ReplayError::Duplicate));
+        assert_eq!(w.accept(MAX_PN), Ok(()));
+        assert_eq!(w.check(MAX_PN), Err(ReplayError::Duplicate));
+        assert_eq!(w.accept(MAX_PN - 1), Ok(()));
+        assert_eq!(w.check(big), Err(ReplayError::TooOld));
+        // Still correct beyond 48 bits, without overflow.
+        assert_eq!(w.accept(u64::MAX), Ok(()));
+        assert_eq!(w.accept(u64::MAX), Err(ReplayError::Duplicate));
+        assert_eq!(w.accept(u64::MAX - 1), Ok(()));
+        assert_eq!(w.check(MAX_PN), Err(ReplayError::TooOld));
+    }
+
+    #[test]
+    fn check_does_not_mutate() {
+        let mut w = ReplayWindow::new();
+        let before = format!("{w:?}");
+        assert_eq!(w.check(42), Ok(()));
+        assert_eq!(format!("{w:?}"), before);
+        assert_eq!(w.highest(), None);
+
+        w.accept(2000).unwrap();
+        w.accept(1500).unwrap();
+        let before = format!("{w:?}");
+        for pn in [0, 976, 977, 1500, 1501, 2000, 2001, 5000, 1 << 47] {
+            let _ = w.check(pn);
+        }
+        assert_eq!(format!("{w:?}"), before);
+        assert_eq!(w.check(2001), Ok(()));
+        assert_eq!(w.check(2001), Ok(()));
+        assert_eq!(w.highest(), Some(2000));
+    }
+
+    #[test]
+    fn refused_accept_does_not_mutate() {
+        let mut w = ReplayWindow::new();
+        w.accept(3000).unwrap();
+        w.accept(2999).unwrap();
+        let before = format!("{w:?}");
+        assert_eq!(w.accept(2999), Err(ReplayError::Duplicate));
+        assert_eq!(w.accept(3000), Err(ReplayError::Duplicate));
+        assert_eq!(w.accept(10), Err(ReplayError::TooOld));
+        assert_eq!(format!("{w:?}"), before);
+    }
+
+    #[test]
+    fn error_display() {
+        assert!(ReplayError::TooOld.to_string().contains("too old"));
+        assert!(ReplayError::Duplicate.to_string().contains("already"));
+        let _: std::boxed::Box<dyn core::error::Error> =
+            std::boxed::Box::new(ReplayError::Duplicate);
+    }
+
+    /// Tiny deterministic generator so the randomized test needs no extra crates.
+    struct XorShift(u64);
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            let mut x = self.0;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.0 = x;
+            x
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    /// Obviously-correct reference: every number ever accepted, plus the highest.
+    #[derive(Default)]
+    struct Model {
+        seen: BTreeSet<u64>,
+        highest: Option<u64>,
+    }
+
+    impl Model {
+        fn check(&self, pn: u64) -> Result<(), ReplayError> {
+            match self.highest {
+                None => Ok(()),
+                Some(h) if pn > h => Ok(()),
+                Some(h) if h - pn >= WINDOW_BITS => Err(ReplayError::TooOld),
+                Some(_) if self.seen.contains(&pn) => Err(ReplayError::Duplicate),
+                Some(_) => Ok(()),
+            }
+        }
+        fn accept(&mut self, pn: u64) -> Result<(), ReplayError> {
+            self.check(pn)?;
+            self.seen.insert(pn);
+            self.highest = Some(self.highest.map_or(pn, |h| h.max(pn)));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn randomized_against_reference_model() {
+        for seed in [1u64, 0x9E37_79B9_7F4A_7C15, 0xDEAD_BEEF, 42] {
+            let mut rng = XorShift(seed);
+            let mut w = ReplayWindow::new();
+            let mut model = Model::default();
+            for step in 0..5000 {
+                let base = model.highest.unwrap_or(rng.below(1 << 20));
+                // Mostly near the highest (reordering, duplicates, window
+                // edge), sometimes forward jumps of every size.
+                let pn = match rng.below(10) {
+                    0..=3 => base.saturating_sub(rng.below(WINDOW_BITS + 64)),
+                    4 => base.saturating_sub(WINDOW_BITS - 1 + rng.below(3)),
+                    5..=6 => base + rng.below(8),
+                    7 => base + rng.below(2 * WINDOW_BITS + 2),
+                    8 => base + WINDOW_BITS - 1 + rng.below(3),
+                    _ => {
+                        if rng.below(50) == 0 {
+                            base + rng.below(1 << 40)
+                        } else {
+                            base.saturating_sub(rng.below(4))
+                        }
+                    }
+                }
+                .min(MAX_PN);
+                let checked = w.check(pn);
+                assert_eq!(
+                    checked,
+                    model.check(pn),
+                    "seed {seed} step {step} check {pn}"
+                );
+                if rng.below(4) != 0 {
+                    let got = w.accept(pn);
+                    assert_eq!(got, model.accept(pn), "seed {seed} step {step} accept {pn}");
+                    assert_eq!(got, checked);
+                }
+                assert_eq!(w.highest(), model.highest);
+            }
+            // Finally, the whole window agrees with the model.
+            let h = model.highest.unwrap();
+            for pn in h.saturating_sub(WINDOW_BITS + 5)..=h + 5 {
+                assert_eq!(w.check(pn), model.check(pn), "seed {seed} final {pn}");
+            }
+        }
+    }
+}

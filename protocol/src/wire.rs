@@ -1,0 +1,386 @@
+//! Wire format v1 (PROTOCOL.md §2): a 16-byte cleartext header, then a sealed body that is a
+//! sequence of type-length-value records, then the 16-byte Poly1305 tag.
+//!
+//! Two layers, as in smoltcp: [`Header`] parses and emits the fixed header with every field
+//! offset named here; [`Record`] and [`RecordIter`] parse and emit the records of an opened body.
+
+use alloc::vec::Vec;
+use core::fmt;
+use serde::{Deserialize, Serialize};
+
+/// Protocol version carried in the high nibble of byte 0 (PROTOCOL.md §2.1).
+pub const VERSION: u8 = 1;
+/// Security suite in the low nibble of byte 0: 0 is PSK mode (PROTOCOL.md §3).
+pub const SUITE_PSK: u8 = 0;
+/// Length of the cleartext, authenticated header.
+pub const HEADER_LEN: usize = 16;
+/// Length of the Poly1305 tag that ends every frame.
+pub const TAG_LEN: usize = 16;
+/// Bytes every frame spends on header and tag: the budget is 32 (PROTOCOL.md §2.4).
+pub const FRAME_OVERHEAD: usize = HEADER_LEN + TAG_LEN;
+/// Largest datagram a node ever sends: fits a 1280-byte IPv6 minimum MTU with room to spare,
+/// so IP fragmentation never happens (PROTOCOL.md §2.4).
+pub const MAX_DATAGRAM: usize = 1200;
+/// Largest packet number: packet numbers are 48 bits on the wire.
+pub const MAX_PN: u64 = (1 << 48) - 1;
+
+/// Field offsets within the header (PROTOCOL.md §2.1).
+mod field {
+    use core::ops::Range;
+    pub const VERSION_SUITE: usize = 0;
+    pub const NET_TAG: usize = 1;
+    pub const SENDER: Range<usize> = 2..10;
+    pub const PN: Range<usize> = 10..16;
+}
+
+/// A node's 64-bit identifier: random and persisted in PSK mode, shown as 16 hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NodeId(u64);
+
+impl NodeId {
+    /// Wraps a raw identifier.
+    pub const fn from_u64(v: u64) -> Self {
+        NodeId(v)
+    }
+    /// The raw identifier.
+    pub const fn as_u64(self) -> u64 {
+        self.0
+    }
+    /// Big-endian bytes, as on the wire.
+    pub const fn to_bytes(self) -> [u8; 8] {
+        self.0.to_be_bytes()
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NodeId({:016x})", self.0)
+    }
+}
+
+impl core::str::FromStr for NodeId {
+    type Err = WireError;
+    /// Parses 1 to 16 hex digits.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() || s.len() > 16 {
+            return Err(WireError::Malformed);
+        }
+        u64::from_str_radix(s, 16).map(NodeId).map_err(|_| WireError::Malformed)
+    }
+}
+
+/// Why a datagram or record could not be parsed. Each maps to a drop counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WireError {
+    /// Shorter than header plus tag, or a record runs past the end of the body.
+    Truncated,
+    /// Longer than [`MAX_DATAGRAM`].
+    Oversized,
+    /// Version or suite this node does not speak.
+    UnsupportedVersion,
+    /// Structurally invalid content (bad length, bad UTF-8, bad encoding).
+    Malformed,
+}
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WireError::Truncated => "frame is truncated",
+            WireError::Oversized => "frame is larger than the 1200-byte datagram limit",
+            WireError::UnsupportedVersion => "frame has an unsupported version or security suite",
+            WireError::Malformed => "frame content is malformed",
+        })
+    }
+}
+
+impl core::error::Error for WireError {}
+
+/// The fixed frame header (PROTOCOL.md §2.1). It travels in clear and is the AEAD's associated data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// Security suite (low nibble of byte 0).
+    pub suite: u8,
+    /// One-byte network tag derived from the network key.
+    pub net_tag: u8,
+    /// The sending node.
+    pub sender: NodeId,
+    /// The sender's packet number: unique per sender for the network key's lifetime.
+    pub pn: u64,
+}
+
+impl Header {
+    /// Parses the header of a whole datagram, checking the cheap things first: length, version.
+    pub fn parse(datagram: &[u8]) -> Result<Header, WireError> {
+        if datagram.len() > MAX_DATAGRAM {
+            return Err(WireError::Oversized);
+        }
+        if datagram.len() < FRAME_OVERHEAD {
+            return Err(WireError::Truncated);
+        }
+        let vs = datagram[field::VERSION_SUITE];
+        if vs >> 4 != VERSION || vs & 0x0f != SUITE_PSK {
+            return Err(WireError::UnsupportedVersion);
+        }
+        let mut sender = [0u8; 8];
+        sender.copy_from_slice(&datagram[field::SENDER]);
+        let mut pn = [0u8; 8];
+        pn[2..].copy_from_slice(&datagram[field::PN]);
+        Ok(Header {
+            suite: vs & 0x0f,
+            net_tag: datagram[field::NET_TAG],
+            sender: NodeId(u64::from_be_bytes(sender)),
+            pn: u64::from_be_bytes(pn),
+        })
+    }
+
+    /// Writes the header into `buf[..HEADER_LEN]`. `pn` must not exceed [`MAX_PN`].
+    pub fn emit(&self, buf: &mut [u8]) {
+        debug_assert!(self.pn <= MAX_PN);
+        buf[field::VERSION_SUITE] = (VERSION << 4) | (self.suite & 0x0f);
+        buf[field::NET_TAG] = self.net_tag;
+        buf[field::SENDER].copy_from_slice(&self.sender.to_bytes());
+        buf[field::PN].copy_from_slice(&self.pn.to_be_bytes()[2..]);
+    }
+}
+
+/// Record type codes (PROTOCOL.md §2.3). Unknown codes are skipped, so new ones can be added.
+pub mod kind {
+    /// Discovery beacon.
+    pub const BEACON: u8 = 0x01;
+    /// Best-effort publication.
+    pub const PUBLISH: u8 = 0x02;
+    /// The sender is shutting down.
+    pub const LEAVE: u8 = 0x03;
+}
+
+/// Body of a beacon record, encoded with postcard. Fields may be appended in later versions:
+/// receivers ignore bytes after the last field they know.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Beacon<'a> {
+    /// Boot counter of the sender, incremented (and persisted) at every start.
+    pub epoch: u32,
+    /// The sender's beacon interval in milliseconds; receivers derive its liveness timeout from it.
+    pub interval_ms: u32,
+    /// Human-readable node name (at most [`MAX_NAME_LEN`] bytes).
+    pub name: &'a str,
+}
+
+/// Longest node name in bytes.
+pub const MAX_NAME_LEN: usize = 32;
+
+/// One record of an opened frame body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record<'a> {
+    /// Discovery beacon.
+    Beacon(Beacon<'a>),
+    /// A best-effort message. The topic is not yet validated here.
+    Publish {
+        /// Topic name.
+        topic: &'a str,
+        /// Payload bytes, possibly empty.
+        payload: &'a [u8],
+    },
+    /// The sender is leaving the mesh.
+    Leave,
+    /// A record type this version does not know; skipped.
+    Unknown {
+        /// Its type code.
+        kind: u8,
+    },
+}
+
+/// Length of the LEB128 (postcard varint) encoding of `v`.
+pub fn varint_len(v: usize) -> usize {
+    let bits = usize::BITS - (v | 1).leading_zeros();
+    bits.div_ceil(7) as usize
+}
+
+fn push_varint(out: &mut Vec<u8>, mut v: usize) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Reads a varint of at most 3 bytes (record and topic lengths never exceed 2^21).
+fn take_varint(buf: &[u8]) -> Result<(usize, &[u8]), WireError> {
+    let mut v = 0usize;
+    for (i, &b) in buf.iter().enumerate().take(3) {
+        v |= usize::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            if i > 0 && b == 0 {
+                return Err(WireError::Malformed); // non-canonical
+            }
+            return Ok((v, &buf[i + 1..]));
+        }
+    }
+    Err(if buf.len() < 3 { WireError::Truncated } else { WireError::Malformed })
+}
+
+impl<'a> Record<'a> {
+    /// Encoded length of the record body (without type and length prefix).
+    fn body_len(&self) -> usize {
+        match self {
+            Record::Beacon(b) => postcard::experimental::serialized_size(b).unwrap_or(0),
+            Record::Publish { topic, payload } => varint_len(topic.len()) + topic.len() + payload.len(),
+            Record::Leave | Record::Unknown { .. } => 0,
+        }
+    }
+
+    /// Encoded length of the whole record: type, length prefix and body.
+    pub fn encoded_len(&self) -> usize {
+        let body = self.body_len();
+        1 + varint_len(body) + body
+    }
+
+    /// Appends the record to `out`.
+    pub fn emit(&self, out: &mut Vec<u8>) {
+        let body = self.body_len();
+        let code = match self {
+            Record::Beacon(_) => kind::BEACON,
+            Record::Publish { .. } => kind::PUBLISH,
+            Record::Leave => kind::LEAVE,
+            Record::Unknown { kind } => *kind,
+        };
+        out.push(code);
+        push_varint(out, body);
+        match self {
+            Record::Beacon(b) => {
+                let start = out.len();
+                out.resize(start + body, 0);
+                postcard::to_slice(b, &mut out[start..]).expect("sized by serialized_size");
+            }
+            Record::Publish { topic, payload } => {
+                push_varint(out, topic.len());
+                out.extend_from_slice(topic.as_bytes());
+                out.extend_from_slice(payload);
+            }
+            Record::Leave | Record::Unknown { .. } => {}
+        }
+    }
+
+    fn parse(code: u8, body: &'a [u8]) -> Result<Record<'a>, WireError> {
+        match code {
+            kind::BEACON => {
+                let (b, _rest): (Beacon<'a>, _) = postcard::take_from_bytes(body).map_err(|_| WireError::Malformed)?;
+                if b.name.len() > MAX_NAME_LEN {
+                    return Err(WireError::Malformed);
+                }
+                Ok(Record::Beacon(b))
+            }
+            kind::PUBLISH => {
+                let (len, rest) = take_varint(body)?;
+                if len > rest.len() {
+                    return Err(WireError::Truncated);
+                }
+                let (topic, payload) = rest.split_at(len);
+                let topic = core::str::from_utf8(topic).map_err(|_| WireError::Malformed)?;
+                Ok(Record::Publish { topic, payload })
+            }
+            kind::LEAVE => Ok(Record::Leave),
+            kind => Ok(Record::Unknown { kind }),
+        }
+    }
+}
+
+/// Iterates over the records of an opened body. Stops at the first malformed record.
+pub struct RecordIter<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> RecordIter<'a> {
+    /// Iterates over `body`, the plaintext between header and tag.
+    pub fn new(body: &'a [u8]) -> Self {
+        RecordIter { rest: body }
+    }
+}
+
+impl<'a> Iterator for RecordIter<'a> {
+    type Item = Result<Record<'a>, WireError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (&code, rest) = self.rest.split_first()?;
+        let item = take_varint(rest).and_then(|(len, rest)| {
+            if len > rest.len() {
+                return Err(WireError::Truncated);
+            }
+            let (body, after) = rest.split_at(len);
+            self.rest = after;
+            Record::parse(code, body)
+        });
+        if item.is_err() {
+            self.rest = &[];
+        }
+        Some(item)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trip() {
+        let h = Header { suite: SUITE_PSK, net_tag: 0xab, sender: NodeId(0x0102030405060708), pn: MAX_PN };
+        let mut buf = [0u8; FRAME_OVERHEAD];
+        h.emit(&mut buf);
+        assert_eq!(&buf[..HEADER_LEN], &[0x10, 0xab, 1, 2, 3, 4, 5, 6, 7, 8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(Header::parse(&buf), Ok(h));
+        assert_eq!(Header::parse(&buf[..31]), Err(WireError::Truncated));
+        buf[0] = 0x20;
+        assert_eq!(Header::parse(&buf), Err(WireError::UnsupportedVersion));
+        buf[0] = 0x11;
+        assert_eq!(Header::parse(&buf), Err(WireError::UnsupportedVersion));
+        assert_eq!(Header::parse(&[0x10; MAX_DATAGRAM + 1]), Err(WireError::Oversized));
+    }
+
+    #[test]
+    fn records_round_trip_and_unknown_is_skipped() {
+        let recs = [
+            Record::Beacon(Beacon { epoch: 3, interval_ms: 5000, name: "kitchen" }),
+            Record::Publish { topic: "a/b", payload: &[0, 0xff, 0] },
+            Record::Unknown { kind: 0x7f },
+            Record::Publish { topic: "e", payload: &[] },
+            Record::Leave,
+        ];
+        let mut out = Vec::new();
+        for r in &recs {
+            let before = out.len();
+            r.emit(&mut out);
+            assert_eq!(out.len() - before, r.encoded_len());
+        }
+        let parsed: Vec<_> = RecordIter::new(&out).collect::<Result<_, _>>().unwrap();
+        assert_eq!(parsed, recs);
+    }
+
+    #[test]
+    fn bad_records_are_errors_not_panics() {
+        assert_eq!(RecordIter::new(&[kind::PUBLISH, 5, 1]).next(), Some(Err(WireError::Truncated)));
+        assert_eq!(RecordIter::new(&[kind::PUBLISH, 2, 5, b'a']).next(), Some(Err(WireError::Truncated)));
+        assert_eq!(RecordIter::new(&[kind::PUBLISH, 3, 2, 0xff, 0xfe]).next(), Some(Err(WireError::Malformed)));
+        assert_eq!(RecordIter::new(&[kind::PUBLISH, 0x80, 0x00]).next(), Some(Err(WireError::Malformed)));
+        assert_eq!(RecordIter::new(&[kind::BEACON, 1, 0x80]).next(), Some(Err(WireError::Malformed)));
+        let mut it = RecordIter::new(&[kind::LEAVE, 9]);
+        assert_eq!(it.next(), Some(Err(WireError::Truncated)));
+        assert_eq!(it.next(), None);
+    }
+
+    #[test]
+    fn varint_lengths() {
+        for (v, n) in [(0, 1), (127, 1), (128, 2), (16383, 2), (16384, 3)] {
+            assert_eq!(varint_len(v), n);
+            let mut out = Vec::new();
+            push_varint(&mut out, v);
+            assert_eq!(out.len(), n);
+            assert_eq!(take_varint(&out), Ok((v, &[][..])));
+        }
+    }
+}
