@@ -1,0 +1,222 @@
+//! The driver loop: receive or time out, hand to the core, send what it emits. No protocol
+//! logic lives here.
+
+use std::collections::HashMap;
+use std::vec::Vec;
+use std::{io, vec};
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::socket::Sockets;
+use super::{Command, Message, PeerEvent, RuntimeStats, StateFile};
+use crate::wire::MAX_DATAGRAM;
+use crate::{Destination, Event, SubscriptionId};
+
+/// Datagrams read without blocking after a wake-up before outputs are flushed: batches work
+/// under load while keeping latency low when idle.
+const RX_BATCH: usize = 64;
+
+pub(crate) struct Driver {
+    node: crate::Node,
+    sockets: Sockets,
+    state_file: Option<StateFile>,
+    origin: std::time::Instant,
+    commands: mpsc::Receiver<Command>,
+    peer_events: broadcast::Sender<PeerEvent>,
+    subscribers: HashMap<SubscriptionId, mpsc::Sender<Message>>,
+    tx_buf: Vec<u8>,
+    rx_buf: Vec<u8>,
+    subscriber_lagged: u64,
+    send_errors: u64,
+}
+
+impl Driver {
+    pub fn new(
+        node: crate::Node,
+        sockets: Sockets,
+        state_file: Option<StateFile>,
+        origin: std::time::Instant,
+        commands: mpsc::Receiver<Command>,
+        peer_events: broadcast::Sender<PeerEvent>,
+    ) -> Self {
+        Driver {
+            node,
+            sockets,
+            state_file,
+            origin,
+            commands,
+            peer_events,
+            subscribers: HashMap::new(),
+            tx_buf: vec![0; MAX_DATAGRAM],
+            // One byte more than any valid frame, so oversized datagrams are seen as such.
+            rx_buf: vec![0; MAX_DATAGRAM + 1],
+            subscriber_lagged: 0,
+            send_errors: 0,
+        }
+    }
+
+    fn now(&self) -> crate::Instant {
+        crate::Instant::from_micros(self.origin.elapsed().as_micros() as u64)
+    }
+
+    fn to_std(&self, t: crate::Instant) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.origin) + std::time::Duration::from_micros(t.as_micros())
+    }
+
+    pub async fn run(mut self) {
+        let mut closing: Option<oneshot::Sender<()>> = None;
+        loop {
+            self.flush().await;
+            if let Some(reply) = closing.take() {
+                if self.node.is_idle() {
+                    let _ = reply.send(());
+                    return;
+                }
+                closing = Some(reply);
+            }
+            let deadline = self.node.poll_timeout().map(|t| self.to_std(t));
+            tokio::select! {
+                r = self.sockets.multicast.readable() => self.received(r, true),
+                r = self.sockets.unicast.readable() => self.received(r, false),
+                _ = sleep_until(deadline) => {
+                    let now = self.now();
+                    self.node.handle_timeout(now);
+                }
+                cmd = self.commands.recv() => match cmd {
+                    Some(Command::Close(reply)) => {
+                        self.node.close();
+                        closing = Some(reply);
+                    }
+                    Some(cmd) => self.command(cmd),
+                    None => {
+                        // Every handle is gone: leave the mesh politely.
+                        self.node.close();
+                        self.flush().await;
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Reads what the socket holds, up to a batch, and hands each datagram to the core.
+    fn received(&mut self, readable: io::Result<()>, multicast: bool) {
+        if readable.is_err() {
+            return;
+        }
+        for _ in 0..RX_BATCH {
+            let socket = if multicast { &self.sockets.multicast } else { &self.sockets.unicast };
+            match socket.try_recv_from(&mut self.rx_buf) {
+                Ok((len, from)) => {
+                    let now = self.now();
+                    self.node.handle_datagram(now, from, &self.rx_buf[..len]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // ICMP errors surface here on Linux; they say nothing about the mesh.
+                Err(_) => {}
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Publish { topic, payload, reply } => {
+                let _ = reply.send(self.node.publish(&topic, &payload));
+            }
+            Command::Subscribe { filter, tx, reply } => {
+                let r = self.node.subscribe(&filter);
+                if let Ok(id) = r {
+                    self.subscribers.insert(id, tx);
+                }
+                let _ = reply.send(r);
+            }
+            Command::Unsubscribe(id) => {
+                self.node.unsubscribe(id);
+                self.subscribers.remove(&id);
+            }
+            Command::Peers(reply) => {
+                let _ = reply.send(self.node.peers().collect());
+            }
+            Command::Stats(reply) => {
+                let _ = reply.send(RuntimeStats {
+                    core: self.node.stats().clone(),
+                    subscriber_lagged: self.subscriber_lagged,
+                    send_errors: self.send_errors,
+                });
+            }
+            Command::Close(_) => unreachable!("handled in run"),
+        }
+    }
+
+    /// Moves every output of the core to where it belongs: storage, socket, application.
+    async fn flush(&mut self) {
+        if let Some(state) = self.node.poll_lease() {
+            match &self.state_file {
+                Some(file) => match file.store(&state) {
+                    Ok(()) => self.node.handle_lease_stored(state.lease_end),
+                    Err(e) => tracing::error!(path = %file.path().display(), "cannot store lease, sending will pause: {e}"),
+                },
+                None => self.node.handle_lease_stored(state.lease_end),
+            }
+        }
+        loop {
+            let t = match self.node.poll_transmit(&mut self.tx_buf) {
+                Ok(Some(t)) => t,
+                Ok(None) => break,
+                Err(e) => unreachable!("driver buffer is max-sized: {e}"),
+            };
+            let dest = match t.destination {
+                Destination::Multicast => self.sockets.group,
+                Destination::Unicast(addr) => addr,
+            };
+            if let Err(e) = self.sockets.unicast.send_to(&self.tx_buf[..t.len], dest).await {
+                self.send_errors += 1;
+                tracing::warn!(%dest, "send failed: {e}");
+            }
+        }
+        while let Some(event) = self.node.poll_event() {
+            self.event(event);
+        }
+    }
+
+    fn event(&mut self, event: Event) {
+        let peer = match event {
+            Event::Message(m) => return self.route(m),
+            Event::PeerUp(p) => PeerEvent::Up(p),
+            Event::PeerRestarted(p) => PeerEvent::Restarted(p),
+            Event::PeerDown { id, reason } => PeerEvent::Down { id, reason },
+            Event::NodeIdConflict { addr } => {
+                tracing::error!(%addr, "another device uses this node's id; restart it with a fresh state file");
+                PeerEvent::IdConflict { addr }
+            }
+        };
+        let _ = self.peer_events.send(peer);
+    }
+
+    fn route(&mut self, m: crate::Message) {
+        let from_name = if m.from == self.node.id() {
+            Some(self.node.config().name.clone())
+        } else {
+            self.node.peer(m.from).map(|p| p.name).filter(|n| !n.is_empty())
+        };
+        let msg = Message { topic: m.topic, payload: m.payload, from: m.from, from_name };
+        for id in m.subscriptions {
+            let Some(tx) = self.subscribers.get(&id) else { continue };
+            match tx.try_send(msg.clone()) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => self.subscriber_lagged += 1,
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.subscribers.remove(&id);
+                    self.node.unsubscribe(id);
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
