@@ -16,7 +16,9 @@ use crate::replay::ReplayWindow;
 use crate::state::{Boot, PersistedState};
 use crate::time::Instant;
 use crate::topic::{Topic, TopicError, TopicFilter};
-use crate::wire::{self, Beacon, Header, NodeId, Record, RecordIter, WireError, FRAME_OVERHEAD, HEADER_LEN, MAX_PN, SUITE_PSK};
+use crate::wire::{
+    self, Beacon, Header, NodeId, Record, RecordIter, WireError, FRAME_OVERHEAD, HEADER_LEN, MAX_PN, SUITE_PSK,
+};
 
 /// Where a datagram from [`Node::poll_transmit`] goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,10 +210,9 @@ impl fmt::Display for PublishError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PublishError::InvalidTopic(e) => write!(f, "invalid topic: {e}"),
-            PublishError::TooLarge { size, max } => write!(
-                f,
-                "payload of {size} bytes does not fit one datagram; the limit for this topic is {max} bytes"
-            ),
+            PublishError::TooLarge { size, max } => {
+                write!(f, "payload of {size} bytes does not fit one datagram; the limit for this topic is {max} bytes")
+            }
             PublishError::QueueFull => f.write_str("send queue is full; retry after the node has sent what it holds"),
             PublishError::Closed => f.write_str("node is closed"),
         }
@@ -325,6 +326,8 @@ enum Lifecycle {
 
 /// Delay before an early beacon that answers a new peer, so that a newcomer learns everyone fast.
 const EARLY_BEACON_MAX_DELAY: Duration = Duration::from_millis(100);
+/// Least time between two early beacons of one node: bounds the answer rate to four per second.
+const EARLY_BEACON_MIN_GAP: Duration = Duration::from_millis(250);
 
 /// A Starling node as a deterministic state machine: no sockets, clocks or OS randomness.
 ///
@@ -375,7 +378,7 @@ impl fmt::Debug for Node {
 }
 
 impl Node {
-    /// Creates a node that starts sending its first beacon at `now`.
+    /// Creates a node; its first beacon is queued at once.
     ///
     /// `boot` comes from [`Boot::resume`] (after its state was stored durably) or
     /// [`Boot::ephemeral`].
@@ -384,10 +387,8 @@ impl Node {
         let keys = NetworkKeys::derive(key);
         let own_key = keys.sender_key(boot.node_id);
         let rng = ChaCha20Rng::from_seed(config.rng_seed);
-        let mut timers = Timers::default();
-        timers.set(Timer::Beacon, Some(now));
         let scratch = Vec::with_capacity(config.max_datagram);
-        Ok(Node {
+        let mut node = Node {
             keys,
             own_key,
             boot,
@@ -401,14 +402,20 @@ impl Node {
             queue: VecDeque::new(),
             queued_bytes: 0,
             events: VecDeque::new(),
-            timers,
             last_early_beacon: None,
             scratch,
             rng,
             stats: Stats::default(),
             lifecycle: Lifecycle::Running,
+            timers: Timers::default(),
             config,
-        })
+        };
+        // Announce at once, ahead of anything the application sends, so receivers learn the
+        // name and epoch before the first message.
+        node.send_beacon();
+        let next = now + node.jittered(node.config.beacon_interval);
+        node.timers.set(Timer::Beacon, Some(next));
+        Ok(node)
     }
 
     // ----- getters -----
@@ -770,20 +777,20 @@ impl Node {
     }
 
     /// Answers a newcomer with a beacon soon, so it learns the mesh in well under one interval.
-    /// At most one early beacon per quarter interval keeps a burst of arrivals from causing a storm.
+    /// Early beacons are at least [`EARLY_BEACON_MIN_GAP`] apart: a burst of arrivals is answered
+    /// by one beacon per gap, and a newcomer is never left waiting for the regular one.
     fn schedule_early_beacon(&mut self, now: Instant) {
         if self.lifecycle != Lifecycle::Running {
             return;
         }
-        let quiet = self.config.beacon_interval / 4;
-        if self.last_early_beacon.is_some_and(|t| now < t + quiet) {
-            return;
-        }
         let delay = Duration::from_micros(self.rng.next_u64() % (EARLY_BEACON_MAX_DELAY.as_micros() as u64));
-        let at = now + delay;
+        let mut at = now + delay;
+        if let Some(last) = self.last_early_beacon {
+            at = at.max(last + EARLY_BEACON_MIN_GAP);
+        }
         if self.timers.get(Timer::Beacon).is_none_or(|t| at < t) {
             self.timers.set(Timer::Beacon, Some(at));
-            self.last_early_beacon = Some(now);
+            self.last_early_beacon = Some(at);
         }
     }
 
@@ -842,7 +849,11 @@ impl Node {
 
     /// The departed peer heard from least recently, if any: the one to forget for a newcomer.
     fn evictable(&self) -> Option<NodeId> {
-        self.peers.iter().filter(|(_, p)| p.status == PeerStatus::Down).min_by_key(|(_, p)| p.last_heard).map(|(id, _)| *id)
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.status == PeerStatus::Down)
+            .min_by_key(|(_, p)| p.last_heard)
+            .map(|(id, _)| *id)
     }
 
     fn update_liveness_timer(&mut self) {

@@ -39,13 +39,10 @@ pub enum ReplayError {
 impl fmt::Display for ReplayError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ReplayError::TooOld => write!(
-                f,
-                "packet number is too old: it is {WINDOW_BITS} or more behind the newest accepted one"
-            ),
-            ReplayError::Duplicate => {
-                f.write_str("packet number was already received (possible replay)")
+            ReplayError::TooOld => {
+                write!(f, "packet number is too old: it is {WINDOW_BITS} or more behind the newest accepted one")
             }
+            ReplayError::Duplicate => f.write_str("packet number was already received (possible replay)"),
         }
     }
 }
@@ -71,10 +68,7 @@ pub struct ReplayWindow {
 impl ReplayWindow {
     /// Creates an empty window, which accepts any packet number.
     pub const fn new() -> Self {
-        ReplayWindow {
-            highest: None,
-            bitmap: [0; WORDS],
-        }
+        ReplayWindow { highest: None, bitmap: [0; WORDS] }
     }
 
     /// Checks without recording; call before the (expensive) AEAD open.
@@ -152,11 +146,7 @@ impl ReplayWindow {
         while len > 0 {
             let bit = start % 64;
             let n = (64 - bit).min(len);
-            let mask = if n == 64 {
-                u64::MAX
-            } else {
-                ((1u64 << n) - 1) << bit
-            };
+            let mask = if n == 64 { u64::MAX } else { ((1u64 << n) - 1) << bit };
             self.bitmap[(start / 64) as usize] &= !mask;
             start = (start + n) % WINDOW_BITS;
             len -= n;
@@ -296,11 +286,7 @@ mod tests {
             // Every number still in the window except `new` is fresh unless it
             // was accepted before the jump.
             for pn in new - (WINDOW_BITS - 1)..new {
-                let want = if pn <= old {
-                    Err(ReplayError::Duplicate)
-                } else {
-                    Ok(())
-                };
+                let want = if pn <= old { Err(ReplayError::Duplicate) } else { Ok(()) };
                 assert_eq!(w.check(pn), want, "jump {jump}, pn {pn}");
             }
             assert_eq!(w.check(new - WINDOW_BITS), Err(ReplayError::TooOld));
@@ -373,8 +359,7 @@ mod tests {
     fn error_display() {
         assert!(ReplayError::TooOld.to_string().contains("too old"));
         assert!(ReplayError::Duplicate.to_string().contains("already"));
-        let _: std::boxed::Box<dyn core::error::Error> =
-            std::boxed::Box::new(ReplayError::Duplicate);
+        let _: std::boxed::Box<dyn core::error::Error> = std::boxed::Box::new(ReplayError::Duplicate);
     }
 
     /// Tiny deterministic generator so the randomized test needs no extra crates.
@@ -444,11 +429,7 @@ mod tests {
                 }
                 .min(MAX_PN);
                 let checked = w.check(pn);
-                assert_eq!(
-                    checked,
-                    model.check(pn),
-                    "seed {seed} step {step} check {pn}"
-                );
+                assert_eq!(checked, model.check(pn), "seed {seed} step {step} check {pn}");
                 if rng.below(4) != 0 {
                     let got = w.accept(pn);
                     assert_eq!(got, model.accept(pn), "seed {seed} step {step} accept {pn}");

@@ -85,7 +85,11 @@ impl PersistedState {
         };
         let mut e = [0u8; 4];
         e.copy_from_slice(&b[12..16]);
-        Ok(PersistedState { node_id: NodeId::from_u64(u64_at(4..12)), epoch: u32::from_be_bytes(e), lease_end: u64_at(16..24) })
+        Ok(PersistedState {
+            node_id: NodeId::from_u64(u64_at(4..12)),
+            epoch: u32::from_be_bytes(e),
+            lease_end: u64_at(16..24),
+        })
     }
 }
 
@@ -107,7 +111,11 @@ impl Boot {
     ///
     /// Returns the boot and the state that must be written durably *before* the node is
     /// created: the lease end moves `block` past every packet number the last boot may have used.
-    pub fn resume(prev: Option<PersistedState>, fresh_id: NodeId, block: u64) -> Result<(Boot, PersistedState), StateError> {
+    pub fn resume(
+        prev: Option<PersistedState>,
+        fresh_id: NodeId,
+        block: u64,
+    ) -> Result<(Boot, PersistedState), StateError> {
         let block = block.max(1);
         let (node_id, epoch, first_pn) = match prev {
             Some(p) => (p.node_id, p.epoch.wrapping_add(1), p.lease_end),

@@ -70,14 +70,8 @@ impl fmt::Display for TopicError {
                 "topic name contains a wildcard ('+' or '#') at byte {at}; \
                  wildcards are only allowed in subscription filters"
             ),
-            TopicError::BadPlus { at } => write!(
-                f,
-                "'+' at byte {at} must occupy a whole level, as in 'a/+/b'"
-            ),
-            TopicError::BadHash { at } => write!(
-                f,
-                "'#' at byte {at} must be the whole last level, as in 'a/#'"
-            ),
+            TopicError::BadPlus { at } => write!(f, "'+' at byte {at} must occupy a whole level, as in 'a/+/b'"),
+            TopicError::BadHash { at } => write!(f, "'#' at byte {at} must be the whole last level, as in 'a/#'"),
         }
     }
 }
@@ -90,10 +84,7 @@ fn validate_common(s: &str) -> Result<(), TopicError> {
         return Err(TopicError::Empty);
     }
     if s.len() > MAX_TOPIC_LEN {
-        return Err(TopicError::TooLong {
-            len: s.len(),
-            max: MAX_TOPIC_LEN,
-        });
+        return Err(TopicError::TooLong { len: s.len(), max: MAX_TOPIC_LEN });
     }
     if s.as_bytes().contains(&0) {
         return Err(TopicError::Nul);
@@ -270,24 +261,15 @@ mod tests {
     fn spec_4_7_1_2_multi_level() {
         assert!(m("sport/tennis/player1/#", "sport/tennis/player1"));
         assert!(m("sport/tennis/player1/#", "sport/tennis/player1/ranking"));
-        assert!(m(
-            "sport/tennis/player1/#",
-            "sport/tennis/player1/score/wimbledon"
-        ));
+        assert!(m("sport/tennis/player1/#", "sport/tennis/player1/score/wimbledon"));
         assert!(m("sport/#", "sport"));
         // "#" is valid and receives every message (not starting with '$').
         assert!(m("#", "sport/tennis/player1"));
         assert!(m("#", "/"));
         assert!(m("#", "a"));
         assert!(TopicFilter::new("sport/tennis/#").is_ok());
-        assert_eq!(
-            TopicFilter::new("sport/tennis#"),
-            Err(TopicError::BadHash { at: 12 })
-        );
-        assert_eq!(
-            TopicFilter::new("sport/tennis/#/ranking"),
-            Err(TopicError::BadHash { at: 13 })
-        );
+        assert_eq!(TopicFilter::new("sport/tennis#"), Err(TopicError::BadHash { at: 12 }));
+        assert_eq!(TopicFilter::new("sport/tennis/#/ranking"), Err(TopicError::BadHash { at: 13 }));
     }
 
     #[test]
@@ -312,10 +294,7 @@ mod tests {
         assert!(m("sport/+", "sport/"));
         assert!(TopicFilter::new("+").is_ok());
         assert!(TopicFilter::new("+/tennis/#").is_ok());
-        assert_eq!(
-            TopicFilter::new("sport+"),
-            Err(TopicError::BadPlus { at: 5 })
-        );
+        assert_eq!(TopicFilter::new("sport+"), Err(TopicError::BadPlus { at: 5 }));
         assert!(TopicFilter::new("sport/+/player1").is_ok());
         assert!(m("+/+", "/finance"));
         assert!(m("/+", "/finance"));
@@ -393,21 +372,12 @@ mod tests {
 
     #[test]
     fn wildcard_in_name_reports_offset() {
-        assert_eq!(
-            Topic::new("a/b/+"),
-            Err(TopicError::WildcardInName { at: 4 })
-        );
+        assert_eq!(Topic::new("a/b/+"), Err(TopicError::WildcardInName { at: 4 }));
         assert_eq!(Topic::new("#"), Err(TopicError::WildcardInName { at: 0 }));
-        assert_eq!(
-            Topic::new("ab#cd+"),
-            Err(TopicError::WildcardInName { at: 2 })
-        );
+        assert_eq!(Topic::new("ab#cd+"), Err(TopicError::WildcardInName { at: 2 }));
         // Offsets are in bytes, not characters: 'é' is two bytes.
         assert_eq!(Topic::new("é/+"), Err(TopicError::WildcardInName { at: 3 }));
-        assert_eq!(
-            validate_topic("x+"),
-            Err(TopicError::WildcardInName { at: 1 })
-        );
+        assert_eq!(validate_topic("x+"), Err(TopicError::WildcardInName { at: 1 }));
     }
 
     #[test]
@@ -433,9 +403,7 @@ mod tests {
             assert_eq!(validate_filter(s), Err(*want), "{s:?}");
             assert_eq!(s.parse::<TopicFilter>(), Err(*want), "{s:?}");
         }
-        for s in [
-            "#", "+", "+/+", "a/+/b", "a/#", "/+", "+/", "/#", "+/#", "a//+//#",
-        ] {
+        for s in ["#", "+", "+/+", "a/+/b", "a/#", "/+", "+/", "/#", "+/#", "a//+//#"] {
             assert!(validate_filter(s).is_ok(), "{s:?}");
         }
     }
@@ -446,25 +414,16 @@ mod tests {
         let long = "a".repeat(MAX_TOPIC_LEN + 1);
         assert!(Topic::new(&ok).is_ok());
         assert!(TopicFilter::new(&ok).is_ok());
-        let want = TopicError::TooLong {
-            len: MAX_TOPIC_LEN + 1,
-            max: MAX_TOPIC_LEN,
-        };
+        let want = TopicError::TooLong { len: MAX_TOPIC_LEN + 1, max: MAX_TOPIC_LEN };
         assert_eq!(Topic::new(&long), Err(want));
         assert_eq!(TopicFilter::new(&long), Err(want));
         // The cap is in bytes: 128 two-byte characters = 256 bytes.
         let wide = "é".repeat(128);
         assert_eq!(wide.chars().count(), 128);
-        assert_eq!(
-            Topic::new(&wide),
-            Err(TopicError::TooLong { len: 256, max: 255 })
-        );
+        assert_eq!(Topic::new(&wide), Err(TopicError::TooLong { len: 256, max: 255 }));
         // Length is checked before content.
         let long_wild = "+".repeat(300);
-        assert_eq!(
-            TopicFilter::new(&long_wild),
-            Err(TopicError::TooLong { len: 300, max: 255 })
-        );
+        assert_eq!(TopicFilter::new(&long_wild), Err(TopicError::TooLong { len: 300, max: 255 }));
     }
 
     #[test]
@@ -493,28 +452,16 @@ mod tests {
         let f: TopicFilter = "a/+".parse().unwrap();
         assert_eq!(f.as_str(), "a/+");
         assert_eq!(f.to_string(), "a/+");
-        assert_eq!(
-            TopicError::TooLong { len: 300, max: 255 }.to_string(),
-            "topic is 300 bytes; the limit is 255"
-        );
+        assert_eq!(TopicError::TooLong { len: 300, max: 255 }.to_string(), "topic is 300 bytes; the limit is 255");
         assert_eq!(TopicError::Empty.to_string(), "topic is empty");
-        assert_eq!(
-            TopicError::Nul.to_string(),
-            "topic contains a NUL character (U+0000)"
-        );
-        assert_eq!(
-            TopicError::BadPlus { at: 3 }.to_string(),
-            "'+' at byte 3 must occupy a whole level, as in 'a/+/b'"
-        );
+        assert_eq!(TopicError::Nul.to_string(), "topic contains a NUL character (U+0000)");
+        assert_eq!(TopicError::BadPlus { at: 3 }.to_string(), "'+' at byte 3 must occupy a whole level, as in 'a/+/b'");
         assert_eq!(
             TopicError::BadHash { at: 2 }.to_string(),
             "'#' at byte 2 must be the whole last level, as in 'a/#'"
         );
         let w = TopicError::WildcardInName { at: 4 }.to_string();
-        assert!(
-            w.contains("byte 4") && w.contains("subscription filters"),
-            "{w}"
-        );
+        assert!(w.contains("byte 4") && w.contains("subscription filters"), "{w}");
         // Usable as a boxed error.
         let _: std::boxed::Box<dyn core::error::Error> = std::boxed::Box::new(TopicError::Empty);
     }
@@ -538,9 +485,7 @@ mod tests {
     fn random_string(rng: &mut XorShift) -> String {
         const ALPHABET: &[char] = &['a', 'b', '/', '/', '$', 'é', '日', ' ', '+', '#', '\0'];
         let len = rng.below(12);
-        (0..len)
-            .map(|_| ALPHABET[rng.below(ALPHABET.len() as u64) as usize])
-            .collect()
+        (0..len).map(|_| ALPHABET[rng.below(ALPHABET.len() as u64) as usize]).collect()
     }
 
     #[test]
@@ -557,10 +502,7 @@ mod tests {
             assert!(f.is_exact(), "{s:?}");
             assert!(f.matches(&t), "{s:?}");
         }
-        assert!(
-            valid > 1000,
-            "generator produced too few valid names: {valid}"
-        );
+        assert!(valid > 1000, "generator produced too few valid names: {valid}");
     }
 
     #[test]
@@ -605,18 +547,13 @@ mod tests {
             }
             let levels: Vec<&str> = s.split('/').collect();
             levels.iter().enumerate().all(|(i, l)| {
-                (!l.contains('+') || *l == "+")
-                    && (!l.contains('#') || (*l == "#" && i == levels.len() - 1))
+                (!l.contains('+') || *l == "+") && (!l.contains('#') || (*l == "#" && i == levels.len() - 1))
             })
         }
         let mut rng = XorShift(0xDEAD_BEEF_CAFE_F00D);
         for _ in 0..20_000 {
             let s = random_string(&mut rng);
-            assert_eq!(
-                validate_filter(&s).is_ok(),
-                reference_filter_ok(&s),
-                "{s:?}"
-            );
+            assert_eq!(validate_filter(&s).is_ok(), reference_filter_ok(&s), "{s:?}");
             let name_ok = !s.is_empty() && !s.contains(['\0', '+', '#']);
             assert_eq!(validate_topic(&s).is_ok(), name_ok, "{s:?}");
         }

@@ -154,7 +154,9 @@ impl Driver {
             match &self.state_file {
                 Some(file) => match file.store(&state) {
                     Ok(()) => self.node.handle_lease_stored(state.lease_end),
-                    Err(e) => tracing::error!(path = %file.path().display(), "cannot store lease, sending will pause: {e}"),
+                    Err(e) => {
+                        tracing::error!(path = %file.path().display(), "cannot store lease, sending will pause: {e}")
+                    }
                 },
                 None => self.node.handle_lease_stored(state.lease_end),
             }

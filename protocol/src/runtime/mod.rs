@@ -29,7 +29,7 @@ use std::{fmt, io};
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::{Config, ConfigError, NetworkKey, NodeId, PeerInfo, PublishError, Stats, StateError, SubscribeError};
+use crate::{Config, ConfigError, NetworkKey, NodeId, PeerInfo, PublishError, StateError, Stats, SubscribeError};
 use crate::{DownReason, SubscriptionId};
 
 pub use socket::resolve_interface;
@@ -282,6 +282,7 @@ impl NodeBuilder {
             cmd: cmd_tx,
             peer_events: peer_tx,
             sub_capacity: self.subscription_capacity,
+            origin,
         })
     }
 }
@@ -300,8 +301,16 @@ fn random_u64() -> Result<u64, Error> {
 }
 
 pub(crate) enum Command {
-    Publish { topic: String, payload: Vec<u8>, reply: oneshot::Sender<Result<(), PublishError>> },
-    Subscribe { filter: String, tx: mpsc::Sender<Message>, reply: oneshot::Sender<Result<SubscriptionId, SubscribeError>> },
+    Publish {
+        topic: String,
+        payload: Vec<u8>,
+        reply: oneshot::Sender<Result<(), PublishError>>,
+    },
+    Subscribe {
+        filter: String,
+        tx: mpsc::Sender<Message>,
+        reply: oneshot::Sender<Result<SubscriptionId, SubscribeError>>,
+    },
     Unsubscribe(SubscriptionId),
     Peers(oneshot::Sender<Vec<PeerInfo>>),
     Stats(oneshot::Sender<RuntimeStats>),
@@ -318,9 +327,15 @@ pub struct Node {
     cmd: mpsc::Sender<Command>,
     peer_events: broadcast::Sender<PeerEvent>,
     sub_capacity: usize,
+    origin: std::time::Instant,
 }
 
 impl Node {
+    /// Time elapsed since an instant this node reported, such as [`PeerInfo::last_heard`].
+    pub fn elapsed_since(&self, t: crate::Instant) -> Duration {
+        self.origin.elapsed().saturating_sub(Duration::from_micros(t.as_micros()))
+    }
+
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.id

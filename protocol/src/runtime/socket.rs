@@ -27,7 +27,10 @@ pub fn resolve_interface(text: &str) -> Result<Ipv4Addr, String> {
             _ => None,
         })
         .ok_or_else(|| {
-            format!("no interface named '{text}' with an IPv4 address; give an IPv4 address or one of: {}", names.join(", "))
+            format!(
+                "no interface named '{text}' with an IPv4 address; give an IPv4 address or one of: {}",
+                names.join(", ")
+            )
         })
 }
 
@@ -49,7 +52,8 @@ impl Sockets {
                 source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a multicast address (224.0.0.0/4)"),
             });
         }
-        let m = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(sock_err("creating socket".into()))?;
+        let m =
+            Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(sock_err("creating socket".into()))?;
         m.set_reuse_address(true).map_err(sock_err("setting SO_REUSEADDR".into()))?;
         #[cfg(unix)]
         m.set_reuse_port(true).map_err(sock_err("setting SO_REUSEPORT".into()))?;
@@ -62,7 +66,8 @@ impl Sockets {
         m.set_multicast_all_v4(false).map_err(sock_err("setting IP_MULTICAST_ALL".into()))?;
         m.set_nonblocking(true).map_err(sock_err("setting non-blocking".into()))?;
 
-        let u = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(sock_err("creating socket".into()))?;
+        let u =
+            Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(sock_err("creating socket".into()))?;
         let ubind = SocketAddrV4::new(interface, 0);
         u.bind(&ubind.into()).map_err(sock_err(format!("binding {ubind}")))?;
         // Without IP_MULTICAST_IF the group traffic follows the default route instead.

@@ -1,10 +1,10 @@
 //! The host's stable storage for [`PersistedState`]: a 32-byte file replaced atomically
 //! (write, fsync, rename, fsync directory) and locked while a node uses it.
 
+use std::borrow::ToOwned;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
-use std::borrow::ToOwned;
 use std::string::ToString;
 use std::{format, io};
 
@@ -43,12 +43,14 @@ impl StateFile {
             fail("is in use by another running node; give each node its own state file (or node name)".to_string())
         })?;
         let prev = match fs::read(path) {
-            Ok(bytes) => Some(PersistedState::decode(&bytes).map_err(|source| Error::State { path: path.to_path_buf(), source })?),
+            Ok(bytes) => Some(
+                PersistedState::decode(&bytes).map_err(|source| Error::State { path: path.to_path_buf(), source })?,
+            ),
             Err(e) if e.kind() == ErrorKind::NotFound => None,
             Err(e) => return Err(fail(format!("cannot read: {e}"))),
         };
-        let (boot, state) =
-            Boot::resume(prev, fresh_id, lease_block).map_err(|source| Error::State { path: path.to_path_buf(), source })?;
+        let (boot, state) = Boot::resume(prev, fresh_id, lease_block)
+            .map_err(|source| Error::State { path: path.to_path_buf(), source })?;
         let file = StateFile { path: path.to_path_buf(), _lock: lock };
         file.store(&state).map_err(|e| fail(format!("cannot write: {e}")))?;
         Ok((file, boot))

@@ -1,0 +1,107 @@
+//! Parsing of what users type: durations, hex payloads, key files. Every error says how to fix it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use starling::NetworkKey;
+
+/// Parses `500ms`, `2s`, `1.5s`, `3m`, `1h` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 =
+        num.parse().map_err(|_| format!("'{text}' is not a duration; write e.g. 500ms, 2s, 1.5m or 1h"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("unknown unit '{unit}' in '{text}'; use ms, s, m or h")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("duration '{text}' is out of range"))
+}
+
+/// Decodes hex digits; spaces, colons and a leading `0x` are allowed for readability.
+pub fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
+    let clean: String = text.trim_start_matches("0x").chars().filter(|c| !matches!(c, ' ' | ':' | '\n')).collect();
+    if clean.len() % 2 != 0 {
+        return Err(format!("hex payload has an odd number of digits ({}); each byte is two digits", clean.len()));
+    }
+    (0..clean.len())
+        .step_by(2)
+        .map(|i| {
+            u8::from_str_radix(&clean[i..i + 2], 16)
+                .map_err(|_| format!("'{}' at digit {} is not hex (0-9, a-f)", &clean[i..i + 2], i + 1))
+        })
+        .collect()
+}
+
+/// Loads the network key from a file written by `starling keygen`, warning when others can read it.
+pub fn load_key_file(path: &Path) -> Result<NetworkKey> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!("cannot read key file {} (create one with `starling keygen > net.key`)", path.display())
+    })?;
+    let key = NetworkKey::parse(&text).with_context(|| format!("key file {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                eprintln!(
+                    "warning: key file {} is readable by other users; run `chmod 600 {}`",
+                    path.display(),
+                    path.display()
+                );
+            }
+        }
+    }
+    Ok(key)
+}
+
+/// The key from `--key FILE`, or from the `STARLING_KEY` environment variable holding the key text.
+pub fn resolve_key(file: Option<&Path>, env_text: Option<&str>) -> Result<NetworkKey> {
+    match (file, env_text) {
+        (Some(path), _) => load_key_file(path),
+        (None, Some(text)) => NetworkKey::parse(text).context("environment variable STARLING_KEY"),
+        (None, None) => bail!(
+            "no network key: pass --key FILE (create one with `starling keygen > net.key`) \
+             or set STARLING_KEY_FILE or STARLING_KEY"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("2 parsecs").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("soon").unwrap_err().contains("not a duration"));
+    }
+
+    #[test]
+    fn hex_payloads() {
+        assert_eq!(parse_hex("00ff10"), Ok(vec![0, 0xff, 0x10]));
+        assert_eq!(parse_hex("0x00:FF 10"), Ok(vec![0, 0xff, 0x10]));
+        assert_eq!(parse_hex(""), Ok(vec![]));
+        assert!(parse_hex("abc").unwrap_err().contains("odd number"));
+        assert!(parse_hex("zz").unwrap_err().contains("not hex"));
+    }
+
+    #[test]
+    fn key_sources() {
+        let err = resolve_key(None, None).unwrap_err().to_string();
+        assert!(err.contains("starling keygen"), "{err}");
+        let err = format!("{:#}", resolve_key(None, Some("abc")).unwrap_err());
+        assert!(err.contains("STARLING_KEY") && err.contains("64 hexadecimal digits"), "{err}");
+        let k = resolve_key(None, Some(&"ab".repeat(32))).unwrap();
+        assert_eq!(k.as_bytes()[0], 0xab);
+    }
+}

@@ -1,0 +1,10 @@
+//! Library side of the `starling` tool: payload rendering, key and duration parsing, shared by the
+//! CLI and its tests. The MQTT bridge will live here too.
+//!
+//! # Map
+//! - [`render`]: how messages are shown (text, automatic hex for binary, hexdump, JSON lines).
+//! - [`args`]: parsing of keys, payloads and durations with errors that say what to do.
+#![warn(missing_docs)]
+
+pub mod args;
+pub mod render;

@@ -1,0 +1,334 @@
+//! `starling`: the command-line tool for Starling meshes.
+
+use std::io::{Read, Write};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use starling::runtime::{self, Node, NodeBuilder, PeerEvent};
+use starling_gateway::args::{parse_duration, parse_hex, resolve_key};
+use starling_gateway::render::{hex, Shown};
+
+/// Starling: brokerless, encrypted publish/subscribe over UDP multicast.
+///
+/// Every node on the same multicast group with the same network key forms one mesh. There is no
+/// broker and nothing to connect to: start nodes and they find each other.
+///
+/// Quick start:
+///   starling keygen > net.key && chmod 600 net.key
+///   starling sub --key net.key 'home/+/temp'          # terminal 1
+///   starling pub --key net.key home/kitchen/temp 21.5  # terminal 2
+#[derive(Parser)]
+#[command(name = "starling", version, verbatim_doc_comment)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a new random network key (64 hex digits); every node of a mesh needs the same one.
+    Keygen,
+    /// Publish one message (best effort).
+    Pub(PubArgs),
+    /// Print messages on topics matching one or more filters (MQTT wildcards + and #).
+    Sub(SubArgs),
+    /// List the nodes seen on the mesh.
+    Nodes(NodesArgs),
+}
+
+/// How to reach the mesh: key, group, port, interface, identity.
+#[derive(Args, Clone)]
+struct MeshArgs {
+    /// Network key file, as written by `starling keygen`. The key text itself may instead be
+    /// given in the STARLING_KEY environment variable.
+    #[arg(short, long, env = "STARLING_KEY_FILE", value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// Multicast group of the mesh.
+    #[arg(long, env = "STARLING_GROUP", default_value_t = runtime::DEFAULT_GROUP)]
+    group: Ipv4Addr,
+    /// UDP port of the mesh.
+    #[arg(long, env = "STARLING_PORT", default_value_t = runtime::DEFAULT_PORT)]
+    port: u16,
+    /// Network interface: an IPv4 address or a name such as `lo` or `wlan0`. The default keeps
+    /// traffic on this machine; give your LAN interface to reach other devices.
+    #[arg(short, long, env = "STARLING_INTERFACE", default_value = "127.0.0.1")]
+    interface: String,
+    /// Node name shown to other nodes (default: <hostname>-<command>).
+    #[arg(short, long, env = "STARLING_NAME")]
+    name: Option<String>,
+    /// State file keeping this node's id and packet-number lease across runs. Without it each run
+    /// is a new node with a random id.
+    #[arg(long, env = "STARLING_STATE", value_name = "FILE")]
+    state: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct PubArgs {
+    #[command(flatten)]
+    mesh: MeshArgs,
+    /// Topic to publish on (no wildcards).
+    topic: String,
+    /// Payload as text.
+    #[arg(conflicts_with_all = ["file", "hex", "empty"])]
+    payload: Option<String>,
+    /// Read the payload from a file (`-` for standard input); any bytes.
+    #[arg(short, long, value_name = "FILE", conflicts_with_all = ["hex", "empty"])]
+    file: Option<PathBuf>,
+    /// Payload as hex digits, e.g. `00ff10` or `00:ff:10`.
+    #[arg(long, value_name = "HEX", conflicts_with = "empty")]
+    hex: Option<String>,
+    /// Send an empty payload.
+    #[arg(long)]
+    empty: bool,
+    /// Publish this many times.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    repeat: u64,
+    /// Pause between repeated publications.
+    #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
+    interval: Duration,
+}
+
+#[derive(Args)]
+struct SubArgs {
+    #[command(flatten)]
+    mesh: MeshArgs,
+    /// Topic filters, e.g. `home/+/temp` or `home/#`.
+    #[arg(required = true)]
+    filters: Vec<String>,
+    /// Show every payload as a hexdump.
+    #[arg(long, conflicts_with = "json")]
+    hex: bool,
+    /// Print one JSON object per message (topic, from, name, size, hex, text).
+    #[arg(long)]
+    json: bool,
+    /// Exit after this many messages.
+    #[arg(short, long, value_name = "N")]
+    count: Option<u64>,
+    /// Exit after this long.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    timeout: Option<Duration>,
+}
+
+#[derive(Args)]
+struct NodesArgs {
+    #[command(flatten)]
+    mesh: MeshArgs,
+    /// How long to listen before printing.
+    #[arg(short, long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
+    wait: Duration,
+    /// Also print this node's traffic and drop counters (bad key, replay, malformed...).
+    #[arg(long)]
+    stats: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("STARLING_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    if let Err(e) = rt.block_on(run(cli)) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Keygen => keygen(),
+        Command::Pub(a) => publish(a).await,
+        Command::Sub(a) => subscribe(a).await,
+        Command::Nodes(a) => nodes(a).await,
+    }
+}
+
+fn keygen() -> Result<()> {
+    let mut key = [0u8; 32];
+    getrandom::fill(&mut key).map_err(|e| anyhow::anyhow!("cannot read OS randomness: {e}"))?;
+    println!("# Starling network key. Keep it secret: whoever holds it can read and write the mesh.");
+    println!("{}", hex(&key));
+    Ok(())
+}
+
+async fn open(mesh: &MeshArgs, command: &str) -> Result<Node> {
+    let key = resolve_key(mesh.key.as_deref(), std::env::var("STARLING_KEY").ok().as_deref())?;
+    let interface = runtime::resolve_interface(&mesh.interface).map_err(anyhow::Error::msg).context("--interface")?;
+    let name = match &mesh.name {
+        Some(n) => n.clone(),
+        None => default_name(command),
+    };
+    if name.len() > starling::wire::MAX_NAME_LEN {
+        bail!("--name '{name}' is {} bytes; node names are at most 32 bytes", name.len());
+    }
+    let mut b = NodeBuilder::new(key).name(name).group(mesh.group).port(mesh.port).interface(interface);
+    if let Some(path) = &mesh.state {
+        b = b.state_file(path);
+    }
+    b.open().await.context("cannot start the node")
+}
+
+fn default_name(command: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into());
+    let mut name = format!("{host}-{command}");
+    while name.len() > starling::wire::MAX_NAME_LEN {
+        name.remove(0);
+    }
+    name
+}
+
+fn payload(a: &PubArgs) -> Result<Vec<u8>> {
+    if let Some(text) = &a.payload {
+        return Ok(text.as_bytes().to_vec());
+    }
+    if let Some(h) = &a.hex {
+        return parse_hex(h).map_err(anyhow::Error::msg).context("--hex");
+    }
+    if let Some(path) = &a.file {
+        if path.as_os_str() == "-" {
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf).context("reading the payload from standard input")?;
+            return Ok(buf);
+        }
+        return std::fs::read(path).with_context(|| format!("reading payload file {}", path.display()));
+    }
+    if a.empty {
+        return Ok(Vec::new());
+    }
+    bail!("no payload: give it as an argument, or use --file FILE, --hex HEX or --empty")
+}
+
+async fn publish(a: PubArgs) -> Result<()> {
+    starling::Topic::new(&a.topic).with_context(|| format!("topic '{}'", a.topic))?;
+    let payload = payload(&a)?;
+    let node = open(&a.mesh, "pub").await?;
+    for i in 0..a.repeat {
+        if i > 0 {
+            tokio::time::sleep(a.interval).await;
+        }
+        node.publish(&a.topic, payload.clone()).await.with_context(|| format!("publishing on '{}'", a.topic))?;
+    }
+    node.close().await?;
+    Ok(())
+}
+
+async fn subscribe(a: SubArgs) -> Result<()> {
+    for f in &a.filters {
+        starling::TopicFilter::new(f).with_context(|| format!("filter '{f}'"))?;
+    }
+    let node = open(&a.mesh, "sub").await?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+    for f in &a.filters {
+        let mut sub = node.subscribe(f).await?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(m) = sub.recv().await {
+                if tx.send(m).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(tx);
+    let deadline = a.timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut seen = 0u64;
+    let mut stdout = std::io::stdout().lock();
+    while a.count.is_none_or(|c| seen < c) {
+        let next = tokio::select! {
+            m = rx.recv() => m,
+            _ = sleep_until(deadline) => None,
+            _ = tokio::signal::ctrl_c() => None,
+        };
+        let Some(m) = next else { break };
+        seen += 1;
+        let shown =
+            Shown { topic: &m.topic, from: m.from.to_string(), name: m.from_name.as_deref(), payload: &m.payload };
+        let text = if a.json {
+            shown.json()
+        } else if a.hex {
+            shown.hexdump()
+        } else {
+            shown.line()
+        };
+        writeln!(stdout, "{}", text.trim_end_matches('\n'))?;
+        stdout.flush()?;
+    }
+    node.close().await?;
+    Ok(())
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn nodes(a: NodesArgs) -> Result<()> {
+    let node = open(&a.mesh, "nodes").await?;
+    let mut events = node.peer_events();
+    let deadline = tokio::time::Instant::now() + a.wait;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => break,
+            e = events.recv() => if let Ok(PeerEvent::IdConflict { addr }) = e {
+                eprintln!("warning: a device at {addr} uses this node's id (copied state file?)");
+            },
+        }
+    }
+    let mut peers = node.peers().await?;
+    peers.sort_by(|x, y| x.name.cmp(&y.name).then(x.id.cmp(&y.id)));
+    let stats = node.stats().await?;
+    if a.json {
+        let list: Vec<_> = peers
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "id": p.id.to_string(), "name": p.name, "address": p.addr.to_string(), "epoch": p.epoch,
+                    "last_seen_ms": node.elapsed_since(p.last_heard).as_millis() as u64,
+                })
+            })
+            .collect();
+        let mut out = serde_json::json!({ "self": node.id().to_string(), "nodes": list });
+        if a.stats {
+            out["stats"] = stats
+                .core
+                .fields()
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v)))
+                .collect::<serde_json::Map<_, _>>()
+                .into();
+        }
+        println!("{out}");
+    } else {
+        println!("{:<16}  {:<24}  {:<21}  {:>5}  {:>9}", "ID", "NAME", "ADDRESS", "EPOCH", "LAST SEEN");
+        for p in &peers {
+            let ago = format!("{:.1}s ago", node.elapsed_since(p.last_heard).as_secs_f64());
+            println!("{:<16}  {:<24}  {:<21}  {:>5}  {:>9}", p.id, p.name, p.addr, p.epoch, ago);
+        }
+        println!("{} node(s) seen in {:.1}s (this node: {})", peers.len(), a.wait.as_secs_f64(), node.id());
+        if a.stats {
+            println!("\nthis node's counters:");
+            for (k, v) in stats.core.fields() {
+                println!("  {k:<22} {v}");
+            }
+            println!("  {:<22} {}", "subscriber_lagged", stats.subscriber_lagged);
+            println!("  {:<22} {}", "send_errors", stats.send_errors);
+        }
+    }
+    node.close().await?;
+    Ok(())
+}

@@ -1,0 +1,131 @@
+//! How `starling sub` shows messages: one line each, payload as text when it is printable UTF-8
+//! and as hex otherwise; `--hex` gives a classic hexdump, `--json` one JSON object per line.
+
+use std::fmt::Write as _;
+
+/// Lowercase hex of `bytes`, two digits per byte, no separators.
+pub fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// `bytes` as text if they are UTF-8 without control characters (tab allowed), else `None`.
+pub fn printable_text(bytes: &[u8]) -> Option<&str> {
+    let s = std::str::from_utf8(bytes).ok()?;
+    (!s.chars().any(|c| c.is_control() && c != '\t')).then_some(s)
+}
+
+/// A hexdump: offset, 16 bytes in hex, and their printable ASCII, one line per 16 bytes.
+pub fn hexdump(bytes: &[u8], indent: &str) -> String {
+    let mut out = String::new();
+    for (i, chunk) in bytes.chunks(16).enumerate() {
+        let _ = write!(out, "{indent}{:08x} ", i * 16);
+        for j in 0..16 {
+            if j == 8 {
+                out.push(' ');
+            }
+            match chunk.get(j) {
+                Some(b) => {
+                    let _ = write!(out, " {b:02x}");
+                }
+                None => out.push_str("   "),
+            }
+        }
+        out.push_str("  |");
+        out.extend(chunk.iter().map(|&b| if b.is_ascii_graphic() || b == b' ' { b as char } else { '.' }));
+        out.push_str("|\n");
+    }
+    out
+}
+
+/// A received message as the CLI shows it.
+pub struct Shown<'a> {
+    /// Topic name.
+    pub topic: &'a str,
+    /// Sender id as 16 hex digits.
+    pub from: String,
+    /// Sender name, if known.
+    pub name: Option<&'a str>,
+    /// Payload bytes.
+    pub payload: &'a [u8],
+}
+
+impl Shown<'_> {
+    fn sender(&self) -> String {
+        match self.name {
+            Some(n) if !n.is_empty() => format!("{n} ({})", self.from),
+            _ => self.from.clone(),
+        }
+    }
+
+    /// One line: topic, sender, size, then the payload as text, or as hex when it is binary.
+    pub fn line(&self) -> String {
+        let n = self.payload.len();
+        let head = format!("{}  from {}  {n} B", self.topic, self.sender());
+        match printable_text(self.payload) {
+            _ if n == 0 => format!("{head}  (empty)"),
+            Some(text) => format!("{head}  {text}"),
+            None => format!("{head}  hex {}", hex(self.payload)),
+        }
+    }
+
+    /// The header line followed by a hexdump of the payload.
+    pub fn hexdump(&self) -> String {
+        format!("{}  from {}  {} B\n{}", self.topic, self.sender(), self.payload.len(), hexdump(self.payload, "  "))
+    }
+
+    /// One JSON object: topic, from, name, size, hex, and text when the payload is UTF-8.
+    pub fn json(&self) -> String {
+        let mut v = serde_json::json!({
+            "topic": self.topic,
+            "from": self.from,
+            "name": self.name,
+            "size": self.payload.len(),
+            "hex": hex(self.payload),
+        });
+        if let Ok(text) = std::str::from_utf8(self.payload) {
+            v["text"] = serde_json::Value::String(text.to_owned());
+        }
+        v.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shown(payload: &[u8]) -> Shown<'_> {
+        Shown { topic: "a/b", from: "00000000000000ff".into(), name: Some("kitchen"), payload }
+    }
+
+    #[test]
+    fn text_binary_and_empty_lines() {
+        assert_eq!(shown(b"21.5").line(), "a/b  from kitchen (00000000000000ff)  4 B  21.5");
+        assert_eq!(shown(&[0, 0xff, b'a']).line(), "a/b  from kitchen (00000000000000ff)  3 B  hex 00ff61");
+        assert_eq!(shown(b"two\nlines").line(), "a/b  from kitchen (00000000000000ff)  9 B  hex 74776f0a6c696e6573");
+        assert_eq!(shown(b"").line(), "a/b  from kitchen (00000000000000ff)  0 B  (empty)");
+    }
+
+    #[test]
+    fn hexdump_layout() {
+        let d = hexdump(b"0123456789abcdefXY\x00", "");
+        assert_eq!(
+            d,
+            "00000000  30 31 32 33 34 35 36 37  38 39 61 62 63 64 65 66  |0123456789abcdef|\n\
+             00000010  58 59 00                                          |XY.|\n"
+        );
+    }
+
+    #[test]
+    fn json_has_hex_always_and_text_when_utf8() {
+        let v: serde_json::Value = serde_json::from_str(&shown(&[0xff, 0]).json()).unwrap();
+        assert_eq!(v["hex"], "ff00");
+        assert!(v.get("text").is_none());
+        let v: serde_json::Value = serde_json::from_str(&shown(b"hi").json()).unwrap();
+        assert_eq!(v["text"], "hi");
+        assert_eq!(v["size"], 2);
+    }
+}
