@@ -1,0 +1,170 @@
+//! Checks the test vectors in PROTOCOL.md byte for byte, two ways: against an independent
+//! construction from the spec's text (BLAKE2s and ChaCha20-Poly1305 called directly), and against
+//! what the `Node` actually emits and accepts.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use blake2::digest::{KeyInit, Mac};
+use blake2::Blake2sMac256;
+use chacha20poly1305::aead::AeadInPlace;
+use chacha20poly1305::ChaCha20Poly1305;
+use starling::state::{Boot, PersistedState};
+use starling::wire::MAX_DATAGRAM;
+use starling::{Config, Event, Instant, NetworkKey, Node, NodeId};
+
+const SPEC: &str = include_str!("../../PROTOCOL.md");
+
+/// `name = hex` lines between the vector markers of PROTOCOL.md.
+fn vectors() -> BTreeMap<String, Vec<u8>> {
+    let start = SPEC.find("<!-- vectors:begin -->").expect("PROTOCOL.md has a vectors:begin marker");
+    let end = SPEC.find("<!-- vectors:end -->").expect("PROTOCOL.md has a vectors:end marker");
+    let mut out = BTreeMap::new();
+    let mut last: Option<String> = None;
+    for line in SPEC[start..end].lines() {
+        let line = line.trim();
+        if let Some((name, value)) = line.split_once('=') {
+            let name = name.trim().to_owned();
+            out.insert(name.clone(), unhex(value.trim()));
+            last = Some(name);
+        } else if !line.is_empty() && !line.starts_with("```") && !line.starts_with("<!--") && !line.starts_with('#') {
+            // continuation line of a long value
+            let name = last.clone().expect("continuation after a value");
+            out.get_mut(&name).unwrap().extend(unhex(line));
+        }
+    }
+    out
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex in vectors")).collect()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn prf(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let mut m = <Blake2sMac256 as KeyInit>::new_from_slice(key).unwrap();
+    for p in parts {
+        m.update(p);
+    }
+    m.finalize().into_bytes().into()
+}
+
+fn check(v: &BTreeMap<String, Vec<u8>>, name: &str, actual: &[u8]) {
+    let expected = v.get(name).unwrap_or_else(|| panic!("PROTOCOL.md lacks vector {name}; actual: {}", hex(actual)));
+    assert_eq!(hex(expected), hex(actual), "vector {name}");
+}
+
+const SENDER: u64 = 0x0123_4567_89ab_cdef;
+
+fn spec_node(v: &BTreeMap<String, Vec<u8>>) -> Node {
+    let key = NetworkKey::from_bytes(v["network_key"].clone().try_into().unwrap());
+    let mut config = Config::new("kitchen", [0; 32]);
+    config.beacon_interval = std::time::Duration::from_millis(5000);
+    let boot = Boot { node_id: NodeId::from_u64(SENDER), epoch: 1, first_pn: 0, lease_end: 1 << 20 };
+    Node::new(config, &key, boot, Instant::ZERO).unwrap()
+}
+
+#[test]
+fn key_derivation_matches_spec() {
+    let v = vectors();
+    let k = &v["network_key"];
+    check(&v, "net_tag", &prf(k, &[b"starling/v1/net-tag"])[..1]);
+    let data = prf(k, &[b"starling/v1/data"]);
+    check(&v, "data_key", &data);
+    check(&v, "sender_key", &prf(&data, &[b"starling/v1/sender", &SENDER.to_be_bytes()]));
+}
+
+#[test]
+fn frames_match_spec_construction_and_node_output() {
+    let v = vectors();
+    let sender_key = &v["sender_key"];
+    let aead = ChaCha20Poly1305::new_from_slice(sender_key).unwrap();
+    // Build each frame from the spec's description alone.
+    let seal = |pn: u64, body: &[u8]| {
+        let mut frame = vec![0x10, v["net_tag"][0]];
+        frame.extend_from_slice(&SENDER.to_be_bytes());
+        frame.extend_from_slice(&pn.to_be_bytes()[2..]);
+        let mut nonce = [0u8; 12];
+        nonce[4..].copy_from_slice(&pn.to_be_bytes());
+        let mut buf = body.to_vec();
+        let tag = aead.encrypt_in_place_detached(&nonce.into(), &frame, &mut buf).unwrap();
+        frame.extend_from_slice(&buf);
+        frame.extend_from_slice(&tag);
+        frame
+    };
+    check(&v, "beacon_frame", &seal(0, &v["beacon_plaintext"]));
+    check(&v, "publish_frame", &seal(1, &v["publish_plaintext"]));
+    check(&v, "binary_publish_frame", &seal(2, &v["binary_publish_plaintext"]));
+
+    // The node emits exactly these frames.
+    let mut node = spec_node(&v);
+    let mut buf = [0u8; MAX_DATAGRAM];
+    let t = node.poll_transmit(&mut buf).unwrap().unwrap();
+    check(&v, "beacon_frame", &buf[..t.len]);
+    node.publish("home/kitchen/temp", b"21.5").unwrap();
+    let t = node.poll_transmit(&mut buf).unwrap().unwrap();
+    check(&v, "publish_frame", &buf[..t.len]);
+    node.publish("cam/1", &[0x00, 0xff, 0x00]).unwrap();
+    let t = node.poll_transmit(&mut buf).unwrap().unwrap();
+    check(&v, "binary_publish_frame", &buf[..t.len]);
+}
+
+#[test]
+fn node_accepts_vector_frames() {
+    let v = vectors();
+    let key = NetworkKey::from_bytes(v["network_key"].clone().try_into().unwrap());
+    let boot = Boot { node_id: NodeId::from_u64(1), epoch: 1, first_pn: 0, lease_end: 1 << 20 };
+    let mut rx = Node::new(Config::new("rx", [1; 32]), &key, boot, Instant::ZERO).unwrap();
+    rx.subscribe("#").unwrap();
+    let from: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+    for name in ["beacon_frame", "publish_frame", "binary_publish_frame"] {
+        rx.handle_datagram(Instant::from_millis(1), from, &v[name]);
+    }
+    let events: Vec<Event> = std::iter::from_fn(|| rx.poll_event()).collect();
+    assert!(matches!(&events[0], Event::PeerUp(p) if p.name == "kitchen" && p.id == NodeId::from_u64(SENDER)));
+    let msgs: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message(m) => Some((m.topic.as_str(), m.payload.as_slice())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(msgs, [("home/kitchen/temp", &b"21.5"[..]), ("cam/1", &[0x00, 0xff, 0x00][..])]);
+    assert_eq!(rx.stats().rx_accepted, 3);
+}
+
+#[test]
+fn state_record_matches_spec() {
+    let v = vectors();
+    let s = PersistedState { node_id: NodeId::from_u64(SENDER), epoch: 1, lease_end: 1 << 20 };
+    check(&v, "state_record", &s.encode());
+    assert_eq!(PersistedState::decode(&v["state_record"]), Ok(s));
+}
+
+#[test]
+fn payload_limit_matches_spec_section_2_4() {
+    let v = vectors();
+    let mut node = spec_node(&v);
+    let topic = "home/kitchen/temp";
+    assert_eq!(node.max_payload(topic.len()), 1147);
+    let err = node.publish(topic, &[0u8; 1148]).unwrap_err();
+    assert_eq!(err, starling::PublishError::TooLarge { size: 1148, max: 1147 });
+    assert!(err.to_string().contains("1147"), "{err}");
+    node.publish(topic, &[0xa5; 1147]).unwrap();
+    let mut buf = [0u8; MAX_DATAGRAM];
+    let _beacon = node.poll_transmit(&mut buf).unwrap().unwrap();
+    let t = node.poll_transmit(&mut buf).unwrap().unwrap();
+    assert_eq!(t.len, MAX_DATAGRAM, "a maximal publish fills the datagram exactly");
+    // and every topic length leaves a payload that fits exactly
+    for len in 1..=255 {
+        let max = node.max_payload(len);
+        let t = "t".repeat(len);
+        node.publish(&t, &vec![1u8; max]).unwrap();
+        let t = node.poll_transmit(&mut buf).unwrap().unwrap();
+        assert!(t.len <= MAX_DATAGRAM && t.len >= MAX_DATAGRAM - 1, "topic {len}: {}", t.len);
+    }
+}
