@@ -243,6 +243,14 @@ async fn subscribe(a: SubArgs) -> Result<()> {
         });
     }
     drop(tx);
+    eprintln!(
+        "listening on {}:{} as {} ({}) for {}; Ctrl-C to stop",
+        a.mesh.group,
+        a.mesh.port,
+        node.id(),
+        node.local_addr(),
+        a.filters.join(" ")
+    );
     let deadline = a.timeout.map(|t| tokio::time::Instant::now() + t);
     let mut seen = 0u64;
     let mut stdout = std::io::stdout().lock();

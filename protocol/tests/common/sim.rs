@@ -132,6 +132,9 @@ pub struct Sent {
     pub destination: Destination,
     /// The datagram.
     pub bytes: Vec<u8>,
+    /// The nodes it was addressed to that were up when it left (the sender itself for the
+    /// loopback copy of a multicast), before the link lost, duplicated or partitioned anything.
+    pub targets: Vec<usize>,
 }
 
 /// An event together with the virtual time the node emitted it.
@@ -661,9 +664,11 @@ impl Sim {
                 let bytes = self.buf[..t.len].to_vec();
                 self.send(i, t.destination, bytes);
             }
-            let node = self.nodes[i].node.as_mut().expect("running");
+            let now = self.now;
+            let sn = &mut self.nodes[i];
+            let node = sn.node.as_mut().expect("running");
             while let Some(event) = node.poll_event() {
-                self.nodes[i].log.push(Logged { at: self.now, event });
+                sn.log.push(Logged { at: now, event });
             }
             if self.single_pass_flush {
                 return;
@@ -694,14 +699,6 @@ impl Sim {
     fn send(&mut self, from: usize, destination: Destination, bytes: Vec<u8>) {
         let src = self.nodes[from].addr;
         self.net.sent += 1;
-        self.tap.push(Sent {
-            at: self.now,
-            node: from,
-            boot: self.nodes[from].boots,
-            src,
-            destination,
-            bytes: bytes.clone(),
-        });
         let targets: Vec<usize> = match destination {
             Destination::Multicast => (0..self.nodes.len()).filter(|&k| self.nodes[k].node.is_some()).collect(),
             Destination::Unicast(addr) => match self.node_at(addr) {
@@ -712,6 +709,15 @@ impl Sim {
                 }
             },
         };
+        self.tap.push(Sent {
+            at: self.now,
+            node: from,
+            boot: self.nodes[from].boots,
+            src,
+            destination,
+            bytes: bytes.clone(),
+            targets: targets.clone(),
+        });
         for dst in targets {
             if dst == from && destination == Destination::Multicast {
                 let at = self.now + self.loopback_latency;
