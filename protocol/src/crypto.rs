@@ -54,7 +54,7 @@ impl fmt::Display for KeyParseError {
                 "a network key is 64 hexadecimal digits (32 bytes), found {found} characters; create one with `starling keygen`"
             ),
             KeyParseError::NotHex { at } => {
-                write!(f, "character {} of the key is not a hexadecimal digit (0-9, a-f)", at + 1)
+                write!(f, "character {} of the key is not a hexadecimal digit; a network key is 64 hexadecimal digits", at + 1)
             }
             KeyParseError::ExtraLines => {
                 write!(f, "the key text has more than one key line; keep one key per file ('#' starts a comment)")
@@ -83,11 +83,6 @@ impl NetworkKey {
         let line = lines.next().ok_or(KeyParseError::Missing)?;
         if lines.next().is_some() {
             return Err(KeyParseError::ExtraLines);
-        }
-        if let Some(at) = line.chars().position(|c| !c.is_ascii_hexdigit()) {
-            if line.chars().count() == 2 * KEY_LEN || at < 2 * KEY_LEN {
-                return Err(KeyParseError::NotHex { at });
-            }
         }
         if line.len() != 2 * KEY_LEN {
             return Err(KeyParseError::WrongLength { found: line.chars().count() });

@@ -301,6 +301,8 @@ pub struct Sim {
     /// request appears. The strict pass is what the `Node` docs describe; the loop is what a
     /// driver needs so that a lease asked for inside `poll_transmit` does not wait for the next input.
     pub single_pass_flush: bool,
+    /// Print every send, loss, delivery and event to stderr (also set by `SIM_TRACE=1`).
+    pub trace: bool,
 }
 
 impl Sim {
@@ -320,6 +322,7 @@ impl Sim {
             key: NetworkKey::from_bytes(DEFAULT_KEY),
             buf: vec![0u8; MAX_DATAGRAM],
             single_pass_flush: false,
+            trace: std::env::var_os("SIM_TRACE").is_some_and(|v| v == "1"),
         }
     }
 
@@ -668,6 +671,9 @@ impl Sim {
             let sn = &mut self.nodes[i];
             let node = sn.node.as_mut().expect("running");
             while let Some(event) = node.poll_event() {
+                if self.trace {
+                    eprintln!("[{:>12}us] event {i} {event:?}", now.as_micros());
+                }
                 sn.log.push(Logged { at: now, event });
             }
             if self.single_pass_flush {
@@ -709,6 +715,14 @@ impl Sim {
                 }
             },
         };
+        if self.trace {
+            let h = Header::parse(&bytes).ok().map(|h| (h.sender, h.pn));
+            eprintln!(
+                "[{:>12}us] send {from} {destination:?} {h:?} {} bytes -> {targets:?}",
+                self.now.as_micros(),
+                bytes.len()
+            );
+        }
         self.tap.push(Sent {
             at: self.now,
             node: from,
@@ -726,10 +740,12 @@ impl Sim {
             }
             if self.blocked.contains(&(from, dst)) {
                 self.net.partitioned += 1;
+                self.trace_line(format_args!("partitioned {from} -> {dst}"));
                 continue;
             }
             if self.rng.chance(self.link.loss) {
                 self.net.lost += 1;
+                self.trace_line(format_args!("lost {from} -> {dst}"));
                 continue;
             }
             let copies = if self.rng.chance(self.link.duplicate) {
@@ -742,6 +758,12 @@ impl Sim {
                 let at = self.now + self.link.latency + self.jitter();
                 self.push_flight(at, dst, src, bytes.clone());
             }
+        }
+    }
+
+    fn trace_line(&self, what: std::fmt::Arguments<'_>) {
+        if self.trace {
+            eprintln!("[{:>12}us] {what}", self.now.as_micros());
         }
     }
 
@@ -764,10 +786,23 @@ impl Sim {
         match self.nodes[f.dst].node.as_mut() {
             Some(node) => {
                 self.net.delivered += 1;
+                if self.trace {
+                    let h = Header::parse(&f.bytes).ok().map(|h| (h.sender, h.pn));
+                    eprintln!(
+                        "[{:>12}us] deliver {} -> {} {h:?} {} bytes",
+                        now.as_micros(),
+                        f.src,
+                        f.dst,
+                        f.bytes.len()
+                    );
+                }
                 node.handle_datagram(now, f.src, &f.bytes);
                 self.flush(f.dst);
             }
-            None => self.net.undeliverable += 1,
+            None => {
+                self.net.undeliverable += 1;
+                self.trace_line(format_args!("undeliverable to {} (down)", f.dst));
+            }
         }
     }
 }

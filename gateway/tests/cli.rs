@@ -1,0 +1,223 @@
+//! The `starling` binary as separate processes on loopback multicast.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use starling_integration::isolated_mesh;
+
+const BIN: &str = env!("CARGO_BIN_EXE_starling");
+
+struct Env {
+    dir: PathBuf,
+    key: PathBuf,
+    group: String,
+    port: String,
+}
+
+impl Env {
+    fn new(tag: &str) -> Env {
+        let (group, port) = isolated_mesh();
+        let dir = std::env::temp_dir().join(format!("starling-cli-{tag}-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("net.key");
+        let out = Command::new(BIN).arg("keygen").output().unwrap();
+        assert!(out.status.success());
+        std::fs::write(&key, &out.stdout).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        Env { dir, key, group: group.to_string(), port: port.to_string() }
+    }
+
+    fn cmd(&self, sub: &str) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg(sub).arg("--key").arg(&self.key).args(["--group", &self.group, "--port", &self.port]);
+        c.env_remove("STARLING_KEY").env_remove("STARLING_KEY_FILE");
+        c
+    }
+
+    /// Starts `starling sub` and waits until it says it is listening.
+    fn sub(&self, args: &[&str]) -> Child {
+        let mut child = self.cmd("sub").args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        let start = Instant::now();
+        while !line.contains("listening on") {
+            line.clear();
+            assert!(err.read_line(&mut line).unwrap() > 0, "sub exited before listening");
+            assert!(start.elapsed() < Duration::from_secs(10), "sub never became ready");
+        }
+        child
+    }
+
+    fn publish(&self, args: &[&str]) -> Output {
+        let out = self.cmd("pub").args(args).output().unwrap();
+        assert!(out.status.success(), "pub failed: {}", String::from_utf8_lossy(&out.stderr));
+        out
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Waits for a child with a limit, killing it if it overstays.
+fn finish(mut child: Child, limit: Duration) -> Output {
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!("process did not finish in {limit:?}; stdout so far: {}", String::from_utf8_lossy(&out.stdout));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+#[test]
+fn pub_reaches_sub_text_and_binary_byte_for_byte() {
+    let env = Env::new("bin");
+    let text_sub = env.sub(&["home/+/temp", "cam/#", "--count", "3", "--timeout", "20s"]);
+    let json_sub = env.sub(&["cam/#", "--json", "--count", "2", "--timeout", "20s"]);
+
+    let image: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 256) as u8).chain([0, 0, 0xff, 0xfe]).collect();
+    let img = env.dir.join("img.bin");
+    std::fs::write(&img, &image).unwrap();
+    env.publish(&["--name", "kitchen", "home/kitchen/temp", "21.5"]);
+    env.publish(&["home/kitchen/humidity", "40"]); // matches neither subscription
+    env.publish(&["cam/1/frame", "--file", img.to_str().unwrap()]);
+    env.publish(&["cam/1/empty", "--empty"]);
+
+    let out = stdout(&finish(text_sub, Duration::from_secs(20)));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(lines[0].starts_with("home/kitchen/temp  from kitchen (") && lines[0].ends_with(" 4 B  21.5"), "{out}");
+    let hex: String = image.iter().map(|b| format!("{b:02x}")).collect();
+    assert!(lines[1].starts_with("cam/1/frame  from ") && lines[1].ends_with(&format!("1004 B  hex {hex}")), "{out}");
+    assert!(lines[2].starts_with("cam/1/empty  from ") && lines[2].ends_with("0 B  (empty)"), "{out}");
+
+    let out = stdout(&finish(json_sub, Duration::from_secs(20)));
+    let msgs: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(msgs.len(), 2, "{out}");
+    assert_eq!(msgs[0]["topic"], "cam/1/frame");
+    assert_eq!(msgs[0]["hex"], hex, "binary payload byte for byte");
+    assert_eq!(msgs[0]["size"], 1004);
+    assert!(msgs[0].get("text").is_none(), "binary is not shown as text");
+    assert_eq!((msgs[1]["topic"].as_str(), msgs[1]["size"].as_u64()), (Some("cam/1/empty"), Some(0)));
+}
+
+#[test]
+fn stdin_and_hex_payloads_and_hexdump_view() {
+    let env = Env::new("hex");
+    let sub = env.sub(&["raw/#", "--hex", "--count", "2", "--timeout", "20s"]);
+    env.publish(&["raw/a", "--hex", "00:ff:41"]);
+    let mut p = env.cmd("pub").args(["raw/b", "--file", "-"]).stdin(Stdio::piped()).spawn().unwrap();
+    p.stdin.take().unwrap().write_all(b"\x00stdin\xff").unwrap();
+    assert!(p.wait().unwrap().success());
+    let out = stdout(&finish(sub, Duration::from_secs(20)));
+    assert!(out.contains("raw/a  from ") && out.contains("3 B\n  00000000  00 ff 41"), "{out}");
+    assert!(out.contains("|..A|"), "{out}");
+    assert!(out.contains("  00000000  00 73 74 64 69 6e ff"), "{out}");
+}
+
+#[test]
+fn nodes_lists_running_nodes_with_stats() {
+    let env = Env::new("nodes");
+    let sub = env.sub(&["--name", "watcher", "x", "--timeout", "20s"]);
+    let out = env.cmd("nodes").args(["--name", "lister", "--wait", "1s", "--json", "--stats"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let nodes = v["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 1, "{v}");
+    assert_eq!(nodes[0]["name"], "watcher");
+    assert!(nodes[0]["address"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert_eq!(nodes[0]["epoch"], 1);
+    assert!(v["stats"]["rx_accepted"].as_u64().unwrap() >= 1, "{v}");
+    assert_eq!(v["stats"]["drop_auth"], 0);
+
+    let out = env.cmd("nodes").args(["--wait", "1s", "--stats"]).output().unwrap();
+    let table = stdout(&out);
+    assert!(table.contains("watcher") && table.contains("drop_replay"), "{table}");
+    let mut sub = sub;
+    sub.kill().unwrap();
+    let _ = sub.wait();
+}
+
+#[test]
+fn state_file_keeps_identity_across_runs() {
+    let env = Env::new("state");
+    let state = env.dir.join("pub.state");
+    let sub = env.sub(&["s", "--json", "--count", "2", "--timeout", "20s"]);
+    for _ in 0..2 {
+        env.publish(&["--state", state.to_str().unwrap(), "s", "x"]);
+    }
+    let out = stdout(&finish(sub, Duration::from_secs(20)));
+    let from: Vec<String> =
+        out.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["from"].to_string()).collect();
+    assert_eq!(from.len(), 2, "{out}");
+    assert_eq!(from[0], from[1], "same node id on both runs");
+    assert_eq!(std::fs::metadata(&state).unwrap().len(), 32);
+}
+
+fn fails_with(c: &mut Command, needle: &str) {
+    let out = c.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, stderr: {err}");
+    assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
+}
+
+#[test]
+fn bad_input_gets_errors_that_say_what_to_do() {
+    let env = Env::new("errors");
+    let mut no_key = Command::new(BIN);
+    no_key.args(["pub", "a", "b"]).env_remove("STARLING_KEY").env_remove("STARLING_KEY_FILE");
+    fails_with(&mut no_key, "starling keygen");
+    fails_with(env.cmd("pub").args(["a/+/b", "x"]), "wildcard");
+    fails_with(env.cmd("pub").args(["a"]), "--empty");
+    fails_with(env.cmd("pub").args(["a", "--hex", "abc"]), "odd number");
+    fails_with(env.cmd("sub").args(["a/#/b"]), "'#'");
+    fails_with(env.cmd("pub").args(["a", &"x".repeat(2000)]), "limit for this topic is");
+    fails_with(env.cmd("pub").args(["--interface", "nosuchif0", "a", "x"]), "no interface named 'nosuchif0'");
+    let bad = env.dir.join("bad.key");
+    std::fs::write(&bad, "not a key\n").unwrap();
+    let mut c = Command::new(BIN);
+    c.args(["pub", "--key", bad.to_str().unwrap(), "a", "x"]);
+    fails_with(&mut c, "bad.key");
+    fails_with(&mut c, "64 hexadecimal digits");
+    let mut c = Command::new(BIN);
+    c.args(["pub", "--key", "/nonexistent/net.key", "a", "x"]);
+    fails_with(&mut c, "/nonexistent/net.key");
+    // key from the environment works too
+    let key_text = std::fs::read_to_string(&env.key).unwrap();
+    let out = Command::new(BIN)
+        .args(["pub", "--group", &env.group, "--port", &env.port, "a", "x"])
+        .env("STARLING_KEY", key_text.lines().last().unwrap())
+        .env_remove("STARLING_KEY_FILE")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn keygen_makes_distinct_valid_keys_and_help_explains() {
+    let a = Command::new(BIN).arg("keygen").output().unwrap();
+    let b = Command::new(BIN).arg("keygen").output().unwrap();
+    assert_ne!(a.stdout, b.stdout);
+    let text = String::from_utf8(a.stdout).unwrap();
+    starling::NetworkKey::parse(&text).unwrap();
+    let help = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    assert!(help.contains("keygen") && help.contains("Quick start"), "{help}");
+    let _ = Path::new(BIN);
+}
