@@ -26,7 +26,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Decodes hex digits; spaces, colons and a leading `0x` are allowed for readability.
 pub fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
     let clean: String = text.trim_start_matches("0x").chars().filter(|c| !matches!(c, ' ' | ':' | '\n')).collect();
-    if clean.len() % 2 != 0 {
+    if !clean.len().is_multiple_of(2) {
         return Err(format!("hex payload has an odd number of digits ({}); each byte is two digits", clean.len()));
     }
     (0..clean.len())

@@ -24,7 +24,7 @@ pub const WINDOW_BITS: u64 = 1024;
 const WORDS: usize = (WINDOW_BITS / 64) as usize;
 
 // The ring indexing below relies on this.
-const _: () = assert!(WINDOW_BITS % 64 == 0 && WINDOW_BITS.is_power_of_two());
+const _: () = assert!(WINDOW_BITS.is_multiple_of(64) && WINDOW_BITS.is_power_of_two());
 
 /// Why a packet number was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

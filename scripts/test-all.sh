@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs every check and test of the workspace on a fresh machine. Installs what it needs itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "toolchain pieces"
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+rustup target add riscv32imc-unknown-none-elf
+
+step "format"
+cargo fmt --all -- --check
+
+step "clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "the protocol core builds no_std for the ESP32-C3 target"
+cargo build -p starling --no-default-features --target riscv32imc-unknown-none-elf
+cargo build -p starling --no-default-features --target riscv32imc-unknown-none-elf --release
+
+step "docs build without warnings"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+
+step "tests"
+cargo test --workspace
