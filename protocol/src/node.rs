@@ -565,13 +565,10 @@ impl Node {
             }
         };
         // One AEAD attempt, never more.
-        let fresh_key;
-        let key = match self.peers.get(&header.sender) {
-            Some(peer) => &peer.key,
-            None => {
-                fresh_key = self.keys.sender_key(header.sender);
-                &fresh_key
-            }
+        let fresh_key = (!known).then(|| self.keys.sender_key(header.sender));
+        let key = match &fresh_key {
+            Some(k) => k,
+            None => &self.peers[&header.sender].key,
         };
         self.scratch.clear();
         self.scratch.extend_from_slice(datagram);
@@ -585,13 +582,12 @@ impl Node {
             self.stats.drop_malformed += 1;
             return;
         }
-        if !known {
+        if let Some(key) = fresh_key {
             if self.peers.len() >= self.config.max_peers {
                 if let Some(victim) = self.evictable() {
                     self.peers.remove(&victim);
                 }
             }
-            let key = self.keys.sender_key(header.sender);
             self.peers.insert(
                 header.sender,
                 Peer {
