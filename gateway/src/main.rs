@@ -56,7 +56,7 @@ struct MeshArgs {
     /// traffic on this machine; give your LAN interface to reach other devices.
     #[arg(short, long, env = "STARLING_INTERFACE", default_value = "127.0.0.1")]
     interface: String,
-    /// Node name shown to other nodes (default: <hostname>-<command>).
+    /// Node name shown to other nodes (default: `HOSTNAME-COMMAND`).
     #[arg(short, long, env = "STARLING_NAME")]
     name: Option<String>,
     /// State file keeping this node's id and packet-number lease across runs. Without it each run
