@@ -140,3 +140,43 @@ async fn wrong_key_and_garbage_are_dropped_and_counted() {
     a.publish("still/alive", "yes").await.unwrap();
     assert_eq!(timeout(Duration::from_secs(1), sub.recv()).await.unwrap().unwrap().payload, b"yes");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_is_extended_durably_while_sending() {
+    let mesh = isolated_mesh();
+    let key = random_key();
+    let dir = std::env::temp_dir().join(format!("starling-lease-{}-{}", std::process::id(), mesh.1));
+    let state = dir.join("n.state");
+    let rx = open(&key, mesh, "rx").await;
+    let mut sub = rx.subscribe("count").await.unwrap();
+    let tx = NodeBuilder::new(key.clone())
+        .group(mesh.0)
+        .port(mesh.1)
+        .state_file(&state)
+        .configure(|c| c.lease_block = 16)
+        .open()
+        .await
+        .unwrap();
+    for i in 0..200u32 {
+        tx.publish("count", i.to_be_bytes().to_vec()).await.unwrap();
+        if i % 20 == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    for i in 0..200u32 {
+        let m = timeout(Duration::from_secs(2), sub.recv()).await.unwrap().unwrap();
+        assert_eq!(m.payload, i.to_be_bytes(), "loopback keeps one publisher's order");
+    }
+    let sent = tx.stats().await.unwrap().core.tx_datagrams;
+    let stored = starling::PersistedState::decode(&std::fs::read(&state).unwrap()).unwrap();
+    assert!(stored.lease_end >= sent, "every used packet number is covered: {} < {sent}", stored.lease_end);
+    assert!(stored.lease_end <= sent + 16 + 16, "leases advance in blocks: {} vs {sent}", stored.lease_end);
+    tx.close().await.unwrap();
+    // the next run starts above everything the last one could have used
+    let tx2 = NodeBuilder::new(key).group(mesh.0).port(mesh.1).state_file(&state).open().await.unwrap();
+    assert_eq!(tx2.epoch(), 2);
+    let stored2 = starling::PersistedState::decode(&std::fs::read(&state).unwrap()).unwrap();
+    assert!(stored2.lease_end > stored.lease_end);
+    tx2.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}

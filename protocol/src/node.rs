@@ -281,6 +281,8 @@ struct Peer {
     replay: ReplayWindow,
     key: SenderKey,
     status: PeerStatus,
+    /// Packet number of its Leave: older frames still in flight must not bring it back.
+    left_pn: Option<u64>,
 }
 
 impl Peer {
@@ -322,6 +324,14 @@ struct Queued {
 enum Lifecycle {
     Running,
     Closing,
+}
+
+/// Checks what the record parser leaves to the node: a Publish topic must be a valid name.
+fn record_is_valid(r: &Record<'_>) -> bool {
+    match r {
+        Record::Publish { topic, .. } => Topic::new(topic).is_ok(),
+        _ => true,
+    }
 }
 
 /// Delay before an early beacon that answers a new peer, so that a newcomer learns everyone fast.
@@ -476,11 +486,11 @@ impl Node {
             return Err(PublishError::Closed);
         }
         let topic = Topic::new(topic).map_err(PublishError::InvalidTopic)?;
-        let max = self.max_payload(topic.as_str().len());
-        if payload.len() > max {
+        let record = Record::Publish { topic: topic.as_str(), payload };
+        if record.encoded_len() > self.config.max_datagram - FRAME_OVERHEAD {
+            let max = self.max_payload(topic.as_str().len());
             return Err(PublishError::TooLarge { size: payload.len(), max });
         }
-        let record = Record::Publish { topic: topic.as_str(), payload };
         if self.queued_bytes + record.encoded_len() > self.config.max_queued_bytes {
             return Err(PublishError::QueueFull);
         }
@@ -578,7 +588,7 @@ impl Node {
         }
         let body_end = self.scratch.len() - wire::TAG_LEN;
         // Validate every record before acting on any, so a frame is taken whole or not at all.
-        if RecordIter::new(&self.scratch[HEADER_LEN..body_end]).any(|r| r.is_err()) {
+        if RecordIter::new(&self.scratch[HEADER_LEN..body_end]).any(|r| !r.as_ref().is_ok_and(record_is_valid)) {
             self.stats.drop_malformed += 1;
             return;
         }
@@ -599,22 +609,29 @@ impl Node {
                     replay: ReplayWindow::new(),
                     key,
                     status: PeerStatus::Unannounced,
+                    left_pn: None,
                 },
             );
         }
         let peer = self.peers.get_mut(&header.sender).expect("present: found or inserted above");
         // Accepting cannot fail: checked above and nothing ran in between.
         let _ = peer.replay.accept(header.pn);
-        peer.last_heard = now;
-        peer.addr = from;
-        if peer.status == PeerStatus::Down {
-            peer.status = PeerStatus::Unannounced;
+        // A frame sent before the peer's Leave but delivered after it is still a valid message,
+        // but says nothing about the peer being alive.
+        let stale = peer.left_pn.is_some_and(|left| header.pn < left);
+        if !stale {
+            peer.last_heard = now;
+            peer.addr = from;
+            if peer.status == PeerStatus::Down {
+                peer.status = PeerStatus::Unannounced;
+                peer.left_pn = None;
+            }
         }
         self.stats.rx_accepted += 1;
 
         let scratch = core::mem::take(&mut self.scratch);
         for record in RecordIter::new(&scratch[HEADER_LEN..body_end]).flatten() {
-            self.handle_record(now, header.sender, record);
+            self.handle_record(now, &header, stale, record);
         }
         self.scratch = scratch;
         self.update_liveness_timer();
@@ -645,6 +662,12 @@ impl Node {
         }
     }
 
+    /// Reports that storing the state from [`poll_lease`](Self::poll_lease) failed; the node asks
+    /// again on its next send. Until a lease is stored, sending beyond the current one waits.
+    pub fn handle_lease_failed(&mut self) {
+        self.lease_requested_end = None;
+    }
+
     /// Confirms that the state returned by [`poll_lease`](Self::poll_lease) is stored durably;
     /// packet numbers below its `lease_end` may now be used.
     pub fn handle_lease_stored(&mut self, lease_end: u64) {
@@ -660,6 +683,12 @@ impl Node {
     /// outstanding; it is asked for early (half a block ahead) so sending never waits in practice.
     pub fn poll_lease(&mut self) -> Option<PersistedState> {
         self.lease_request.take()
+    }
+
+    /// True when [`poll_lease`](Self::poll_lease) has a request waiting (sending may have just
+    /// asked for one): drivers poll the lease again before they sleep.
+    pub fn has_lease_request(&self) -> bool {
+        self.lease_request.is_some()
     }
 
     /// Writes the next datagram into `buf` (which must hold `max_datagram` bytes). Several
@@ -687,6 +716,13 @@ impl Node {
             buf[len..len + q.record.len()].copy_from_slice(&q.record);
             len += q.record.len();
             self.queued_bytes -= q.record.len();
+        }
+        if len == HEADER_LEN {
+            // Cannot happen: records are size-checked when queued. Never spin on one that won't fit.
+            if let Some(q) = self.queue.pop_front() {
+                self.queued_bytes -= q.record.len();
+            }
+            return Ok(None);
         }
         let pn = self.next_pn;
         self.next_pn += 1;
@@ -730,17 +766,22 @@ impl Node {
         self.push_event(Event::NodeIdConflict { addr: from });
     }
 
-    fn handle_record(&mut self, now: Instant, sender: NodeId, record: Record<'_>) {
+    /// Acts on one record of an authenticated frame whose records were all validated.
+    fn handle_record(&mut self, now: Instant, header: &Header, stale: bool, record: Record<'_>) {
+        let sender = header.sender;
         match record {
+            Record::Beacon(_) if stale => {}
             Record::Beacon(b) => self.handle_beacon(now, sender, b),
-            Record::Publish { topic, payload } => match Topic::new(topic) {
-                Ok(topic) => self.deliver(sender, topic, payload),
-                Err(_) => self.stats.drop_malformed += 1,
-            },
+            Record::Publish { topic, payload } => {
+                if let Ok(topic) = Topic::new(topic) {
+                    self.deliver(sender, topic, payload);
+                }
+            }
             Record::Leave => {
                 if let Some(p) = self.peers.get_mut(&sender) {
                     let was_up = p.status == PeerStatus::Up;
                     p.status = PeerStatus::Down;
+                    p.left_pn = Some(header.pn);
                     if was_up {
                         self.push_event(Event::PeerDown { id: sender, reason: DownReason::Left });
                     }

@@ -69,6 +69,8 @@ impl Driver {
             self.flush().await;
             if let Some(reply) = closing.take() {
                 if self.node.is_idle() {
+                    // Release the state file before answering, so the caller may reopen it at once.
+                    drop(self.state_file.take());
                     let _ = reply.send(());
                     return;
                 }
@@ -150,17 +152,37 @@ impl Driver {
 
     /// Moves every output of the core to where it belongs: storage, socket, application.
     async fn flush(&mut self) {
-        if let Some(state) = self.node.poll_lease() {
-            match &self.state_file {
-                Some(file) => match file.store(&state) {
-                    Ok(()) => self.node.handle_lease_stored(state.lease_end),
-                    Err(e) => {
-                        tracing::error!(path = %file.path().display(), "cannot store lease, sending will pause: {e}")
-                    }
-                },
-                None => self.node.handle_lease_stored(state.lease_end),
+        // Sending may ask for a new lease; store it and send again, at most twice per flush so a
+        // failing disk cannot spin the loop.
+        for _ in 0..2 {
+            if let Some(state) = self.node.poll_lease() {
+                self.store_lease(&state);
+            }
+            self.send_all().await;
+            if !self.node.has_lease_request() {
+                break;
             }
         }
+        while let Some(event) = self.node.poll_event() {
+            self.event(event);
+        }
+    }
+
+    fn store_lease(&mut self, state: &crate::PersistedState) {
+        let Some(file) = &self.state_file else {
+            // Ephemeral nodes have nothing to store; their lease is the whole space.
+            return self.node.handle_lease_stored(state.lease_end);
+        };
+        match file.store(state) {
+            Ok(()) => self.node.handle_lease_stored(state.lease_end),
+            Err(e) => {
+                tracing::error!(path = %file.path().display(), "cannot store the packet-number lease: {e}");
+                self.node.handle_lease_failed();
+            }
+        }
+    }
+
+    async fn send_all(&mut self) {
         loop {
             let t = match self.node.poll_transmit(&mut self.tx_buf) {
                 Ok(Some(t)) => t,
@@ -175,9 +197,6 @@ impl Driver {
                 self.send_errors += 1;
                 tracing::warn!(%dest, "send failed: {e}");
             }
-        }
-        while let Some(event) = self.node.poll_event() {
-            self.event(event);
         }
     }
 

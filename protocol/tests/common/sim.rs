@@ -44,6 +44,9 @@ pub const MAX_STEPS: u64 = 2_000_000;
 /// livelock (`handle_timeout` must move `poll_timeout` forward).
 const MAX_SPIN: u32 = 10_000;
 
+/// Most datagrams one flush may produce; more means `poll_transmit` never runs dry.
+pub const MAX_BURST: u32 = 100_000;
+
 /// The network key every node gets unless told otherwise.
 pub const DEFAULT_KEY: [u8; 32] = [0x5a; 32];
 
@@ -210,12 +213,15 @@ impl Opened {
     }
 }
 
+/// Adjusts a node's configuration before each start.
+pub type Configure = Box<dyn Fn(&mut Config)>;
+
 /// How one node is built: key, persistence, configuration.
 pub struct NodeOpts {
     key: Option<NetworkKey>,
     persistent: bool,
     initial_state: Option<PersistedState>,
-    configure: Option<Box<dyn Fn(&mut Config)>>,
+    configure: Option<Configure>,
 }
 
 impl Default for NodeOpts {
@@ -266,7 +272,7 @@ pub struct SimNode {
     pub stored: Option<PersistedState>,
     persistent: bool,
     key: NetworkKey,
-    configure: Option<Box<dyn Fn(&mut Config)>>,
+    configure: Option<Configure>,
     node: Option<Node>,
     /// Stats of previous boots' nodes, kept when they crash or close.
     pub past_stats: Vec<Stats>,
@@ -660,10 +666,14 @@ impl Sim {
             if let Some(state) = node.poll_lease() {
                 self.store_lease(i, state);
             }
-            loop {
+            for sent in 0.. {
+                assert!(
+                    sent < MAX_BURST,
+                    "node {i} produced {MAX_BURST} datagrams in one flush: runaway poll_transmit"
+                );
                 let node = self.nodes[i].node.as_mut().expect("running");
                 let Some(t) = node.poll_transmit(&mut self.buf).expect("buffer is MAX_DATAGRAM") else { break };
-                assert!(t.len <= MAX_DATAGRAM, "datagram of {} bytes", t.len);
+                assert!(t.len <= node.config().max_datagram, "datagram of {} bytes", t.len);
                 let bytes = self.buf[..t.len].to_vec();
                 self.send(i, t.destination, bytes);
             }
