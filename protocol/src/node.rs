@@ -460,6 +460,12 @@ impl Node {
         self.peers.get(&id).filter(|p| p.status == PeerStatus::Up).map(|p| p.info(id))
     }
 
+    /// The announced name of a peer still in the table, up or down (a message may be handled
+    /// after its sender already left).
+    pub fn peer_name(&self, id: NodeId) -> Option<&str> {
+        self.peers.get(&id).map(|p| p.name.as_str()).filter(|n| !n.is_empty())
+    }
+
     /// Largest payload that [`publish`](Self::publish) accepts on a topic of `topic_len` bytes.
     pub fn max_payload(&self, topic_len: usize) -> usize {
         let room = self.config.max_datagram - FRAME_OVERHEAD;

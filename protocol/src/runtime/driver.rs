@@ -218,7 +218,7 @@ impl Driver {
         let from_name = if m.from == self.node.id() {
             Some(self.node.config().name.clone())
         } else {
-            self.node.peer(m.from).map(|p| p.name).filter(|n| !n.is_empty())
+            self.node.peer_name(m.from).map(std::string::String::from)
         };
         let msg = Message { topic: m.topic, payload: m.payload, from: m.from, from_name };
         for id in m.subscriptions {
