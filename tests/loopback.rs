@@ -9,8 +9,12 @@ use tokio::time::timeout;
 
 const BEACON: Duration = Duration::from_millis(300);
 
+fn builder(key: &NetworkKey, mesh: (std::net::Ipv4Addr, u16), name: &str) -> NodeBuilder {
+    NodeBuilder::new(key.clone()).name(name).group(mesh.0).port(mesh.1).beacon_interval(BEACON)
+}
+
 async fn open(key: &NetworkKey, mesh: (std::net::Ipv4Addr, u16), name: &str) -> Node {
-    NodeBuilder::new(key.clone()).name(name).group(mesh.0).port(mesh.1).beacon_interval(BEACON).open().await.unwrap()
+    builder(key, mesh, name).open().await.unwrap()
 }
 
 async fn peer_names(n: &Node) -> Vec<String> {
@@ -62,15 +66,7 @@ async fn restart_is_seen_as_restart_and_departure_as_down() {
     let state = dir.join("b.state");
     let a = open(&key, mesh, "a").await;
     let mut events = a.peer_events();
-    let b = NodeBuilder::new(key.clone())
-        .name("b")
-        .group(mesh.0)
-        .port(mesh.1)
-        .beacon_interval(BEACON)
-        .state_file(&state)
-        .open()
-        .await
-        .unwrap();
+    let b = builder(&key, mesh, "b").state_file(&state).open().await.unwrap();
     let b_id = b.id();
     assert_eq!(b.epoch(), 1);
     let up = timeout(Duration::from_secs(3), events.recv()).await.unwrap().unwrap();
@@ -85,15 +81,7 @@ async fn restart_is_seen_as_restart_and_departure_as_down() {
     let down = timeout(Duration::from_secs(2), events.recv()).await.unwrap().unwrap();
     assert_eq!(down, PeerEvent::Down { id: b_id, reason: DownReason::Left });
 
-    let b2 = NodeBuilder::new(key.clone())
-        .name("b")
-        .group(mesh.0)
-        .port(mesh.1)
-        .beacon_interval(BEACON)
-        .state_file(&state)
-        .open()
-        .await
-        .unwrap();
+    let b2 = builder(&key, mesh, "b").state_file(&state).open().await.unwrap();
     assert_eq!((b2.id(), b2.epoch()), (b_id, 2), "same id, next epoch");
     let up = timeout(Duration::from_secs(3), events.recv()).await.unwrap().unwrap();
     assert!(matches!(up, PeerEvent::Up(ref p) if p.id == b_id && p.epoch == 2), "{up:?}");

@@ -32,6 +32,8 @@ pub mod wire;
 
 #[cfg(feature = "std")]
 pub mod runtime;
+#[cfg(test)]
+mod test_rng;
 
 pub use config::{Config, ConfigError};
 pub use crypto::{KeyParseError, NetworkKey};

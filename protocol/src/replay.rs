@@ -167,6 +167,7 @@ fn slot(pn: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use crate::test_rng::XorShift;
     extern crate std;
 
     use super::*;
@@ -360,22 +361,6 @@ mod tests {
         assert!(ReplayError::TooOld.to_string().contains("too old"));
         assert!(ReplayError::Duplicate.to_string().contains("already"));
         let _: std::boxed::Box<dyn core::error::Error> = std::boxed::Box::new(ReplayError::Duplicate);
-    }
-
-    /// Tiny deterministic generator so the randomized test needs no extra crates.
-    struct XorShift(u64);
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            let mut x = self.0;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.0 = x;
-            x
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
     }
 
     /// Obviously-correct reference: every number ever accepted, plus the highest.

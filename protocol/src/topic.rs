@@ -237,6 +237,7 @@ impl FromStr for TopicFilter {
 
 #[cfg(test)]
 mod tests {
+    use crate::test_rng::XorShift;
     extern crate std;
 
     use super::*;
@@ -464,22 +465,6 @@ mod tests {
         assert!(w.contains("byte 4") && w.contains("subscription filters"), "{w}");
         // Usable as a boxed error.
         let _: std::boxed::Box<dyn core::error::Error> = std::boxed::Box::new(TopicError::Empty);
-    }
-
-    /// Tiny deterministic generator so the property tests need no extra crates.
-    struct XorShift(u64);
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            let mut x = self.0;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.0 = x;
-            x
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
     }
 
     fn random_string(rng: &mut XorShift) -> String {
