@@ -6,6 +6,7 @@ use core::fmt;
 use core::time::Duration;
 
 use crate::state::DEFAULT_LEASE_BLOCK;
+use crate::stream::StreamLimits;
 use crate::wire::{FRAME_OVERHEAD, MAX_DATAGRAM, MAX_NAME_LEN};
 
 /// Configuration of a [`Node`](crate::Node). Build with [`Config::new`], adjust fields, and the
@@ -34,6 +35,21 @@ pub struct Config {
     pub lease_block: u64,
     /// Seed of the node's random generator (beacon jitter). Supply fresh OS or hardware entropy.
     pub rng_seed: [u8; 32],
+    /// Largest message (publication payload plus topic, or RPC payload) in bytes; larger ones
+    /// are split into fragments on the wire.
+    pub max_message: usize,
+    /// Bounds and timers of reliable streams.
+    pub streams: StreamLimits,
+    /// Most RPC calls this node may have in flight.
+    pub max_pending_calls: usize,
+    /// Most calls a callee remembers to answer retransmissions without running them again.
+    pub response_cache_entries: usize,
+    /// How long a callee remembers a call.
+    pub response_cache_lifetime: Duration,
+    /// Retransmission timeout towards a peer before any round trip was measured.
+    pub initial_rto: Duration,
+    /// How long an incomplete best-effort message waits for its missing fragments.
+    pub reassembly_timeout: Duration,
 }
 
 impl Config {
@@ -50,6 +66,13 @@ impl Config {
             max_datagram: MAX_DATAGRAM,
             lease_block: DEFAULT_LEASE_BLOCK,
             rng_seed,
+            max_message: 64 * 1024,
+            streams: StreamLimits::default(),
+            max_pending_calls: 256,
+            response_cache_entries: 1024,
+            response_cache_lifetime: Duration::from_secs(60),
+            initial_rto: Duration::from_millis(200),
+            reassembly_timeout: Duration::from_secs(2),
         }
     }
 
@@ -61,6 +84,16 @@ impl Config {
             max_events: 32,
             max_queued_bytes: 8 * 1024,
             lease_block: 1 << 14,
+            max_message: 4 * 1024,
+            streams: StreamLimits {
+                max_retained_messages: 32,
+                max_retained_bytes: 16 * 1024,
+                max_pending_chunks: 16,
+                max_pending_bytes: 8 * 1024,
+                ..StreamLimits::default()
+            },
+            max_pending_calls: 8,
+            response_cache_entries: 16,
             ..Config::new(name, rng_seed)
         }
     }
@@ -91,6 +124,27 @@ impl Config {
         }
         if self.lease_block < 16 {
             return err("lease_block", "must be at least 16 packet numbers");
+        }
+        if self.max_message == 0 || self.max_message > 16 * 1024 * 1024 {
+            return err("max_message", "must be between 1 byte and 16 MiB");
+        }
+        if self.streams.max_retained_bytes < self.max_message {
+            return err(
+                "streams.max_retained_bytes",
+                "must be at least max_message, or large reliable messages could never be sent",
+            );
+        }
+        if self.streams.max_pending_bytes < self.max_message.min(self.streams.max_retained_bytes) / 2 {
+            return err(
+                "streams.max_pending_bytes",
+                "must be at least half of max_message so receivers can reassemble",
+            );
+        }
+        if self.streams.max_retained_messages == 0 || self.streams.max_pending_chunks == 0 {
+            return err("streams", "retention and receive windows must hold at least one message");
+        }
+        if self.max_pending_calls == 0 {
+            return err("max_pending_calls", "must be at least 1");
         }
         Ok(())
     }

@@ -24,8 +24,12 @@ pub mod config;
 pub mod crypto;
 pub mod hex;
 pub mod node;
+pub mod reassembly;
 pub mod replay;
+pub mod response_cache;
+pub mod rtt;
 pub mod state;
+pub mod stream;
 pub mod time;
 pub mod topic;
 pub mod wire;
@@ -38,8 +42,8 @@ mod test_rng;
 pub use config::{Config, ConfigError};
 pub use crypto::{KeyParseError, NetworkKey};
 pub use node::{
-    BufferTooSmall, Destination, DownReason, Event, Message, Node, PeerInfo, PublishError, Stats, SubscribeError,
-    SubscriptionId, Transmit,
+    BufferTooSmall, CallError, CallId, Destination, DownReason, Event, Message, Node, PeerInfo, PublishError,
+    PublishFailure, PublishId, Stats, SubscribeError, SubscriptionId, Transmit,
 };
 pub use state::{Boot, PersistedState, StateError};
 pub use time::Instant;

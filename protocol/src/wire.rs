@@ -158,6 +158,88 @@ pub mod kind {
     pub const PUBLISH: u8 = 0x02;
     /// The sender is shutting down.
     pub const LEAVE: u8 = 0x03;
+    /// A chunk of a reliable stream.
+    pub const DATA: u8 = 0x04;
+    /// Acknowledgement and negative acknowledgement of a reliable stream.
+    pub const ACK: u8 = 0x05;
+    /// A reliable stream's extent, so receivers notice tail losses.
+    pub const HEARTBEAT: u8 = 0x06;
+    /// A fragment of a best-effort message too large for one datagram.
+    pub const FRAGMENT: u8 = 0x07;
+    /// The sender's subscription filters.
+    pub const SUBSCRIPTIONS: u8 = 0x08;
+}
+
+/// Reliable stream identifiers (PROTOCOL.md §6.1).
+pub mod stream {
+    /// The sender's multicast stream of reliable publications.
+    pub const MULTICAST: u8 = 0;
+    /// The sender's unicast stream to the receiving peer (RPC).
+    pub const UNICAST: u8 = 1;
+}
+
+/// Header of a Data record; the chunk follows it (PROTOCOL.md §6.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataHeader {
+    /// Which of the sender's streams ([`stream`]).
+    pub stream: u8,
+    /// The sender's boot epoch: a new epoch is a new stream.
+    pub epoch: u32,
+    /// Sequence number of this chunk.
+    pub seq: u64,
+    /// Lowest sequence number the sender can still repair; receivers give up on anything below.
+    pub low: u64,
+    /// Index of this chunk within its message.
+    pub index: u32,
+    /// Number of chunks of its message (at least 1); chunks of a message have consecutive numbers.
+    pub count: u32,
+    /// Remaining lifetime of the message in milliseconds when sent, 0 for none.
+    pub ttl_ms: u32,
+}
+
+/// One missing range in an [`Ack`]: `len` sequence numbers from `start`.
+pub type SeqRange = (u64, u32);
+
+/// Most missing ranges one Ack carries.
+pub const MAX_ACK_RANGES: usize = 16;
+
+/// Acknowledgement of a stream, sent by a receiver to the stream's sender (PROTOCOL.md §6.3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// The stream's sender (multicast NACKs are heard by every node; only the target acts).
+    pub target: u64,
+    /// Which of the target's streams.
+    pub stream: u8,
+    /// The target's epoch the ack refers to.
+    pub epoch: u32,
+    /// Every sequence number below this was received or given up.
+    pub next: u64,
+    /// Ranges at or above `next` still missing (a request to repair them).
+    pub missing: Vec<SeqRange>,
+}
+
+/// A stream's extent, multicast while the sender retains unacknowledged data (PROTOCOL.md §6.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Which stream.
+    pub stream: u8,
+    /// The sender's epoch.
+    pub epoch: u32,
+    /// Lowest repairable sequence number.
+    pub low: u64,
+    /// Next sequence number the sender will assign.
+    pub next: u64,
+}
+
+/// Header of a best-effort Fragment record; the chunk follows (PROTOCOL.md §6.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FragmentHeader {
+    /// Per-sender message number.
+    pub msg_id: u32,
+    /// Index of this fragment.
+    pub index: u32,
+    /// Number of fragments.
+    pub count: u32,
 }
 
 /// Body of a beacon record, encoded with postcard. Fields may be appended in later versions:
@@ -189,6 +271,26 @@ pub enum Record<'a> {
     },
     /// The sender is leaving the mesh.
     Leave,
+    /// A chunk of a reliable stream.
+    Data {
+        /// Stream, sequence and message position.
+        header: DataHeader,
+        /// The chunk's bytes.
+        chunk: &'a [u8],
+    },
+    /// Acknowledgement of a stream.
+    Ack(Ack),
+    /// A stream's extent.
+    Heartbeat(Heartbeat),
+    /// A fragment of a large best-effort message.
+    Fragment {
+        /// Message and position.
+        header: FragmentHeader,
+        /// The fragment's bytes.
+        chunk: &'a [u8],
+    },
+    /// The sender's subscription filters (not yet validated here).
+    Subscriptions(Vec<&'a str>),
     /// A record type this version does not know; skipped.
     Unknown {
         /// Its type code.
@@ -229,8 +331,13 @@ impl<'a> Record<'a> {
     /// Encoded length of the record body (without type and length prefix).
     fn body_len(&self) -> usize {
         match self {
-            Record::Beacon(b) => postcard::experimental::serialized_size(b).unwrap_or(0),
+            Record::Beacon(b) => size(b),
             Record::Publish { topic, payload } => varint_len(topic.len()) + topic.len() + payload.len(),
+            Record::Data { header, chunk } => size(header) + chunk.len(),
+            Record::Ack(a) => size(a),
+            Record::Heartbeat(h) => size(h),
+            Record::Fragment { header, chunk } => size(header) + chunk.len(),
+            Record::Subscriptions(f) => size(f),
             Record::Leave | Record::Unknown { .. } => 0,
         }
     }
@@ -248,21 +355,33 @@ impl<'a> Record<'a> {
             Record::Beacon(_) => kind::BEACON,
             Record::Publish { .. } => kind::PUBLISH,
             Record::Leave => kind::LEAVE,
+            Record::Data { .. } => kind::DATA,
+            Record::Ack(_) => kind::ACK,
+            Record::Heartbeat(_) => kind::HEARTBEAT,
+            Record::Fragment { .. } => kind::FRAGMENT,
+            Record::Subscriptions(_) => kind::SUBSCRIPTIONS,
             Record::Unknown { kind } => *kind,
         };
         out.push(code);
         push_varint(out, body);
         match self {
-            Record::Beacon(b) => {
-                let start = out.len();
-                out.resize(start + body, 0);
-                postcard::to_slice(b, &mut out[start..]).expect("sized by serialized_size");
-            }
+            Record::Beacon(b) => put(out, b),
             Record::Publish { topic, payload } => {
                 push_varint(out, topic.len());
                 out.extend_from_slice(topic.as_bytes());
                 out.extend_from_slice(payload);
             }
+            Record::Data { header, chunk } => {
+                put(out, header);
+                out.extend_from_slice(chunk);
+            }
+            Record::Ack(a) => put(out, a),
+            Record::Heartbeat(h) => put(out, h),
+            Record::Fragment { header, chunk } => {
+                put(out, header);
+                out.extend_from_slice(chunk);
+            }
+            Record::Subscriptions(f) => put(out, f),
             Record::Leave | Record::Unknown { .. } => {}
         }
     }
@@ -286,9 +405,154 @@ impl<'a> Record<'a> {
                 Ok(Record::Publish { topic, payload })
             }
             kind::LEAVE => Ok(Record::Leave),
+            kind::DATA => {
+                let (header, chunk): (DataHeader, _) = take(body)?;
+                if header.count == 0 || header.index >= header.count || u64::from(header.index) > header.seq {
+                    return Err(WireError::Malformed);
+                }
+                Ok(Record::Data { header, chunk })
+            }
+            kind::ACK => {
+                let (ack, _): (Ack, _) = take(body)?;
+                if ack.missing.len() > MAX_ACK_RANGES {
+                    return Err(WireError::Malformed);
+                }
+                Ok(Record::Ack(ack))
+            }
+            kind::HEARTBEAT => Ok(Record::Heartbeat(take(body)?.0)),
+            kind::FRAGMENT => {
+                let (header, chunk): (FragmentHeader, _) = take(body)?;
+                if header.count == 0 || header.index >= header.count {
+                    return Err(WireError::Malformed);
+                }
+                Ok(Record::Fragment { header, chunk })
+            }
+            kind::SUBSCRIPTIONS => Ok(Record::Subscriptions(take(body)?.0)),
             kind => Ok(Record::Unknown { kind }),
         }
     }
+}
+
+/// Codes of inner messages: what a reassembled Fragment or stream message carries (PROTOCOL.md §6.6).
+pub mod inner {
+    /// A publication.
+    pub const PUBLISH: u8 = 0x01;
+    /// An RPC request.
+    pub const REQUEST: u8 = 0x02;
+    /// An RPC response.
+    pub const RESPONSE: u8 = 0x03;
+}
+
+/// RPC response status codes (PROTOCOL.md §7).
+pub mod status {
+    /// The handler returned a reply.
+    pub const OK: u8 = 0;
+    /// The handler returned an error; the payload is its bytes.
+    pub const REMOTE_ERROR: u8 = 1;
+    /// The callee serves no such method.
+    pub const NO_SUCH_METHOD: u8 = 2;
+    /// The caller may not call this method.
+    pub const DENIED: u8 = 3;
+    /// A retransmitted request whose response the callee no longer holds.
+    pub const RESPONSE_LOST: u8 = 4;
+}
+
+/// Longest RPC method name in bytes.
+pub const MAX_METHOD_LEN: usize = 64;
+
+/// A message carried by a reliable stream or by best-effort fragments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inner<'a> {
+    /// A publication (topic not yet validated).
+    Publish {
+        /// Topic name.
+        topic: &'a str,
+        /// Payload.
+        payload: &'a [u8],
+    },
+    /// An RPC request.
+    Request {
+        /// Caller-chosen id, unique per caller across its restarts.
+        call_id: u64,
+        /// Method name.
+        method: &'a str,
+        /// Argument bytes.
+        payload: &'a [u8],
+    },
+    /// An RPC response.
+    Response {
+        /// The request's id.
+        call_id: u64,
+        /// Outcome ([`status`]).
+        status: u8,
+        /// Reply or error bytes.
+        payload: &'a [u8],
+    },
+}
+
+impl<'a> Inner<'a> {
+    /// Encodes the message: code, postcard header fields, then the payload bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            Inner::Publish { topic, payload } => {
+                out.push(inner::PUBLISH);
+                put(&mut out, topic);
+                out.extend_from_slice(payload);
+            }
+            Inner::Request { call_id, method, payload } => {
+                out.push(inner::REQUEST);
+                put(&mut out, &(call_id, method));
+                out.extend_from_slice(payload);
+            }
+            Inner::Response { call_id, status, payload } => {
+                out.push(inner::RESPONSE);
+                put(&mut out, &(call_id, status));
+                out.extend_from_slice(payload);
+            }
+        }
+        out
+    }
+
+    /// Parses a message; unknown codes and bad encodings are `Malformed`.
+    pub fn parse(bytes: &'a [u8]) -> Result<Inner<'a>, WireError> {
+        let (&code, rest) = bytes.split_first().ok_or(WireError::Truncated)?;
+        match code {
+            inner::PUBLISH => {
+                let (topic, payload): (&str, _) = take(rest)?;
+                Ok(Inner::Publish { topic, payload })
+            }
+            inner::REQUEST => {
+                let ((call_id, method), payload): ((u64, &str), _) = take(rest)?;
+                if method.is_empty() || method.len() > MAX_METHOD_LEN {
+                    return Err(WireError::Malformed);
+                }
+                Ok(Inner::Request { call_id, method, payload })
+            }
+            inner::RESPONSE => {
+                let ((call_id, status), payload): ((u64, u8), _) = take(rest)?;
+                Ok(Inner::Response { call_id, status, payload })
+            }
+            _ => Err(WireError::Malformed),
+        }
+    }
+}
+
+/// Appends the postcard encoding of `v`.
+fn put<T: Serialize>(out: &mut Vec<u8>, v: &T) {
+    let start = out.len();
+    out.resize(start + size(v), 0);
+    postcard::to_slice(v, &mut out[start..]).expect("sized by serialized_size");
+}
+
+/// Decodes a postcard value from the front of `body`, returning it and the bytes after it.
+fn take<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<(T, &'a [u8]), WireError> {
+    postcard::take_from_bytes(body).map_err(|_| WireError::Malformed)
+}
+
+/// Length of the postcard encoding of `v`.
+fn size<T: Serialize + ?Sized>(v: &T) -> usize {
+    postcard::experimental::serialized_size(v).unwrap_or(0)
 }
 
 /// Iterates over the records of an opened body. Stops at the first malformed record.

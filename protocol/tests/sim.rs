@@ -474,8 +474,8 @@ fn lone_node(max_datagram: usize) -> Node {
     node
 }
 
-/// `max_payload` is exact: the largest accepted payload fits one datagram of `max_datagram`
-/// bytes and arrives whole; one byte more is refused with that limit.
+/// `max_payload` is exact: the largest payload sent as a single Publish fits one datagram of
+/// `max_datagram` bytes; one byte more goes as Fragment records, each within `max_datagram`.
 #[test]
 fn max_payload_fills_one_datagram_exactly() {
     let key = NetworkKey::from_bytes(common::sim::DEFAULT_KEY);
@@ -486,11 +486,6 @@ fn max_payload_fills_one_datagram_exactly() {
             let topic = "t".repeat(topic_len);
             let max = node.max_payload(topic_len);
             assert!(max > 0);
-            assert_eq!(
-                node.publish(&topic, &vec![0xee; max + 1]),
-                Err(PublishError::TooLarge { size: max + 1, max }),
-                "max_datagram {max_datagram}, topic {topic_len}"
-            );
             node.publish(&topic, &vec![0xee; max]).unwrap();
             let t = node.poll_transmit(&mut buf).unwrap().expect("one datagram");
             assert!(t.len <= max_datagram);
@@ -502,28 +497,39 @@ fn max_payload_fills_one_datagram_exactly() {
                 "max_datagram {max_datagram}, topic {topic_len}"
             );
             assert!(node.poll_transmit(&mut buf).unwrap().is_none());
+            // one byte more: fragments, none larger than a datagram
+            node.publish(&topic, &vec![0xee; max + 1]).unwrap();
+            let mut fragments = 0;
+            while let Some(t) = node.poll_transmit(&mut buf).unwrap() {
+                assert!(t.len <= max_datagram);
+                let opened = open_frame(&key, &buf[..t.len]).unwrap();
+                assert!(opened.records.iter().all(|r| *r == common::sim::Rec::Other(starling::wire::kind::FRAGMENT)));
+                fragments += opened.records.len();
+                assert!(fragments < 1000);
+            }
+            assert!(fragments >= 2, "max_datagram {max_datagram}, topic {topic_len}");
             while node.poll_event().is_some() {}
         }
     }
 }
 
-/// With a small `max_datagram`, a topic too long to fit in any datagram is refused by `publish`
-/// even with an empty payload, rather than queued where it could never be sent.
+/// With a small `max_datagram`, a topic too long for a single Publish is sent as fragments
+/// that each fit; a payload above `max_message` is refused whatever the topic.
 #[test]
-fn topic_too_long_for_the_datagram_is_refused() {
+fn topic_too_long_for_the_datagram_goes_as_fragments() {
     let mut node = lone_node(96);
     let topic = "t".repeat(70);
     assert_eq!(node.max_payload(70), 0);
-    let r = node.publish(&topic, &[]);
+    node.publish(&topic, &[]).unwrap();
     let mut buf = [0u8; MAX_DATAGRAM];
     let mut sent = Vec::new();
     while let Some(t) = node.poll_transmit(&mut buf).unwrap() {
         sent.push(t.len);
-        if sent.len() == 5 {
-            break;
-        }
+        assert!(sent.len() < 10, "{sent:?}");
     }
-    assert!(matches!(r, Err(PublishError::TooLarge { .. })), "publish returned {r:?}, then sent {sent:?}");
+    assert!(sent.len() >= 2 && sent.iter().all(|&l| l <= 96), "{sent:?}");
+    let max = node.config().max_message;
+    assert_eq!(node.publish(&topic, &vec![0; max + 1]), Err(PublishError::TooLarge { size: max + 1, max }));
 }
 
 /// A partition longer than the peer timeout takes each side down for the other (Timeout), and

@@ -8,9 +8,9 @@ use std::{io, vec};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::socket::Sockets;
-use super::{Command, Message, PeerEvent, RuntimeStats, StateFile};
+use super::{Command, Error, Handler, Message, PeerEvent, Received, Request, RuntimeStats, StateFile};
 use crate::wire::MAX_DATAGRAM;
-use crate::{Destination, Event, SubscriptionId};
+use crate::{CallError, CallId, Destination, Event, PublishId, SubscriptionId};
 
 /// Datagrams read without blocking after a wake-up before outputs are flushed: batches work
 /// under load while keeping latency low when idle.
@@ -23,7 +23,12 @@ pub(crate) struct Driver {
     origin: std::time::Instant,
     commands: mpsc::Receiver<Command>,
     peer_events: broadcast::Sender<PeerEvent>,
-    subscribers: HashMap<SubscriptionId, mpsc::Sender<Message>>,
+    subscribers: HashMap<SubscriptionId, mpsc::Sender<Received>>,
+    publishes: HashMap<PublishId, oneshot::Sender<Result<(), Error>>>,
+    calls: HashMap<CallId, oneshot::Sender<Result<std::vec::Vec<u8>, CallError>>>,
+    handlers: HashMap<std::string::String, Handler>,
+    /// For handler tasks to send their responses back, without keeping the node alive.
+    commands_back: mpsc::WeakSender<Command>,
     tx_buf: Vec<u8>,
     rx_buf: Vec<u8>,
     subscriber_lagged: u64,
@@ -37,6 +42,7 @@ impl Driver {
         state_file: Option<StateFile>,
         origin: std::time::Instant,
         commands: mpsc::Receiver<Command>,
+        commands_back: mpsc::WeakSender<Command>,
         peer_events: broadcast::Sender<PeerEvent>,
     ) -> Self {
         Driver {
@@ -47,6 +53,10 @@ impl Driver {
             commands,
             peer_events,
             subscribers: HashMap::new(),
+            publishes: HashMap::new(),
+            calls: HashMap::new(),
+            handlers: HashMap::new(),
+            commands_back,
             tx_buf: vec![0; MAX_DATAGRAM],
             // One byte more than any valid frame, so oversized datagrams are seen as such.
             rx_buf: vec![0; MAX_DATAGRAM + 1],
@@ -122,8 +132,42 @@ impl Driver {
 
     fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::Publish { topic, payload, reply } => {
-                let _ = reply.send(self.node.publish(&topic, &payload));
+            Command::Publish { topic, payload, reliable: false, reply, .. } => {
+                let _ = reply.send(self.node.publish(&topic, &payload).map_err(Error::Publish));
+            }
+            Command::Publish { topic, payload, reliable: true, ttl, reply } => {
+                match self.node.publish_reliable(self.now(), &topic, &payload, ttl) {
+                    Ok(id) => {
+                        self.publishes.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(Error::Publish(e)));
+                    }
+                }
+            }
+            Command::Serve { method, handler, reply } => {
+                let r = self.node.serve(&method);
+                if r.is_ok() {
+                    self.handlers.insert(method, handler);
+                }
+                let _ = reply.send(r);
+            }
+            Command::Call { peer, method, payload, timeout, reply } => {
+                match self.node.call(self.now(), peer, &method, &payload, timeout) {
+                    Ok(id) => {
+                        self.calls.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            Command::Respond { to, call_id, reply } => {
+                let now = self.now();
+                match &reply {
+                    Ok(bytes) => self.node.respond(now, to, call_id, Ok(bytes)),
+                    Err(bytes) => self.node.respond(now, to, call_id, Err(bytes)),
+                }
             }
             Command::Subscribe { filter, tx, reply } => {
                 let r = self.node.subscribe(&filter);
@@ -206,6 +250,37 @@ impl Driver {
             Event::PeerUp(p) => PeerEvent::Up(p),
             Event::PeerRestarted(p) => PeerEvent::Restarted(p),
             Event::PeerDown { id, reason } => PeerEvent::Down { id, reason },
+            Event::Gap { from, first, end } => {
+                for tx in self.subscribers.values() {
+                    if tx.try_send(Received::Gap { from, first, end }).is_err() {
+                        self.subscriber_lagged += 1;
+                    }
+                }
+                return;
+            }
+            Event::PublishDone { id, result } => {
+                if let Some(reply) = self.publishes.remove(&id) {
+                    let _ = reply.send(result.map_err(Error::NotDelivered));
+                }
+                return;
+            }
+            Event::CallDone { id, result } => {
+                if let Some(reply) = self.calls.remove(&id) {
+                    let _ = reply.send(result);
+                }
+                return;
+            }
+            Event::Request { from, call_id, method, payload } => {
+                let (Some(handler), Some(back)) = (self.handlers.get(&method), self.commands_back.upgrade()) else {
+                    return;
+                };
+                let run = handler(Request { from, method, payload });
+                tokio::spawn(async move {
+                    let reply = run.await;
+                    let _ = back.send(Command::Respond { to: from, call_id, reply }).await;
+                });
+                return;
+            }
             Event::NodeIdConflict { addr } => {
                 tracing::error!(%addr, "another device uses this node's id; restart it with a fresh state file");
                 PeerEvent::IdConflict { addr }
@@ -220,7 +295,8 @@ impl Driver {
         } else {
             self.node.peer_name(m.from).map(std::string::String::from)
         };
-        let msg = Message { topic: m.topic, payload: m.payload, from: m.from, from_name };
+        let msg =
+            Received::Message(Message { topic: m.topic, payload: m.payload, from: m.from, from_name, seq: m.seq });
         for id in m.subscriptions {
             let Some(tx) = self.subscribers.get(&id) else { continue };
             match tx.try_send(msg.clone()) {

@@ -18,10 +18,13 @@ mod driver;
 mod socket;
 mod state_file;
 
+use std::boxed::Box;
+use std::future::{Future, IntoFuture};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::string::String;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use std::vec::Vec;
@@ -29,8 +32,8 @@ use std::{fmt, io};
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::{Config, ConfigError, NetworkKey, NodeId, PeerInfo, PublishError, StateError, Stats, SubscribeError};
-use crate::{DownReason, SubscriptionId};
+use crate::{CallError, Config, ConfigError, NetworkKey, NodeId, PeerInfo, PublishError, StateError, Stats};
+use crate::{DownReason, PublishFailure, SubscribeError, SubscriptionId};
 
 pub use socket::resolve_interface;
 pub use state_file::StateFile;
@@ -71,6 +74,10 @@ pub enum Error {
     Publish(PublishError),
     /// A subscription was refused.
     Subscribe(SubscribeError),
+    /// A reliable publication was not acknowledged by every matching subscriber.
+    NotDelivered(PublishFailure),
+    /// A call failed.
+    Call(CallError),
     /// The node has shut down.
     Closed,
 }
@@ -84,6 +91,8 @@ impl fmt::Display for Error {
             Error::Config(e) => e.fmt(f),
             Error::Publish(e) => e.fmt(f),
             Error::Subscribe(e) => e.fmt(f),
+            Error::NotDelivered(e) => e.fmt(f),
+            Error::Call(e) => e.fmt(f),
             Error::Closed => f.write_str("the node has shut down"),
         }
     }
@@ -97,6 +106,8 @@ impl std::error::Error for Error {
             Error::Config(e) => Some(e),
             Error::Publish(e) => Some(e),
             Error::Subscribe(e) => Some(e),
+            Error::NotDelivered(e) => Some(e),
+            Error::Call(e) => Some(e),
             Error::StateFile { .. } | Error::Closed => None,
         }
     }
@@ -113,7 +124,42 @@ pub struct Message {
     pub from: NodeId,
     /// The publisher's name, if its beacon has been heard.
     pub from_name: Option<String>,
+    /// Sequence number in the publisher's reliable stream (`None` for best effort).
+    pub seq: Option<u64>,
 }
+
+/// What a [`Subscription`] yields with [`Subscription::recv_event`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    /// A message.
+    Message(Message),
+    /// Reliable messages from `from` were lost for good: sequence numbers `first..end`. Their
+    /// topics are unknown, so every subscription hears of it.
+    Gap {
+        /// The publisher.
+        from: NodeId,
+        /// First lost sequence number.
+        first: u64,
+        /// One past the last.
+        end: u64,
+    },
+}
+
+/// A call received by a handler given to [`Node::serve`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// The caller.
+    pub from: NodeId,
+    /// Method name.
+    pub method: String,
+    /// Argument bytes.
+    pub payload: Vec<u8>,
+}
+
+/// What a handler returns: reply bytes, or error bytes the caller gets as `CallError::Remote`.
+pub type Reply = Result<Vec<u8>, Vec<u8>>;
+
+pub(crate) type Handler = Arc<dyn Fn(Request) -> Pin<Box<dyn Future<Output = Reply> + Send>> + Send + Sync>;
 
 /// A change in the mesh, from [`Node::peer_events`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -273,7 +319,8 @@ impl NodeBuilder {
         let node = crate::Node::new(config, &self.key, boot, crate::Instant::ZERO).map_err(Error::Config)?;
         let (cmd_tx, cmd_rx) = mpsc::channel(1024);
         let (peer_tx, _) = broadcast::channel(256);
-        let driver = driver::Driver::new(node, sockets, state_file, origin, cmd_rx, peer_tx.clone());
+        let driver =
+            driver::Driver::new(node, sockets, state_file, origin, cmd_rx, cmd_tx.downgrade(), peer_tx.clone());
         tokio::spawn(driver.run());
         Ok(Node {
             id: boot.node_id,
@@ -304,11 +351,30 @@ pub(crate) enum Command {
     Publish {
         topic: String,
         payload: Vec<u8>,
-        reply: oneshot::Sender<Result<(), PublishError>>,
+        reliable: bool,
+        ttl: Option<Duration>,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    Serve {
+        method: String,
+        handler: Handler,
+        reply: oneshot::Sender<Result<(), CallError>>,
+    },
+    Call {
+        peer: NodeId,
+        method: String,
+        payload: Vec<u8>,
+        timeout: Duration,
+        reply: oneshot::Sender<Result<Vec<u8>, CallError>>,
+    },
+    Respond {
+        to: NodeId,
+        call_id: u64,
+        reply: Reply,
     },
     Subscribe {
         filter: String,
-        tx: mpsc::Sender<Message>,
+        tx: mpsc::Sender<Received>,
         reply: oneshot::Sender<Result<SubscriptionId, SubscribeError>>,
     },
     Unsubscribe(SubscriptionId),
@@ -357,11 +423,44 @@ impl Node {
         rx.await.map_err(|_| Error::Closed)
     }
 
-    /// Publishes `payload` on `topic` (best effort). Returns once the datagram is handed to the
-    /// socket; errors say why nothing was sent (bad topic, too large, closed).
-    pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) -> Result<(), Error> {
-        let (topic, payload) = (topic.into(), payload.into());
-        self.request(|reply| Command::Publish { topic, payload, reply }).await?.map_err(Error::Publish)
+    /// Publishes `payload` on `topic`. Awaiting it sends it best effort (done once handed to the
+    /// socket); `.reliable()` waits until every matching subscriber known now has it, and
+    /// `.ttl(d)` bounds how long it may be delivered or repaired.
+    ///
+    /// ```no_run
+    /// # async fn f(node: starling::runtime::Node) -> Result<(), starling::runtime::Error> {
+    /// node.publish("plant/line1/count", b"42".to_vec()).reliable().ttl(std::time::Duration::from_secs(30)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) -> Publish<'_> {
+        Publish { node: self, topic: topic.into(), payload: payload.into(), reliable: false, ttl: None }
+    }
+
+    /// Serves `method`: each call runs `handler` (concurrently with others); its `Ok` bytes are
+    /// the reply, its `Err` bytes reach the caller as `CallError::Remote`. A retransmitted
+    /// request never runs the handler twice.
+    pub async fn serve<F, Fut>(&self, method: &str, handler: F) -> Result<(), Error>
+    where
+        F: Fn(Request) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Reply> + Send + 'static,
+    {
+        let handler: Handler = Arc::new(move |req| Box::pin(handler(req)));
+        let method = method.into();
+        self.request(|reply| Command::Serve { method, handler, reply }).await?.map_err(Error::Call)
+    }
+
+    /// Calls `method` on `peer`: the reply bytes, or a [`CallError`] (`Timeout`, `Unreachable`,
+    /// `NoSuchMethod`, `Denied`, `Remote(bytes)`) at the latest after `timeout`. If the peer
+    /// restarts or is not up yet, the call goes to it as soon as it is.
+    pub async fn call(
+        &self,
+        peer: NodeId,
+        method: &str,
+        payload: impl Into<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, Error> {
+        let (method, payload) = (method.into(), payload.into());
+        self.request(|reply| Command::Call { peer, method, payload, timeout, reply }).await?.map_err(Error::Call)
     }
 
     /// Subscribes to `filter` (MQTT wildcards `+` and `#`). Dropping the subscription ends it.
@@ -369,7 +468,7 @@ impl Node {
         let (tx, rx) = mpsc::channel(self.sub_capacity);
         let filter = filter.into();
         let id = self.request(|reply| Command::Subscribe { filter, tx, reply }).await?.map_err(Error::Subscribe)?;
-        Ok(Subscription { id, rx, cmd: self.cmd.clone() })
+        Ok(Subscription { id, rx, cmd: self.cmd.clone(), gaps: 0 })
     }
 
     /// The peers currently up.
@@ -393,25 +492,88 @@ impl Node {
     }
 }
 
-/// Messages matching one filter, in arrival order. Implements `futures_core::Stream`.
+/// A publication being prepared by [`Node::publish`]; await it to send.
+#[must_use = "a publication is sent when awaited"]
+pub struct Publish<'a> {
+    node: &'a Node,
+    topic: String,
+    payload: Vec<u8>,
+    reliable: bool,
+    ttl: Option<Duration>,
+}
+
+impl Publish<'_> {
+    /// Deliver reliably: retransmitted until acknowledged, once and in order per publisher, and
+    /// the await resolves when every matching subscriber known now has it (or fails naming who
+    /// did not).
+    pub fn reliable(mut self) -> Self {
+        self.reliable = true;
+        self
+    }
+
+    /// The message is never delivered or repaired after `ttl`.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+}
+
+impl<'a> IntoFuture for Publish<'a> {
+    type Output = Result<(), Error>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'a>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let Publish { node, topic, payload, reliable, ttl } = self;
+            node.request(|reply| Command::Publish { topic, payload, reliable, ttl, reply }).await?
+        })
+    }
+}
+
+/// Messages matching one filter, in order per publisher. Implements `futures_core::Stream`
+/// of messages; [`recv_event`](Self::recv_event) also shows gaps.
 #[derive(Debug)]
 pub struct Subscription {
     id: SubscriptionId,
-    rx: mpsc::Receiver<Message>,
+    rx: mpsc::Receiver<Received>,
     cmd: mpsc::Sender<Command>,
+    gaps: u64,
 }
 
 impl Subscription {
-    /// The next message; `None` once the node has shut down.
+    /// The next message; `None` once the node has shut down. Gaps are counted in
+    /// [`gaps`](Self::gaps); use [`recv_event`](Self::recv_event) to see them in sequence.
     pub async fn recv(&mut self) -> Option<Message> {
+        loop {
+            match self.rx.recv().await? {
+                Received::Message(m) => return Some(m),
+                Received::Gap { first, end, .. } => self.gaps += end - first,
+            }
+        }
+    }
+
+    /// The next message or gap; `None` once the node has shut down.
+    pub async fn recv_event(&mut self) -> Option<Received> {
         self.rx.recv().await
+    }
+
+    /// Reliable sequence numbers reported lost to this subscription so far by `recv`.
+    pub fn gaps(&self) -> u64 {
+        self.gaps
     }
 }
 
 impl futures_core::Stream for Subscription {
     type Item = Message;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
-        self.rx.poll_recv(cx)
+        loop {
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(Received::Message(m))) => return Poll::Ready(Some(m)),
+                Poll::Ready(Some(Received::Gap { first, end, .. })) => self.gaps += end - first,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 

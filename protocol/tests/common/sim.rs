@@ -169,6 +169,8 @@ pub struct NetStats {
 /// A record of an opened frame, owned (see [`Sim::open`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rec {
+    /// A reliable-stream, fragment or subscription record (type code).
+    Other(u8),
     /// A beacon.
     Beacon {
         /// Sender's epoch.
@@ -837,6 +839,11 @@ pub fn open_frame(key: &NetworkKey, bytes: &[u8]) -> Option<Opened> {
             }
             Ok(Record::Leave) => Rec::Leave,
             Ok(Record::Unknown { kind }) => Rec::Unknown(kind),
+            Ok(other) => {
+                let mut bytes = Vec::new();
+                other.emit(&mut bytes);
+                Rec::Other(bytes[0])
+            }
             Err(_) => Rec::Malformed,
         })
         .collect();

@@ -1,4 +1,13 @@
-//! The sans-IO node: discovery, best-effort pub/sub, PSK sealing, replay protection.
+//! The sans-IO node: discovery, pub/sub, RPC, PSK sealing, replay protection.
+//!
+//! This file holds the node's state, its inputs and outputs and discovery; [`reliable`] adds
+//! reliable and fragmented publications on top of [`crate::stream`], [`rpc`] the calls.
+
+mod reliable;
+mod rpc;
+
+pub use reliable::{PublishFailure, PublishId};
+pub use rpc::{CallError, CallId};
 
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::string::{String, ToString};
@@ -12,8 +21,12 @@ use rand_core::{RngCore, SeedableRng};
 
 use crate::config::{Config, ConfigError};
 use crate::crypto::{NetworkKey, NetworkKeys, SenderKey};
+use crate::reassembly::{Reassembler, ReassemblyLimits};
 use crate::replay::ReplayWindow;
+use crate::response_cache::{CacheLimits, ResponseCache};
+use crate::rtt::RttEstimator;
 use crate::state::{Boot, PersistedState};
+use crate::stream::{InStream, OutStream};
 use crate::time::Instant;
 use crate::topic::{Topic, TopicError, TopicFilter};
 use crate::wire::{
@@ -53,6 +66,8 @@ pub struct Message {
     pub from: NodeId,
     /// The local subscriptions whose filter matched.
     pub subscriptions: Vec<SubscriptionId>,
+    /// Its sequence number in the publisher's reliable stream; `None` for best effort.
+    pub seq: Option<u64>,
 }
 
 /// What is known about a peer.
@@ -102,6 +117,42 @@ pub enum Event {
         /// Where the other device's frame came from.
         addr: SocketAddr,
     },
+    /// Reliable messages from `from` were lost for good (evicted or expired before repair):
+    /// sequence numbers `first..end` of its stream will never arrive.
+    Gap {
+        /// The publisher.
+        from: NodeId,
+        /// First lost sequence number.
+        first: u64,
+        /// One past the last lost one.
+        end: u64,
+    },
+    /// A reliable publication finished: every matching subscriber known when it was published
+    /// acknowledged it, or the listed ones did not.
+    PublishDone {
+        /// What [`Node::publish_reliable`] returned.
+        id: PublishId,
+        /// `Ok` when everyone acknowledged.
+        result: Result<(), PublishFailure>,
+    },
+    /// A peer calls a method this node serves: answer with [`Node::respond`].
+    Request {
+        /// The caller.
+        from: NodeId,
+        /// The call, to pass back to `respond`.
+        call_id: u64,
+        /// Method name.
+        method: String,
+        /// Argument bytes.
+        payload: Vec<u8>,
+    },
+    /// A call made with [`Node::call`] finished.
+    CallDone {
+        /// What `call` returned.
+        id: CallId,
+        /// The reply bytes or why there is none.
+        result: Result<Vec<u8>, CallError>,
+    },
 }
 
 /// Counters of everything received, sent and dropped. Never reset while the node lives.
@@ -146,11 +197,20 @@ pub struct Stats {
     pub events_dropped: u64,
     /// Times sending waited for a packet-number lease to be stored.
     pub lease_stalls: u64,
+    /// Reliable chunks sent again on request or after silence.
+    pub retransmissions: u64,
+    /// Reliable messages that arrived after their time to live.
+    pub expired: u64,
+    /// Stream records refused: acks for sequence numbers never sent, streams of an old epoch,
+    /// responses to calls never made, inconsistent fragments.
+    pub drop_stream: u64,
+    /// Reliable sequence numbers given up as lost.
+    pub gaps: u64,
 }
 
 impl Stats {
     /// Every counter with its name, for printing.
-    pub fn fields(&self) -> [(&'static str, u64); 19] {
+    pub fn fields(&self) -> [(&'static str, u64); 23] {
         [
             ("rx_datagrams", self.rx_datagrams),
             ("rx_accepted", self.rx_accepted),
@@ -171,6 +231,10 @@ impl Stats {
             ("messages_unmatched", self.messages_unmatched),
             ("events_dropped", self.events_dropped),
             ("lease_stalls", self.lease_stalls),
+            ("retransmissions", self.retransmissions),
+            ("expired", self.expired),
+            ("drop_stream", self.drop_stream),
+            ("gaps", self.gaps),
         ]
     }
 
@@ -193,7 +257,7 @@ impl Stats {
 pub enum PublishError {
     /// The topic name is invalid.
     InvalidTopic(TopicError),
-    /// The message does not fit one datagram (fragmentation is not part of wire v1).
+    /// The message exceeds `max_message` (or, for reliable ones, the retention bound).
     TooLarge {
         /// Payload size given.
         size: usize,
@@ -211,7 +275,7 @@ impl fmt::Display for PublishError {
         match self {
             PublishError::InvalidTopic(e) => write!(f, "invalid topic: {e}"),
             PublishError::TooLarge { size, max } => {
-                write!(f, "payload of {size} bytes does not fit one datagram; the limit for this topic is {max} bytes")
+                write!(f, "payload of {size} bytes is too large; the limit for this topic is {max} bytes (max_message)")
             }
             PublishError::QueueFull => f.write_str("send queue is full; retry after the node has sent what it holds"),
             PublishError::Closed => f.write_str("node is closed"),
@@ -283,6 +347,16 @@ struct Peer {
     status: PeerStatus,
     /// Packet number of its Leave: older frames still in flight must not bring it back.
     left_pn: Option<u64>,
+    /// Its subscription filters, as it last announced them.
+    filters: Vec<TopicFilter>,
+    /// Its multicast stream of reliable publications, as received here.
+    in_mcast: Option<InStream>,
+    /// Its unicast stream to this node (RPC).
+    in_ucast: Option<InStream>,
+    /// This node's unicast stream to it (RPC).
+    out_ucast: Option<OutStream>,
+    /// Round-trip estimate towards it.
+    rtt: RttEstimator,
 }
 
 impl Peer {
@@ -296,9 +370,11 @@ impl Peer {
 enum Timer {
     Beacon = 0,
     Liveness = 1,
+    /// Streams, calls, reassembly and cache expiry: the earliest of them.
+    Messaging = 2,
 }
 
-const TIMER_COUNT: usize = 2;
+const TIMER_COUNT: usize = 3;
 
 #[derive(Debug, Default)]
 struct Timers([Option<Instant>; TIMER_COUNT]);
@@ -375,6 +451,14 @@ pub struct Node {
     rng: ChaCha20Rng,
     stats: Stats,
     lifecycle: Lifecycle,
+    out_mcast: OutStream,
+    next_publish: u64,
+    next_fragmented: u32,
+    reassembly: Reassembler<NodeId>,
+    calls: BTreeMap<CallId, rpc::PendingCall>,
+    next_call: u32,
+    served: Vec<String>,
+    cache: ResponseCache<NodeId>,
 }
 
 impl fmt::Debug for Node {
@@ -398,6 +482,17 @@ impl Node {
         let own_key = keys.sender_key(boot.node_id);
         let rng = ChaCha20Rng::from_seed(config.rng_seed);
         let scratch = Vec::with_capacity(config.max_datagram);
+        let reassembly = Reassembler::new(ReassemblyLimits {
+            max_message: config.max_message + 512,
+            max_partial: 16,
+            max_bytes: config.streams.max_pending_bytes,
+            timeout: config.reassembly_timeout,
+        });
+        let cache = ResponseCache::new(CacheLimits {
+            max_entries: config.response_cache_entries,
+            max_bytes: config.streams.max_retained_bytes,
+            lifetime: config.response_cache_lifetime,
+        });
         let mut node = Node {
             keys,
             own_key,
@@ -418,6 +513,14 @@ impl Node {
             stats: Stats::default(),
             lifecycle: Lifecycle::Running,
             timers: Timers::default(),
+            out_mcast: OutStream::new(wire::stream::MULTICAST, boot.epoch),
+            next_publish: 1,
+            next_fragmented: 0,
+            reassembly,
+            calls: BTreeMap::new(),
+            next_call: 0,
+            served: Vec::new(),
+            cache,
             config,
         };
         // Announce at once, ahead of anything the application sends, so receivers learn the
@@ -466,7 +569,8 @@ impl Node {
         self.peers.get(&id).map(|p| p.name.as_str()).filter(|n| !n.is_empty())
     }
 
-    /// Largest payload that [`publish`](Self::publish) accepts on a topic of `topic_len` bytes.
+    /// Largest payload that [`publish`](Self::publish) sends as one Publish record in one
+    /// datagram on a topic of `topic_len` bytes; larger ones (up to `max_message`) go as fragments.
     pub fn max_payload(&self, topic_len: usize) -> usize {
         let room = self.config.max_datagram - FRAME_OVERHEAD;
         // record: type byte, body length varint, topic length varint, topic, payload
@@ -485,24 +589,30 @@ impl Node {
 
     // ----- commands -----
 
-    /// Publishes `payload` on `topic`, best effort: one datagram to the group, no retransmission.
+    /// Publishes `payload` on `topic`, best effort: sent once to the group, no retransmission
+    /// (a message larger than one datagram goes as fragments and is lost if any fragment is).
     /// Local subscriptions that match receive it too.
     pub fn publish(&mut self, topic: &str, payload: &[u8]) -> Result<(), PublishError> {
         if self.lifecycle != Lifecycle::Running {
             return Err(PublishError::Closed);
         }
         let topic = Topic::new(topic).map_err(PublishError::InvalidTopic)?;
+        if payload.len() > self.config.max_message {
+            return Err(PublishError::TooLarge { size: payload.len(), max: self.config.max_message });
+        }
         let record = Record::Publish { topic: topic.as_str(), payload };
         if record.encoded_len() > self.config.max_datagram - FRAME_OVERHEAD {
-            let max = self.max_payload(topic.as_str().len());
-            return Err(PublishError::TooLarge { size: payload.len(), max });
+            self.publish_fragmented(topic, payload)?;
+            let id = self.id();
+            self.deliver(id, topic, payload, None);
+            return Ok(());
         }
         if self.queued_bytes + record.encoded_len() > self.config.max_queued_bytes {
             return Err(PublishError::QueueFull);
         }
         self.enqueue(Destination::Multicast, &record);
         let id = self.id();
-        self.deliver(id, topic, payload);
+        self.deliver(id, topic, payload, None);
         Ok(())
     }
 
@@ -518,6 +628,7 @@ impl Node {
         let id = SubscriptionId(self.next_sub);
         self.next_sub += 1;
         self.subs.push((id, filter));
+        self.announce_subscriptions();
         Ok(id)
     }
 
@@ -525,7 +636,11 @@ impl Node {
     pub fn unsubscribe(&mut self, id: SubscriptionId) -> bool {
         let before = self.subs.len();
         self.subs.retain(|(s, _)| *s != id);
-        self.subs.len() != before
+        let removed = self.subs.len() != before;
+        if removed && self.lifecycle == Lifecycle::Running {
+            self.announce_subscriptions();
+        }
+        removed
     }
 
     /// Announces departure so peers see `PeerDown` at once. Send what `poll_transmit` returns,
@@ -616,6 +731,11 @@ impl Node {
                     key,
                     status: PeerStatus::Unannounced,
                     left_pn: None,
+                    filters: Vec::new(),
+                    in_mcast: None,
+                    in_ucast: None,
+                    out_ucast: None,
+                    rtt: RttEstimator::new(self.config.initial_rto, Duration::from_millis(20), Duration::from_secs(5)),
                 },
             );
         }
@@ -640,7 +760,8 @@ impl Node {
             self.handle_record(now, &header, stale, record);
         }
         self.scratch = scratch;
-        self.update_liveness_timer();
+        self.service(now, Some(header.sender));
+        self.update_timers();
     }
 
     /// Handles expired timers. Calling it early or more than once is harmless.
@@ -662,10 +783,16 @@ impl Node {
                 }
             }
             for id in down {
-                self.push_event(Event::PeerDown { id, reason: DownReason::Timeout });
+                self.peer_down(id, DownReason::Timeout);
             }
-            self.update_liveness_timer();
         }
+        if self.timers.get(Timer::Messaging).is_some_and(|t| t <= now) {
+            self.expire_calls(now);
+            self.reassembly.expire(now);
+            self.cache.expire(now);
+            self.service(now, None);
+        }
+        self.update_timers();
     }
 
     /// Reports that storing the state from [`poll_lease`](Self::poll_lease) failed; the node asks
@@ -780,7 +907,7 @@ impl Node {
             Record::Beacon(b) => self.handle_beacon(now, sender, b),
             Record::Publish { topic, payload } => {
                 if let Ok(topic) = Topic::new(topic) {
-                    self.deliver(sender, topic, payload);
+                    self.deliver(sender, topic, payload, None);
                 }
             }
             Record::Leave => {
@@ -789,10 +916,15 @@ impl Node {
                     p.status = PeerStatus::Down;
                     p.left_pn = Some(header.pn);
                     if was_up {
-                        self.push_event(Event::PeerDown { id: sender, reason: DownReason::Left });
+                        self.peer_down(sender, DownReason::Left);
                     }
                 }
             }
+            Record::Data { header: h, chunk } => self.handle_data(now, sender, &h, chunk),
+            Record::Ack(ack) => self.handle_ack(now, sender, &ack),
+            Record::Heartbeat(hb) => self.handle_heartbeat(now, sender, &hb),
+            Record::Fragment { header: h, chunk } => self.handle_fragment(now, sender, &h, chunk),
+            Record::Subscriptions(filters) => self.handle_subscriptions(sender, &filters),
             Record::Unknown { .. } => self.stats.unknown_records += 1,
         }
     }
@@ -804,7 +936,13 @@ impl Node {
         let event = match p.status {
             PeerStatus::Up if b.epoch > p.epoch => {
                 p.epoch = b.epoch;
-                Some(Event::PeerRestarted(p.info(sender)))
+                // A new incarnation: its streams start afresh, and so does ours to it.
+                p.in_mcast = None;
+                p.in_ucast = None;
+                p.out_ucast = None;
+                self.reassembly.forget(sender);
+                self.cache.forget(sender);
+                Some(Event::PeerRestarted(self.peers[&sender].info(sender)))
             }
             PeerStatus::Up => None,
             PeerStatus::Unannounced | PeerStatus::Down => {
@@ -816,6 +954,8 @@ impl Node {
         if let Some(e) = event {
             self.push_event(e);
             self.schedule_early_beacon(now);
+            // Calls waiting for this peer (or sent to an incarnation that is gone) go (again).
+            self.resend_calls(now, sender);
         }
     }
 
@@ -837,7 +977,7 @@ impl Node {
         }
     }
 
-    fn deliver(&mut self, from: NodeId, topic: Topic<'_>, payload: &[u8]) {
+    fn deliver(&mut self, from: NodeId, topic: Topic<'_>, payload: &[u8], seq: Option<u64>) {
         let subscriptions: Vec<SubscriptionId> =
             self.subs.iter().filter(|(_, f)| f.matches(&topic)).map(|(id, _)| *id).collect();
         if subscriptions.is_empty() {
@@ -850,6 +990,7 @@ impl Node {
             payload: payload.to_vec(),
             from,
             subscriptions,
+            seq,
         }));
     }
 
@@ -859,6 +1000,10 @@ impl Node {
         let record = Record::Beacon(beacon);
         let mut bytes = Vec::with_capacity(record.encoded_len());
         record.emit(&mut bytes);
+        // Subscriptions ride along, so a newcomer learns whom reliable publications wait for.
+        if !self.subs.is_empty() {
+            self.subscriptions_record().emit(&mut bytes);
+        }
         // Beacons are small and periodic: queue them even past the byte bound rather than go silent.
         self.queued_bytes += bytes.len();
         self.queue.push_back(Queued { destination: Destination::Multicast, record: bytes });
@@ -899,7 +1044,7 @@ impl Node {
             .map(|(id, _)| *id)
     }
 
-    fn update_liveness_timer(&mut self) {
+    fn update_timers(&mut self) {
         let factor = self.config.peer_timeout_factor;
         let next = self
             .peers
@@ -908,6 +1053,12 @@ impl Node {
             .map(|p| p.last_heard + p.interval * factor)
             .min();
         self.timers.set(Timer::Liveness, next);
+        self.timers.set(Timer::Messaging, self.messaging_timeout());
+    }
+
+    fn peer_down(&mut self, id: NodeId, reason: DownReason) {
+        self.out_mcast.receiver_gone(id);
+        self.push_event(Event::PeerDown { id, reason });
     }
 
     /// `d` scaled by a random factor in [0.75, 1.25).

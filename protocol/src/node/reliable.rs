@@ -1,0 +1,359 @@
+//! Reliable and fragmented publications, subscription announcements and the stream plumbing
+//! shared with RPC (PROTOCOL.md §6).
+
+use alloc::vec::Vec;
+use core::fmt;
+use core::time::Duration;
+
+use rand_core::RngCore;
+
+use super::{Destination, Event, Lifecycle, Node, PeerStatus, PublishError};
+use crate::reassembly::FragmentOutcome;
+use crate::stream::{Completion, Delivery, Failure, Feedback, InStream};
+use crate::time::Instant;
+use crate::topic::{Topic, TopicFilter};
+use crate::wire::{kind, stream, Ack, DataHeader, FragmentHeader, Heartbeat, Inner, NodeId, Record, FRAME_OVERHEAD};
+
+/// Identifies one reliable publication, to match its [`Event::PublishDone`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PublishId(pub u64);
+
+/// Why a reliable publication did not reach every subscriber it waited for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishFailure {
+    /// Subscribers that did not acknowledge it.
+    pub missing: Vec<NodeId>,
+    /// Why the node stopped waiting.
+    pub reason: Failure,
+}
+
+impl fmt::Display for PublishFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let why = match self.reason {
+            Failure::Expired => "its time to live passed",
+            Failure::Evicted => "it was evicted from the retention buffer",
+            Failure::ReceiverGone => "subscribers went down",
+            Failure::Reset => "the stream was reset",
+        };
+        write!(f, "not acknowledged by {} subscriber(s) (", self.missing.len())?;
+        for (i, id) in self.missing.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{id}")?;
+        }
+        write!(f, "): {why}")
+    }
+}
+
+impl core::error::Error for PublishFailure {}
+
+/// Bytes of a datagram left for a Data record's chunk: header and tag, record type and length,
+/// and the largest possible Data header (PROTOCOL.md §6.2).
+const DATA_OVERHEAD: usize = FRAME_OVERHEAD + 3 + 41;
+/// The same for a Fragment record.
+const FRAGMENT_OVERHEAD: usize = FRAME_OVERHEAD + 3 + 15;
+/// Announced filters larger than this are replaced by `#` (conservative: publishers then wait
+/// for this node's acknowledgement of everything, which it sends anyway).
+const MAX_ANNOUNCED_FILTER_BYTES: usize = 600;
+
+impl Node {
+    /// Publishes `payload` on `topic` reliably: it is retransmitted until every matching
+    /// subscriber known now acknowledges it, delivered once and in order per publisher, and
+    /// given up (reported as [`Event::Gap`] to subscribers) only when its `ttl` passes or the
+    /// retention bounds force it out. [`Event::PublishDone`] reports the outcome.
+    pub fn publish_reliable(
+        &mut self,
+        now: Instant,
+        topic: &str,
+        payload: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<PublishId, PublishError> {
+        if self.lifecycle != Lifecycle::Running {
+            return Err(PublishError::Closed);
+        }
+        let topic = Topic::new(topic).map_err(PublishError::InvalidTopic)?;
+        let max = self.config.max_message;
+        if payload.len() > max {
+            return Err(PublishError::TooLarge { size: payload.len(), max });
+        }
+        let waiting: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.status == PeerStatus::Up && p.filters.iter().any(|f| f.matches(&topic)))
+            .map(|(id, _)| *id)
+            .collect();
+        let id = PublishId(self.next_publish);
+        self.next_publish += 1;
+        let inner = Inner::Publish { topic: topic.as_str(), payload }.encode();
+        let seq = self.out_mcast.next_seq();
+        let limits = self.config.streams;
+        let mut evicted = Vec::new();
+        let chunk = self.config.max_datagram - DATA_OVERHEAD;
+        let records = self
+            .out_mcast
+            .send(now, id.0, &inner, chunk, ttl, waiting, &limits, &mut evicted)
+            .map_err(|_| PublishError::TooLarge { size: payload.len(), max: limits.max_retained_bytes })?;
+        for r in records {
+            self.enqueue_bytes(Destination::Multicast, r);
+        }
+        self.report(evicted);
+        let me = self.id();
+        self.deliver(me, topic, payload, Some(seq));
+        self.service(now, None);
+        self.update_timers();
+        Ok(id)
+    }
+
+    /// Sends a best-effort message larger than one datagram as fragments.
+    pub(super) fn publish_fragmented(&mut self, topic: Topic<'_>, payload: &[u8]) -> Result<(), PublishError> {
+        let inner = Inner::Publish { topic: topic.as_str(), payload }.encode();
+        let chunk = self.config.max_datagram - FRAGMENT_OVERHEAD;
+        let count = inner.len().div_ceil(chunk);
+        if self.queued_bytes + inner.len() + count * 24 > self.config.max_queued_bytes {
+            return Err(PublishError::QueueFull);
+        }
+        let msg_id = self.next_fragmented;
+        self.next_fragmented = self.next_fragmented.wrapping_add(1);
+        for (index, part) in inner.chunks(chunk).enumerate() {
+            let header = FragmentHeader { msg_id, index: index as u32, count: count as u32 };
+            self.enqueue(Destination::Multicast, &Record::Fragment { header, chunk: part });
+        }
+        Ok(())
+    }
+
+    pub(super) fn subscriptions_record(&self) -> Record<'_> {
+        let filters: Vec<&str> = self.subs.iter().map(|(_, f)| f.as_str()).collect();
+        let size: usize = filters.iter().map(|f| f.len() + 2).sum();
+        Record::Subscriptions(if size > MAX_ANNOUNCED_FILTER_BYTES { alloc::vec!["#"] } else { filters })
+    }
+
+    /// Tells the mesh this node's filters changed.
+    pub(super) fn announce_subscriptions(&mut self) {
+        let mut bytes = Vec::new();
+        self.subscriptions_record().emit(&mut bytes);
+        self.enqueue_bytes(Destination::Multicast, bytes);
+    }
+
+    pub(super) fn handle_subscriptions(&mut self, sender: NodeId, filters: &[&str]) {
+        let max = self.config.max_subscriptions;
+        if let Some(p) = self.peers.get_mut(&sender) {
+            p.filters = filters.iter().filter_map(|f| TopicFilter::new(f).ok()).take(max).collect();
+        }
+    }
+
+    pub(super) fn handle_fragment(&mut self, now: Instant, sender: NodeId, h: &FragmentHeader, chunk: &[u8]) {
+        match self.reassembly.insert(now, sender, h.msg_id, h.index, h.count, chunk) {
+            FragmentOutcome::Complete(bytes) => match Inner::parse(&bytes) {
+                Ok(Inner::Publish { topic, payload }) => match Topic::new(topic) {
+                    Ok(topic) => self.deliver(sender, topic, payload, None),
+                    Err(_) => self.stats.drop_malformed += 1,
+                },
+                _ => self.stats.drop_malformed += 1,
+            },
+            FragmentOutcome::Pending | FragmentOutcome::Duplicate => {}
+            FragmentOutcome::Rejected(_) => self.stats.drop_stream += 1,
+        }
+    }
+
+    /// The receiving stream a record refers to, created when it starts a newer epoch.
+    fn in_stream(&mut self, sender: NodeId, kind: u8, epoch: u32, start: u64) -> Option<&mut InStream> {
+        let p = self.peers.get_mut(&sender)?;
+        let slot = match kind {
+            stream::MULTICAST => &mut p.in_mcast,
+            stream::UNICAST => &mut p.in_ucast,
+            _ => return None,
+        };
+        match slot {
+            Some(s) if s.epoch() == epoch => {}
+            Some(s) if epoch < s.epoch() => return None,
+            _ => *slot = Some(InStream::new(sender, kind, epoch, start)),
+        }
+        slot.as_mut()
+    }
+
+    pub(super) fn handle_data(&mut self, now: Instant, sender: NodeId, h: &DataHeader, chunk: &[u8]) {
+        let limits = self.config.streams;
+        let jitter = self.rng.next_u64();
+        let start = h.seq - u64::from(h.index);
+        let Some(s) = self.in_stream(sender, h.stream, h.epoch, start) else {
+            self.stats.drop_stream += 1;
+            return;
+        };
+        let deliveries = s.on_data(now, h, chunk, &limits, jitter);
+        self.handle_deliveries(now, sender, h.stream, deliveries);
+    }
+
+    pub(super) fn handle_heartbeat(&mut self, now: Instant, sender: NodeId, hb: &Heartbeat) {
+        let limits = self.config.streams;
+        let jitter = self.rng.next_u64();
+        let Some(s) = self.in_stream(sender, hb.stream, hb.epoch, hb.next) else {
+            self.stats.drop_stream += 1;
+            return;
+        };
+        let deliveries = s.on_heartbeat(now, hb, &limits, jitter);
+        self.handle_deliveries(now, sender, hb.stream, deliveries);
+    }
+
+    fn handle_deliveries(&mut self, now: Instant, sender: NodeId, kind: u8, deliveries: Vec<Delivery>) {
+        for d in deliveries {
+            match d {
+                Delivery::Message { seq, bytes } => match Inner::parse(&bytes) {
+                    Ok(Inner::Publish { topic, payload }) => match Topic::new(topic) {
+                        Ok(topic) => self.deliver(sender, topic, payload, Some(seq)),
+                        Err(_) => self.stats.drop_malformed += 1,
+                    },
+                    Ok(Inner::Request { call_id, method, payload }) if kind == stream::UNICAST => {
+                        self.handle_request(now, sender, call_id, method, payload)
+                    }
+                    Ok(Inner::Response { call_id, status, payload }) if kind == stream::UNICAST => {
+                        self.handle_response(sender, call_id, status, payload)
+                    }
+                    _ => self.stats.drop_malformed += 1,
+                },
+                Delivery::Gap { from, to } => {
+                    self.stats.gaps += to - from;
+                    if kind == stream::MULTICAST {
+                        self.push_event(Event::Gap { from: sender, first: from, end: to });
+                    }
+                }
+                Delivery::Expired => self.stats.expired += 1,
+            }
+        }
+    }
+
+    pub(super) fn handle_ack(&mut self, now: Instant, sender: NodeId, ack: &Ack) {
+        let limits = self.config.streams;
+        if ack.target != self.id().as_u64() {
+            // Another receiver's NACK of a stream we receive too: hold ours back.
+            if ack.stream == stream::MULTICAST && !ack.missing.is_empty() {
+                let target = NodeId::from_u64(ack.target);
+                if let Some(s) = self.peers.get_mut(&target).and_then(|p| p.in_mcast.as_mut()) {
+                    if s.epoch() == ack.epoch {
+                        s.on_foreign_nack(now, ack, &limits);
+                    }
+                }
+            }
+            return;
+        }
+        let mut sample = None;
+        let accepted = match ack.stream {
+            stream::MULTICAST if ack.epoch == self.epoch() => self.out_mcast.on_ack(now, sender, ack, &mut sample),
+            stream::UNICAST if ack.epoch == self.epoch() => match self.peers.get_mut(&sender) {
+                Some(p) => p.out_ucast.as_mut().is_some_and(|s| s.on_ack(now, sender, ack, &mut sample)),
+                None => false,
+            },
+            _ => false,
+        };
+        if !accepted {
+            self.stats.drop_stream += 1;
+        }
+        if let (Some(rtt), Some(p)) = (sample, self.peers.get_mut(&sender)) {
+            p.rtt.on_sample(rtt);
+        }
+    }
+
+    /// Sends what streams want sent and reports finished publications. `only` limits the
+    /// per-peer work to one peer (the sender of the datagram just handled).
+    pub(super) fn service(&mut self, now: Instant, only: Option<NodeId>) {
+        let limits = self.config.streams;
+        let holdoff = limits.repair_wait / 2;
+        let records = self.out_mcast.poll(now, holdoff, limits.heartbeat_max);
+        for r in records {
+            if r.first() == Some(&kind::DATA) {
+                self.stats.retransmissions += 1;
+            }
+            self.enqueue_bytes(Destination::Multicast, r);
+        }
+        let live: Vec<NodeId> =
+            self.peers.iter().filter(|(_, p)| p.status == PeerStatus::Up).map(|(id, _)| *id).collect();
+        let done = self.out_mcast.collect(now, &live, &limits);
+        self.report(done);
+
+        let ids: Vec<NodeId> = match only {
+            Some(id) => alloc::vec![id],
+            None => self.peers.keys().copied().collect(),
+        };
+        let mut out: Vec<(Destination, Vec<u8>)> = Vec::new();
+        for id in ids {
+            let Some(p) = self.peers.get_mut(&id) else { continue };
+            let to = Destination::Unicast(p.addr);
+            for (s, kind) in [(&mut p.in_mcast, stream::MULTICAST), (&mut p.in_ucast, stream::UNICAST)] {
+                let Some(s) = s.as_mut() else { continue };
+                while let Some(fb) = s.poll(now, &limits) {
+                    let (dest, ack) = match fb {
+                        Feedback::Nack(a) if kind == stream::MULTICAST => (Destination::Multicast, a),
+                        Feedback::Nack(a) | Feedback::Ack(a) => (to, a),
+                    };
+                    let mut bytes = Vec::new();
+                    Record::Ack(ack).emit(&mut bytes);
+                    out.push((dest, bytes));
+                }
+            }
+            if let Some(s) = p.out_ucast.as_mut() {
+                for r in s.poll(now, holdoff, p.rtt.rto()) {
+                    if r.first() == Some(&kind::DATA) {
+                        self.stats.retransmissions += 1;
+                    } else {
+                        p.rtt.on_timeout();
+                    }
+                    out.push((to, r));
+                }
+                // The calls and responses keep their own deadlines; this only releases memory.
+                let _ = s.collect(now, &[id], &limits);
+            }
+        }
+        for (dest, bytes) in out {
+            self.enqueue_bytes(dest, bytes);
+        }
+    }
+
+    fn report(&mut self, done: Vec<Completion>) {
+        for c in done {
+            let result = match c.failure {
+                None if c.missing.is_empty() => Ok(()),
+                reason => Err(PublishFailure { missing: c.missing, reason: reason.unwrap_or(Failure::ReceiverGone) }),
+            };
+            self.push_event(Event::PublishDone { id: PublishId(c.id), result });
+        }
+    }
+
+    /// The earliest deadline of streams, calls, reassembly and the response cache.
+    pub(super) fn messaging_timeout(&self) -> Option<Instant> {
+        let limits = &self.config.streams;
+        let peers = self.peers.values().flat_map(|p| {
+            [
+                p.in_mcast.as_ref().and_then(InStream::poll_timeout),
+                p.in_ucast.as_ref().and_then(InStream::poll_timeout),
+                p.out_ucast.as_ref().and_then(|s| s.poll_timeout(limits)),
+            ]
+        });
+        let calls = self.calls.values().map(|c| c.deadline);
+        [self.out_mcast.poll_timeout(limits), self.reassembly.next_expiry(), self.cache.next_expiry()]
+            .into_iter()
+            .chain(peers)
+            .flatten()
+            .chain(calls)
+            .min()
+    }
+
+    /// Queues an already encoded record. Stream records are bounded by the stream limits, so
+    /// they bypass the send-queue bound that protects against best-effort floods.
+    pub(super) fn enqueue_bytes(&mut self, destination: Destination, record: Vec<u8>) {
+        self.queued_bytes += record.len();
+        self.queue.push_back(super::Queued { destination, record });
+    }
+
+    /// Bytes and messages this node retains for repair of its reliable publications.
+    pub fn retained(&self) -> (usize, usize) {
+        (self.out_mcast.retained_bytes(), self.out_mcast.retained_messages())
+    }
+
+    /// Bytes buffered out of order from `peer`'s streams (for bounds checks and statistics).
+    pub fn pending_from(&self, peer: NodeId) -> usize {
+        self.peers.get(&peer).map_or(0, |p| {
+            p.in_mcast.as_ref().map_or(0, InStream::pending_bytes)
+                + p.in_ucast.as_ref().map_or(0, InStream::pending_bytes)
+        })
+    }
+}

@@ -1,0 +1,784 @@
+//! Reliable streams (PROTOCOL.md §6): sequence numbers, bounded retention, cumulative acks with
+//! selective NACKs, NACK suppression, heartbeats for tail losses, message expiry and gaps.
+//!
+//! A sender has one multicast stream (reliable publications) and one unicast stream per peer
+//! (RPC). Each is an [`OutStream`]; each receiver keeps an [`InStream`] per sender stream. Both
+//! are plain state machines: the node feeds them records and time and sends what they return.
+
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::vec::Vec;
+use core::time::Duration;
+
+use crate::time::Instant;
+use crate::wire::{Ack, DataHeader, Heartbeat, NodeId, Record, SeqRange, MAX_ACK_RANGES};
+
+/// Tunables and bounds of reliable streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// Most messages a sender retains for repair per stream.
+    pub max_retained_messages: usize,
+    /// Most bytes a sender retains for repair per stream.
+    pub max_retained_bytes: usize,
+    /// Longest a sender retains a message.
+    pub max_retained_age: Duration,
+    /// Most out-of-order chunks a receiver buffers per stream.
+    pub max_pending_chunks: usize,
+    /// Most bytes a receiver buffers per stream.
+    pub max_pending_bytes: usize,
+    /// How long a receiver waits before acknowledging, to ack several chunks at once.
+    pub ack_delay: Duration,
+    /// Upper bound of the random delay before a receiver NACKs (suppression window).
+    pub nack_delay: Duration,
+    /// How long a receiver waits for a repair before it NACKs again.
+    pub repair_wait: Duration,
+    /// First heartbeat after new data; doubles while data stays unacknowledged.
+    pub heartbeat_min: Duration,
+    /// Longest heartbeat interval.
+    pub heartbeat_max: Duration,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        StreamLimits {
+            max_retained_messages: 1024,
+            max_retained_bytes: 1 << 20,
+            max_retained_age: Duration::from_secs(30),
+            max_pending_chunks: 512,
+            max_pending_bytes: 512 * 1024,
+            ack_delay: Duration::from_millis(5),
+            nack_delay: Duration::from_millis(10),
+            repair_wait: Duration::from_millis(60),
+            heartbeat_min: Duration::from_millis(40),
+            heartbeat_max: Duration::from_secs(2),
+        }
+    }
+}
+
+/// How a retained message ended for the sender's bookkeeping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    /// The id given to [`OutStream::send`].
+    pub id: u64,
+    /// Receivers that were waited for and did not acknowledge (empty: success).
+    pub missing: Vec<NodeId>,
+    /// Why it ended without every acknowledgement, if it did.
+    pub failure: Option<Failure>,
+}
+
+/// Why a message stopped being retained before everyone acknowledged it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Its time to live passed.
+    Expired,
+    /// The retention bounds (count, bytes, age) forced it out.
+    Evicted,
+    /// A receiver waited for went down.
+    ReceiverGone,
+    /// The stream was reset (the peer restarted).
+    Reset,
+}
+
+/// The message is larger than the stream may retain at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooLarge;
+
+struct Chunk {
+    seq: u64,
+    index: u32,
+    count: u32,
+    bytes: Vec<u8>,
+    sent_at: Instant,
+    sends: u32,
+}
+
+struct OutMessage {
+    id: u64,
+    first: u64,
+    /// One past its last sequence number.
+    end: u64,
+    created: Instant,
+    expires: Option<Instant>,
+    waiting: Vec<NodeId>,
+    gone: Vec<NodeId>,
+    /// Its completion was already reported (it stays retained for other receivers).
+    reported: bool,
+}
+
+/// The sending side of one stream.
+pub struct OutStream {
+    kind: u8,
+    epoch: u32,
+    next_seq: u64,
+    chunks: VecDeque<Chunk>,
+    bytes: usize,
+    messages: VecDeque<OutMessage>,
+    acks: BTreeMap<NodeId, u64>,
+    repairs: BTreeSet<u64>,
+    repaired_at: BTreeMap<u64, Instant>,
+    heartbeat_at: Option<Instant>,
+    heartbeat_interval: Duration,
+}
+
+impl OutStream {
+    /// A new stream of `kind` ([`crate::wire::stream`]) for this boot's `epoch`.
+    pub fn new(kind: u8, epoch: u32) -> Self {
+        OutStream {
+            kind,
+            epoch,
+            next_seq: 0,
+            chunks: VecDeque::new(),
+            bytes: 0,
+            messages: VecDeque::new(),
+            acks: BTreeMap::new(),
+            repairs: BTreeSet::new(),
+            repaired_at: BTreeMap::new(),
+            heartbeat_at: None,
+            heartbeat_interval: Duration::ZERO,
+        }
+    }
+
+    /// Lowest sequence number still retained (everything below is gone for good).
+    pub fn low(&self) -> u64 {
+        self.chunks.front().map_or(self.next_seq, |c| c.seq)
+    }
+
+    /// Next sequence number to be assigned.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Bytes retained for repair.
+    pub fn retained_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Messages retained for repair.
+    pub fn retained_messages(&self) -> usize {
+        self.messages.len()
+    }
+
+    /// Queues `message` as chunks of at most `chunk_size` bytes and returns the Data records to
+    /// send now. Retention makes room by evicting the oldest messages (reported in `evicted`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn send(
+        &mut self,
+        now: Instant,
+        id: u64,
+        message: &[u8],
+        chunk_size: usize,
+        ttl: Option<Duration>,
+        waiting: Vec<NodeId>,
+        limits: &StreamLimits,
+        evicted: &mut Vec<Completion>,
+    ) -> Result<Vec<Vec<u8>>, TooLarge> {
+        if message.len() > limits.max_retained_bytes || limits.max_retained_messages == 0 {
+            return Err(TooLarge);
+        }
+        while self.messages.len() >= limits.max_retained_messages
+            || self.bytes + message.len() > limits.max_retained_bytes
+        {
+            match self.pop_message(Some(Failure::Evicted)) {
+                Some(c) => evicted.extend(c),
+                None => break,
+            }
+        }
+        let chunk_size = chunk_size.max(1);
+        let count = message.len().div_ceil(chunk_size).max(1) as u32;
+        let first = self.next_seq;
+        let mut records = Vec::with_capacity(count as usize);
+        for index in 0..count {
+            let start = index as usize * chunk_size;
+            let bytes = message[start.min(message.len())..(start + chunk_size).min(message.len())].to_vec();
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.bytes += bytes.len();
+            self.chunks.push_back(Chunk { seq, index, count, bytes, sent_at: now, sends: 1 });
+        }
+        let expires = ttl.map(|t| now + t);
+        self.messages.push_back(OutMessage {
+            id,
+            first,
+            end: self.next_seq,
+            created: now,
+            expires,
+            waiting,
+            gone: Vec::new(),
+            reported: false,
+        });
+        for seq in first..self.next_seq {
+            records.push(self.encode(now, seq, expires));
+        }
+        self.arm_heartbeat(now, limits.heartbeat_min);
+        Ok(records)
+    }
+
+    fn chunk_index(&self, seq: u64) -> Option<usize> {
+        let low = self.chunks.front()?.seq;
+        let i = usize::try_from(seq.checked_sub(low)?).ok()?;
+        (i < self.chunks.len()).then_some(i)
+    }
+
+    fn message_of(&self, seq: u64) -> Option<&OutMessage> {
+        self.messages.iter().find(|m| m.first <= seq && seq < m.end)
+    }
+
+    fn encode(&self, now: Instant, seq: u64, expires: Option<Instant>) -> Vec<u8> {
+        let c = &self.chunks[self.chunk_index(seq).expect("retained")];
+        let ttl_ms = match expires {
+            Some(e) => u32::try_from(e.saturating_duration_since(now).as_millis()).unwrap_or(u32::MAX).max(1),
+            None => 0,
+        };
+        let header = DataHeader {
+            stream: self.kind,
+            epoch: self.epoch,
+            seq,
+            low: self.low(),
+            index: c.index,
+            count: c.count,
+            ttl_ms,
+        };
+        let mut out = Vec::with_capacity(c.bytes.len() + 40);
+        Record::Data { header, chunk: &c.bytes }.emit(&mut out);
+        out
+    }
+
+    fn arm_heartbeat(&mut self, now: Instant, first: Duration) {
+        if self.heartbeat_at.is_none() {
+            self.heartbeat_interval = first;
+            self.heartbeat_at = Some(now + first);
+        }
+    }
+
+    /// Drops the oldest message; its completion, unless already reported.
+    fn pop_message(&mut self, failure: Option<Failure>) -> Option<Option<Completion>> {
+        let m = self.messages.pop_front()?;
+        while self.chunks.front().is_some_and(|c| c.seq < m.end) {
+            let c = self.chunks.pop_front().expect("front exists");
+            self.bytes -= c.bytes.len();
+            self.repairs.remove(&c.seq);
+            self.repaired_at.remove(&c.seq);
+        }
+        let mut missing: Vec<NodeId> =
+            m.waiting.iter().copied().filter(|r| self.acks.get(r).is_none_or(|&a| a < m.end)).collect();
+        missing.extend(m.gone);
+        let failure = if missing.is_empty() { None } else { failure };
+        Some((!m.reported).then_some(Completion { id: m.id, missing, failure }))
+    }
+
+    /// Handles an acknowledgement from `from`. Returns false when it refers to sequence
+    /// numbers never sent (the caller counts it as malformed). `rtt_sample` receives a round-trip
+    /// sample when the ack newly covers a chunk sent only once (Karn's rule).
+    pub fn on_ack(&mut self, now: Instant, from: NodeId, ack: &Ack, rtt_sample: &mut Option<Duration>) -> bool {
+        if ack.next > self.next_seq || ack.missing.iter().any(|&(s, l)| s.saturating_add(u64::from(l)) > self.next_seq)
+        {
+            return false;
+        }
+        let prev = self.acks.get(&from).copied().unwrap_or(0);
+        if ack.next > prev {
+            if let Some(i) = ack.next.checked_sub(1).and_then(|s| self.chunk_index(s)) {
+                let c = &self.chunks[i];
+                if c.sends == 1 {
+                    *rtt_sample = Some(now.saturating_duration_since(c.sent_at));
+                }
+            }
+            self.acks.insert(from, ack.next);
+        }
+        for &(start, len) in &ack.missing {
+            for seq in start.max(self.low())..start.saturating_add(u64::from(len)).min(self.next_seq) {
+                self.repairs.insert(seq);
+                if self.repairs.len() > 4096 {
+                    break;
+                }
+            }
+        }
+        true
+    }
+
+    /// Forgets a receiver (it went down): messages waiting for it will fail for it.
+    pub fn receiver_gone(&mut self, who: NodeId) {
+        self.acks.remove(&who);
+        for m in self.messages.iter_mut() {
+            if let Some(i) = m.waiting.iter().position(|&r| r == who) {
+                m.waiting.swap_remove(i);
+                m.gone.push(who);
+            }
+        }
+    }
+
+    /// Releases what every receiver in `live` acknowledged and what expired; returns finished
+    /// messages. Call after acks and on timeouts.
+    pub fn collect(&mut self, now: Instant, live: &[NodeId], limits: &StreamLimits) -> Vec<Completion> {
+        let mut done = Vec::new();
+        // Completed messages are reported at once, even if retained longer for other receivers.
+        for m in self.messages.iter_mut() {
+            if !m.reported && m.waiting.iter().all(|r| self.acks.get(r).is_some_and(|&a| a >= m.end)) {
+                let failure = (!m.gone.is_empty()).then_some(Failure::ReceiverGone);
+                done.push(Completion { id: m.id, missing: m.gone.clone(), failure });
+                m.reported = true;
+            }
+        }
+        while let Some(m) = self.messages.front() {
+            let acked = live.iter().all(|r| self.acks.get(r).is_some_and(|&a| a >= m.end));
+            let expired = m.expires.is_some_and(|e| e <= now);
+            let old = now.saturating_duration_since(m.created) >= limits.max_retained_age;
+            if !(acked || expired || old) {
+                break;
+            }
+            let failure = if expired { Failure::Expired } else { Failure::Evicted };
+            done.extend(self.pop_message(Some(failure)).flatten());
+        }
+        if self.messages.is_empty() {
+            self.heartbeat_at = None;
+        }
+        done
+    }
+
+    /// Fails every retained message (the receiver restarted: a unicast stream starts afresh).
+    pub fn reset(&mut self) -> Vec<Completion> {
+        let mut done = Vec::new();
+        while let Some(c) = self.pop_message(Some(Failure::Reset)) {
+            done.extend(c);
+        }
+        self.acks.clear();
+        self.heartbeat_at = None;
+        done
+    }
+
+    /// Records to send now: requested repairs (each at most once per `holdoff`) and a heartbeat
+    /// when due. `heartbeat_cap` bounds the heartbeat interval (unicast streams pass the RTO).
+    pub fn poll(&mut self, now: Instant, holdoff: Duration, heartbeat_cap: Duration) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let repairs = core::mem::take(&mut self.repairs);
+        for seq in repairs {
+            if self.repaired_at.get(&seq).is_some_and(|&t| now < t + holdoff) {
+                continue;
+            }
+            let Some(i) = self.chunk_index(seq) else { continue };
+            let expires = self.message_of(seq).and_then(|m| m.expires);
+            if expires.is_some_and(|e| e <= now) {
+                continue;
+            }
+            self.chunks[i].sends += 1;
+            self.repaired_at.insert(seq, now);
+            out.push(self.encode(now, seq, expires));
+        }
+        if self.heartbeat_at.is_some_and(|t| t <= now) {
+            let hb = Heartbeat { stream: self.kind, epoch: self.epoch, low: self.low(), next: self.next_seq };
+            let mut rec = Vec::new();
+            Record::Heartbeat(hb).emit(&mut rec);
+            out.push(rec);
+            self.heartbeat_interval = (self.heartbeat_interval * 2).min(heartbeat_cap.max(Duration::from_millis(1)));
+            self.heartbeat_at = Some(now + self.heartbeat_interval);
+        }
+        out
+    }
+
+    /// When this stream needs attention next (heartbeat, expiry or age-out).
+    pub fn poll_timeout(&self, limits: &StreamLimits) -> Option<Instant> {
+        let m = self.messages.front().map(|m| {
+            let aged = m.created + limits.max_retained_age;
+            m.expires.map_or(aged, |e| e.min(aged))
+        });
+        let soonest_expiry = self.messages.iter().filter_map(|m| m.expires).min();
+        [self.heartbeat_at, m, soonest_expiry].into_iter().flatten().min()
+    }
+}
+
+/// What a receiver's stream hands up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// A whole message, in order.
+    Message {
+        /// Sequence number of its first chunk.
+        seq: u64,
+        /// Its bytes.
+        bytes: Vec<u8>,
+    },
+    /// Sequence numbers `from..to` can never be delivered.
+    Gap {
+        /// First lost sequence number.
+        from: u64,
+        /// One past the last.
+        to: u64,
+    },
+    /// A message arrived complete but after its time to live: not delivered.
+    Expired,
+}
+
+struct Pending {
+    index: u32,
+    count: u32,
+    expires: Option<Instant>,
+    bytes: Vec<u8>,
+}
+
+/// What the receiving side of a stream asks the node to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Feedback {
+    /// A plain acknowledgement, sent by unicast to the stream's sender.
+    Ack(Ack),
+    /// An acknowledgement with missing ranges: for multicast streams sent to the group so other
+    /// receivers can hold back theirs (NACK suppression).
+    Nack(Ack),
+}
+
+/// The receiving side of one sender's stream.
+pub struct InStream {
+    sender: NodeId,
+    kind: u8,
+    epoch: u32,
+    next: u64,
+    highest: u64,
+    pending: BTreeMap<u64, Pending>,
+    pending_bytes: usize,
+    ack_due: Option<Instant>,
+    nack_due: Option<Instant>,
+    nack_round: u32,
+}
+
+impl InStream {
+    /// Starts receiving `sender`'s stream `kind` of `epoch` at sequence number `start`.
+    pub fn new(sender: NodeId, kind: u8, epoch: u32, start: u64) -> Self {
+        InStream {
+            sender,
+            kind,
+            epoch,
+            next: start,
+            highest: start,
+            pending: BTreeMap::new(),
+            pending_bytes: 0,
+            ack_due: None,
+            nack_due: None,
+            nack_round: 0,
+        }
+    }
+
+    /// The sender's epoch this stream belongs to.
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// Next sequence number to deliver.
+    pub fn next(&self) -> u64 {
+        self.next
+    }
+
+    /// Bytes buffered out of order.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes
+    }
+
+    fn give_up_below(&mut self, low: u64, out: &mut Vec<Delivery>) {
+        if low > self.next {
+            out.push(Delivery::Gap { from: self.next, to: low });
+            while let Some((&s, _)) = self.pending.first_key_value() {
+                if s >= low {
+                    break;
+                }
+                let p = self.pending.pop_first().expect("exists").1;
+                self.pending_bytes -= p.bytes.len();
+            }
+            self.next = low;
+            self.highest = self.highest.max(low);
+        }
+    }
+
+    fn schedule(slot: &mut Option<Instant>, at: Instant) {
+        if slot.is_none_or(|t| at < t) {
+            *slot = Some(at);
+        }
+    }
+
+    fn has_holes(&self) -> bool {
+        self.highest > self.next
+    }
+
+    /// Handles one Data chunk; `jitter` is a random fraction (0..1000) for the NACK delay.
+    pub fn on_data(
+        &mut self,
+        now: Instant,
+        h: &DataHeader,
+        chunk: &[u8],
+        limits: &StreamLimits,
+        jitter: u64,
+    ) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        self.give_up_below(h.low, &mut out);
+        Self::schedule(&mut self.ack_due, now + limits.ack_delay);
+        if h.seq < self.next || self.pending.contains_key(&h.seq) {
+            return out; // duplicate: the ack tells the sender
+        }
+        let window_end = self.next.saturating_add(limits.max_pending_chunks as u64);
+        if h.seq >= window_end || self.pending_bytes + chunk.len() > limits.max_pending_bytes {
+            self.highest = self.highest.max(h.seq.min(window_end));
+            self.schedule_nack(now, limits, jitter);
+            return out; // no room: it will be repaired once the window moves
+        }
+        let expires = (h.ttl_ms > 0).then(|| now + Duration::from_millis(u64::from(h.ttl_ms)));
+        self.pending_bytes += chunk.len();
+        self.pending.insert(h.seq, Pending { index: h.index, count: h.count, expires, bytes: chunk.to_vec() });
+        self.highest = self.highest.max(h.seq + 1);
+        self.deliver(now, &mut out);
+        if self.has_holes() {
+            self.schedule_nack(now, limits, jitter);
+        } else {
+            self.nack_due = None;
+            self.nack_round = 0;
+        }
+        out
+    }
+
+    fn schedule_nack(&mut self, now: Instant, limits: &StreamLimits, jitter: u64) {
+        let delay = limits.nack_delay.mul_f64((jitter % 1000) as f64 / 1000.0);
+        Self::schedule(&mut self.nack_due, now + delay);
+    }
+
+    fn deliver(&mut self, now: Instant, out: &mut Vec<Delivery>) {
+        loop {
+            let Some(first) = self.pending.get(&self.next) else { return };
+            if first.index != 0 {
+                // A chunk that is not a message start at the head: the stream is inconsistent.
+                let to = self.next + 1;
+                self.give_up_below(to, out);
+                continue;
+            }
+            let count = u64::from(first.count);
+            let complete = (1..count).all(|i| {
+                self.pending
+                    .get(&(self.next + i))
+                    .is_some_and(|p| u64::from(p.index) == i && u64::from(p.count) == count)
+            });
+            if !complete {
+                return;
+            }
+            let seq = self.next;
+            let mut bytes = Vec::new();
+            let mut expired = false;
+            for i in 0..count {
+                let p = self.pending.remove(&(seq + i)).expect("checked complete");
+                self.pending_bytes -= p.bytes.len();
+                expired |= p.expires.is_some_and(|e| e <= now);
+                bytes.extend_from_slice(&p.bytes);
+            }
+            self.next = seq + count;
+            out.push(if expired { Delivery::Expired } else { Delivery::Message { seq, bytes } });
+        }
+    }
+
+    /// Handles the sender's heartbeat.
+    pub fn on_heartbeat(&mut self, now: Instant, hb: &Heartbeat, limits: &StreamLimits, jitter: u64) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        self.give_up_below(hb.low, &mut out);
+        self.highest = self.highest.max(hb.next.min(self.next.saturating_add(limits.max_pending_chunks as u64)));
+        if self.has_holes() {
+            self.schedule_nack(now, limits, jitter);
+        } else {
+            // Up to date: say so promptly so the sender can release and stop heartbeating.
+            Self::schedule(&mut self.ack_due, now);
+        }
+        self.deliver(now, &mut out);
+        out
+    }
+
+    /// Another receiver NACKed ranges of the same stream: if they cover ours, wait for the repair.
+    pub fn on_foreign_nack(&mut self, now: Instant, ack: &Ack, limits: &StreamLimits) {
+        if self.nack_due.is_none() {
+            return;
+        }
+        let covered = self
+            .missing()
+            .iter()
+            .all(|&(s, l)| ack.missing.iter().any(|&(os, ol)| os <= s && s + u64::from(l) <= os + u64::from(ol)));
+        if covered {
+            self.nack_due = Some(now + limits.repair_wait);
+        }
+    }
+
+    /// Missing ranges at or above `next`, at most [`MAX_ACK_RANGES`].
+    pub fn missing(&self) -> Vec<SeqRange> {
+        let mut out = Vec::new();
+        let mut at = self.next;
+        for &seq in self.pending.keys().chain(core::iter::once(&self.highest)) {
+            if seq > at {
+                let len = u32::try_from(seq - at).unwrap_or(u32::MAX);
+                out.push((at, len));
+                if out.len() == MAX_ACK_RANGES {
+                    break;
+                }
+            }
+            at = at.max(seq + 1);
+        }
+        out
+    }
+
+    fn ack(&self, missing: Vec<SeqRange>) -> Ack {
+        Ack { target: self.sender.as_u64(), stream: self.kind, epoch: self.epoch, next: self.next, missing }
+    }
+
+    /// Feedback to send now, if any.
+    pub fn poll(&mut self, now: Instant, limits: &StreamLimits) -> Option<Feedback> {
+        if self.nack_due.is_some_and(|t| t <= now) {
+            if !self.has_holes() {
+                self.nack_due = None;
+            } else {
+                let missing = self.missing();
+                self.nack_round = (self.nack_round + 1).min(6);
+                // Back off while repairs do not arrive, so a dead sender is not flooded.
+                self.nack_due = Some(now + limits.repair_wait * (1 << (self.nack_round - 1)));
+                self.ack_due = None;
+                return Some(Feedback::Nack(self.ack(missing)));
+            }
+        }
+        if self.ack_due.is_some_and(|t| t <= now) {
+            self.ack_due = None;
+            return Some(Feedback::Ack(self.ack(Vec::new())));
+        }
+        None
+    }
+
+    /// When this stream wants [`poll`](Self::poll) next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [self.ack_due, self.nack_due].into_iter().flatten().min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{RecordIter, WireError};
+    use alloc::vec;
+
+    fn data(rec: &[u8]) -> (DataHeader, Vec<u8>) {
+        match RecordIter::new(rec).next() {
+            Some(Ok(Record::Data { header, chunk })) => (header, chunk.to_vec()),
+            other => panic!("not data: {other:?}"),
+        }
+    }
+
+    const A: NodeId = NodeId::from_u64(0xa);
+
+    #[test]
+    fn chunks_reassemble_in_order_despite_reordering_and_loss() {
+        let limits = StreamLimits::default();
+        let mut tx = OutStream::new(0, 1);
+        let mut ev = Vec::new();
+        let t0 = Instant::ZERO;
+        let msg: Vec<u8> = (0..2500u32).map(|i| i as u8).collect();
+        let recs = tx.send(t0, 7, &msg, 1000, None, vec![A], &limits, &mut ev).unwrap();
+        assert_eq!(recs.len(), 3);
+        let small = tx.send(t0, 8, b"", 1000, None, vec![A], &limits, &mut ev).unwrap();
+        let mut rx = InStream::new(NodeId::from_u64(1), 0, 1, 0);
+        // deliver 2, 0 (1 lost), then the empty message
+        let (h, c) = data(&recs[2]);
+        assert!(rx.on_data(t0, &h, &c, &limits, 0).is_empty());
+        let (h, c) = data(&recs[0]);
+        assert!(rx.on_data(t0, &h, &c, &limits, 0).is_empty());
+        let (h, c) = data(&small[0]);
+        assert!(rx.on_data(t0, &h, &c, &limits, 0).is_empty());
+        assert_eq!(rx.missing(), vec![(1, 1)]);
+        let Some(Feedback::Nack(nack)) = rx.poll(t0 + limits.nack_delay, &limits) else { panic!("nack expected") };
+        let mut rtt = None;
+        assert!(tx.on_ack(t0, A, &nack, &mut rtt));
+        let repairs = tx.poll(t0 + Duration::from_millis(1), limits.repair_wait, limits.heartbeat_max);
+        assert_eq!(repairs.len(), 1);
+        let (h, c) = data(&repairs[0]);
+        assert_eq!(h.seq, 1);
+        let got = rx.on_data(t0, &h, &c, &limits, 0);
+        assert_eq!(got, vec![Delivery::Message { seq: 0, bytes: msg }, Delivery::Message { seq: 3, bytes: vec![] }]);
+        // the ack completes both messages
+        let Some(Feedback::Ack(ack)) = rx.poll(t0 + Duration::from_secs(1), &limits) else { panic!("ack expected") };
+        assert_eq!(ack.next, 4);
+        assert!(tx.on_ack(t0, A, &ack, &mut rtt));
+        let done = tx.collect(t0, &[A], &limits);
+        assert_eq!(done.iter().map(|c| (c.id, c.missing.len())).collect::<Vec<_>>(), vec![(7, 0), (8, 0)]);
+        assert_eq!((tx.retained_bytes(), tx.retained_messages()), (0, 0));
+    }
+
+    #[test]
+    fn retention_is_bounded_and_eviction_reports_gaps() {
+        let limits = StreamLimits { max_retained_messages: 2, ..StreamLimits::default() };
+        let mut tx = OutStream::new(0, 1);
+        let mut ev = Vec::new();
+        let t0 = Instant::ZERO;
+        let mut recs = Vec::new();
+        for id in 0..5 {
+            recs.push(tx.send(t0, id, &[id as u8; 10], 100, None, vec![A], &limits, &mut ev).unwrap());
+        }
+        assert_eq!(tx.retained_messages(), 2);
+        assert_eq!(
+            ev.iter().map(|c| (c.id, c.failure)).collect::<Vec<_>>(),
+            vec![(0, Some(Failure::Evicted)), (1, Some(Failure::Evicted)), (2, Some(Failure::Evicted))]
+        );
+        // a receiver that saw only the first message learns of the gap from the next chunk's `low`
+        let mut rx = InStream::new(NodeId::from_u64(1), 0, 1, 0);
+        let (h, c) = data(&recs[0][0]);
+        assert_eq!(rx.on_data(t0, &h, &c, &limits, 0).len(), 1);
+        let (h, c) = data(&recs[4][0]);
+        let got = rx.on_data(t0, &h, &c, &limits, 0);
+        assert_eq!(got[0], Delivery::Gap { from: 1, to: 3 });
+        assert!(got.get(1).is_none());
+        assert!(tx.send(t0, 9, &[0; 2 << 20], 1000, None, vec![], &limits, &mut ev).is_err());
+    }
+
+    #[test]
+    fn ttl_expiry_drops_from_retention_and_delivery() {
+        let limits = StreamLimits::default();
+        let mut tx = OutStream::new(0, 1);
+        let mut ev = Vec::new();
+        let t0 = Instant::ZERO;
+        let recs = tx.send(t0, 1, b"x", 100, Some(Duration::from_millis(50)), vec![A], &limits, &mut ev).unwrap();
+        let done = tx.collect(t0 + Duration::from_millis(60), &[A], &limits);
+        assert_eq!(done[0].failure, Some(Failure::Expired));
+        assert_eq!(done[0].missing, vec![A]);
+        let (h, c) = data(&recs[0]);
+        assert_eq!(h.ttl_ms, 50);
+        // a two-chunk message whose first chunk's lifetime ends before the second arrives
+        let mut rx = InStream::new(NodeId::from_u64(1), 0, 1, 0);
+        let first = DataHeader { count: 2, ..h };
+        assert!(rx.on_data(t0, &first, &c, &limits, 0).is_empty());
+        let second = DataHeader { seq: 1, index: 1, count: 2, ..h };
+        let got = rx.on_data(t0 + Duration::from_millis(51), &second, &c, &limits, 0);
+        assert_eq!(got, vec![Delivery::Expired]);
+    }
+
+    #[test]
+    fn acks_for_unsent_sequence_numbers_are_refused() {
+        let mut tx = OutStream::new(0, 1);
+        let bogus = Ack { target: 1, stream: 0, epoch: 1, next: 5, missing: vec![] };
+        assert!(!tx.on_ack(Instant::ZERO, A, &bogus, &mut None));
+        let bogus = Ack { target: 1, stream: 0, epoch: 1, next: 0, missing: vec![(0, 9)] };
+        assert!(!tx.on_ack(Instant::ZERO, A, &bogus, &mut None));
+        let _ = WireError::Malformed;
+    }
+
+    #[test]
+    fn heartbeat_reveals_tail_loss_and_backs_off() {
+        let limits = StreamLimits::default();
+        let mut tx = OutStream::new(0, 1);
+        let mut ev = Vec::new();
+        let t0 = Instant::ZERO;
+        tx.send(t0, 1, b"lost", 100, None, vec![A], &limits, &mut ev).unwrap();
+        let first = tx.poll_timeout(&limits).unwrap();
+        assert_eq!(first, t0 + limits.heartbeat_min);
+        let hb = tx.poll(first, limits.repair_wait, limits.heartbeat_max);
+        let Some(Ok(Record::Heartbeat(hb))) = RecordIter::new(&hb[0]).next() else { panic!() };
+        assert_eq!((hb.low, hb.next), (0, 1));
+        assert_eq!(tx.poll_timeout(&limits).unwrap(), first + limits.heartbeat_min * 2);
+        let mut rx = InStream::new(NodeId::from_u64(1), 0, 1, 0);
+        rx.on_heartbeat(first, &hb, &limits, 999);
+        assert_eq!(rx.missing(), vec![(0, 1)]);
+        assert!(matches!(rx.poll(first + limits.nack_delay, &limits), Some(Feedback::Nack(_))));
+    }
+
+    #[test]
+    fn foreign_nack_suppresses_ours() {
+        let limits = StreamLimits::default();
+        let mut rx = InStream::new(NodeId::from_u64(1), 0, 1, 0);
+        let hb = Heartbeat { stream: 0, epoch: 1, low: 0, next: 3 };
+        rx.on_heartbeat(Instant::ZERO, &hb, &limits, 999);
+        let other = Ack { target: 1, stream: 0, epoch: 1, next: 0, missing: vec![(0, 3)] };
+        rx.on_foreign_nack(Instant::ZERO, &other, &limits);
+        assert_eq!(rx.poll(Instant::ZERO + limits.nack_delay, &limits), None, "held back");
+        assert!(matches!(rx.poll(Instant::ZERO + limits.repair_wait, &limits), Some(Feedback::Nack(_))));
+    }
+}
