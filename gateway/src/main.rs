@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use starling::runtime::{self, Node, NodeBuilder, PeerEvent};
+use starling::runtime::{self, Node, NodeBuilder, PeerEvent, Received, Request};
 use starling_gateway::args::{parse_duration, parse_hex, resolve_key};
 use starling_gateway::render::{hex, Shown};
 
@@ -31,12 +31,60 @@ struct Cli {
 enum Command {
     /// Print a new random network key (64 hex digits); every node of a mesh needs the same one.
     Keygen,
-    /// Publish one message (best effort).
+    /// Publish a message (best effort, or --reliable).
     Pub(PubArgs),
     /// Print messages on topics matching one or more filters (MQTT wildcards + and #).
     Sub(SubArgs),
     /// List the nodes seen on the mesh.
     Nodes(NodesArgs),
+    /// Call a method on a node and print the reply.
+    Call(CallArgs),
+    /// Serve `echo` (replies with the request) and `fail` (fails with the request): a demo responder.
+    ServeEcho(ServeArgs),
+}
+
+/// A payload given on the command line: text, a file, hex or empty.
+#[derive(Args)]
+struct PayloadArgs {
+    /// Read the payload from a file (`-` for standard input); any bytes.
+    #[arg(short, long, value_name = "FILE", conflicts_with_all = ["hex", "empty"])]
+    file: Option<PathBuf>,
+    /// Payload as hex digits, e.g. `00ff10` or `00:ff:10`.
+    #[arg(long, value_name = "HEX", conflicts_with = "empty")]
+    hex: Option<String>,
+    /// Send an empty payload.
+    #[arg(long)]
+    empty: bool,
+}
+
+#[derive(Args)]
+struct CallArgs {
+    #[command(flatten)]
+    mesh: MeshArgs,
+    /// The node to call: its id (16 hex digits, from `starling nodes`) or its name.
+    node: String,
+    /// Method name.
+    method: String,
+    /// Request payload as text.
+    #[arg(conflicts_with_all = ["file", "hex", "empty"])]
+    payload: Option<String>,
+    #[command(flatten)]
+    source: PayloadArgs,
+    /// Give up after this long.
+    #[arg(short, long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    timeout: Duration,
+    /// Print the reply as a hexdump.
+    #[arg(long = "show-hex")]
+    show_hex: bool,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    mesh: MeshArgs,
+    /// Exit after answering this many calls.
+    #[arg(short, long, value_name = "N")]
+    count: Option<u64>,
 }
 
 /// How to reach the mesh: key, group, port, interface, identity.
@@ -74,15 +122,19 @@ struct PubArgs {
     /// Payload as text.
     #[arg(conflicts_with_all = ["file", "hex", "empty"])]
     payload: Option<String>,
-    /// Read the payload from a file (`-` for standard input); any bytes.
-    #[arg(short, long, value_name = "FILE", conflicts_with_all = ["hex", "empty"])]
-    file: Option<PathBuf>,
-    /// Payload as hex digits, e.g. `00ff10` or `00:ff:10`.
-    #[arg(long, value_name = "HEX", conflicts_with = "empty")]
-    hex: Option<String>,
-    /// Send an empty payload.
+    #[command(flatten)]
+    source: PayloadArgs,
+    /// Deliver reliably: retransmit until every matching subscriber has it, and fail (exit 1)
+    /// naming those that did not.
     #[arg(long)]
-    empty: bool,
+    reliable: bool,
+    /// With --reliable: never deliver or repair the message after this long.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION", requires = "reliable")]
+    ttl: Option<Duration>,
+    /// With --reliable: how long to listen for subscribers before publishing (a new node learns
+    /// the mesh in a fraction of a second).
+    #[arg(long, default_value = "500ms", value_parser = parse_duration, value_name = "DURATION")]
+    discover: Duration,
     /// Publish this many times.
     #[arg(long, default_value_t = 1, value_name = "N")]
     repeat: u64,
@@ -149,6 +201,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Pub(a) => publish(a).await,
         Command::Sub(a) => subscribe(a).await,
         Command::Nodes(a) => nodes(a).await,
+        Command::Call(a) => call(a).await,
+        Command::ServeEcho(a) => serve_echo(a).await,
     }
 }
 
@@ -190,8 +244,8 @@ fn default_name(command: &str) -> String {
     name
 }
 
-fn payload(a: &PubArgs) -> Result<Vec<u8>> {
-    if let Some(text) = &a.payload {
+fn payload(text: Option<&String>, a: &PayloadArgs) -> Result<Vec<u8>> {
+    if let Some(text) = text {
         return Ok(text.as_bytes().to_vec());
     }
     if let Some(h) = &a.hex {
@@ -213,16 +267,31 @@ fn payload(a: &PubArgs) -> Result<Vec<u8>> {
 
 async fn publish(a: PubArgs) -> Result<()> {
     starling::Topic::new(&a.topic).with_context(|| format!("topic '{}'", a.topic))?;
-    let payload = payload(&a)?;
+    let payload = payload(a.payload.as_ref(), &a.source)?;
     let node = open(&a.mesh, "pub").await?;
+    if a.reliable {
+        // Learn the subscribers first: a reliable publication waits for those known when sent.
+        tokio::time::sleep(a.discover).await;
+    }
+    let mut result = Ok(());
     for i in 0..a.repeat {
         if i > 0 {
             tokio::time::sleep(a.interval).await;
         }
-        node.publish(&a.topic, payload.clone()).await.with_context(|| format!("publishing on '{}'", a.topic))?;
+        let mut p = node.publish(&a.topic, payload.clone());
+        if a.reliable {
+            p = p.reliable();
+        }
+        if let Some(ttl) = a.ttl {
+            p = p.ttl(ttl);
+        }
+        result = p.await.with_context(|| format!("publishing on '{}'", a.topic));
+        if result.is_err() {
+            break;
+        }
     }
     node.close().await?;
-    Ok(())
+    result
 }
 
 async fn subscribe(a: SubArgs) -> Result<()> {
@@ -235,7 +304,7 @@ async fn subscribe(a: SubArgs) -> Result<()> {
         let mut sub = node.subscribe(f).await?;
         let tx = tx.clone();
         tokio::spawn(async move {
-            while let Some(m) = sub.recv().await {
+            while let Some(m) = sub.recv_event().await {
                 if tx.send(m).await.is_err() {
                     break;
                 }
@@ -260,7 +329,22 @@ async fn subscribe(a: SubArgs) -> Result<()> {
             _ = sleep_until(deadline) => None,
             _ = tokio::signal::ctrl_c() => None,
         };
-        let Some(m) = next else { break };
+        let m = match next {
+            None => break,
+            Some(Received::Message(m)) => m,
+            Some(Received::Gap { from, first, end }) => {
+                let line = if a.json {
+                    serde_json::json!({ "gap": { "from": from.to_string(), "first": first, "end": end } }).to_string()
+                } else {
+                    format!(
+                        "!! gap: {} reliable message chunk(s) from {from} lost for good (seq {first}..{end})",
+                        end - first
+                    )
+                };
+                writeln!(stdout, "{line}")?;
+                continue;
+            }
+        };
         seen += 1;
         let shown =
             Shown { topic: &m.topic, from: m.from.to_string(), name: m.from_name.as_deref(), payload: &m.payload };
@@ -338,5 +422,91 @@ async fn nodes(a: NodesArgs) -> Result<()> {
         }
     }
     node.close().await?;
+    Ok(())
+}
+
+/// Finds a node by id or name, waiting for it to appear (up to `limit`).
+async fn find_peer(node: &Node, who: &str, limit: Duration) -> Result<starling::NodeId> {
+    if let Ok(id) = who.parse::<starling::NodeId>() {
+        if who.len() == 16 {
+            return Ok(id);
+        }
+    }
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let peers = node.peers().await?;
+        let named: Vec<_> = peers.iter().filter(|p| p.name == who).collect();
+        match named.as_slice() {
+            [one] => return Ok(one.id),
+            [] => {}
+            many => bail!(
+                "{} nodes are named '{who}'; call one by id: {}",
+                many.len(),
+                many.iter().map(|p| p.id.to_string()).collect::<Vec<_>>().join(", ")
+            ),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("no node named '{who}' appeared within {limit:?}; `starling nodes` lists the mesh");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn call(a: CallArgs) -> Result<()> {
+    let request = payload(a.payload.as_ref(), &a.source)?;
+    let node = open(&a.mesh, "call").await?;
+    let started = tokio::time::Instant::now();
+    let peer = find_peer(&node, &a.node, a.timeout).await?;
+    let left = a.timeout.saturating_sub(started.elapsed());
+    let reply = node.call(peer, &a.method, request, left).await;
+    node.close().await?;
+    let reply = reply.with_context(|| format!("calling {} on {}", a.method, a.node))?;
+    let mut stdout = std::io::stdout().lock();
+    if a.show_hex {
+        write!(stdout, "{}", starling_gateway::render::hexdump(&reply, ""))?;
+    } else {
+        match starling_gateway::render::printable_text(&reply) {
+            Some(text) => writeln!(stdout, "{text}")?,
+            None if reply.is_empty() => {}
+            None => writeln!(stdout, "hex {}", hex(&reply))?,
+        }
+    }
+    Ok(())
+}
+
+async fn serve_echo(a: ServeArgs) -> Result<()> {
+    let node = open(&a.mesh, "echo").await?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, Request)>(64);
+    for method in ["echo", "fail"] {
+        let tx = tx.clone();
+        node.serve(method, move |req: Request| {
+            let tx = tx.clone();
+            async move {
+                let reply = req.payload.clone();
+                let fail = req.method == "fail";
+                let _ = tx.send((req.method.clone(), req)).await;
+                if fail {
+                    Err(reply)
+                } else {
+                    Ok(reply)
+                }
+            }
+        })
+        .await?;
+    }
+    drop(tx);
+    eprintln!("serving echo and fail as {} ({}); Ctrl-C to stop", node.id(), node.local_addr());
+    let mut answered = 0u64;
+    while a.count.is_none_or(|c| answered < c) {
+        let next = tokio::select! {
+            r = rx.recv() => r,
+            _ = tokio::signal::ctrl_c() => None,
+        };
+        let Some((method, req)) = next else { break };
+        answered += 1;
+        let shown = Shown { topic: &method, from: req.from.to_string(), name: None, payload: &req.payload };
+        println!("{}", shown.line());
+    }
+    node.close().await?; // lingers until the last responses are acknowledged
     Ok(())
 }

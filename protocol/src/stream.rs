@@ -636,6 +636,13 @@ impl InStream {
         None
     }
 
+    /// A plain acknowledgement of everything received so far, sent at once (before leaving).
+    pub fn final_ack(&mut self) -> Ack {
+        self.ack_due = None;
+        self.nack_due = None;
+        self.ack(Vec::new())
+    }
+
     /// When this stream wants [`poll`](Self::poll) next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         [self.ack_due, self.nack_due].into_iter().flatten().min()

@@ -582,9 +582,12 @@ impl Node {
         max
     }
 
-    /// True when nothing waits to be sent: a closing driver may stop once this holds.
+    /// True when nothing waits to be sent and every reliable message and response was
+    /// acknowledged: a closing driver lingers until this holds (or its patience ends).
     pub fn is_idle(&self) -> bool {
         self.queue.is_empty()
+            && self.out_mcast.retained_messages() == 0
+            && self.peers.values().all(|p| p.out_ucast.as_ref().is_none_or(|s| s.retained_messages() == 0))
     }
 
     // ----- commands -----
@@ -648,6 +651,18 @@ impl Node {
     pub fn close(&mut self) {
         if self.lifecycle == Lifecycle::Running {
             self.lifecycle = Lifecycle::Closing;
+            // Acknowledge what arrived, so publishers waiting for this node are not left hanging.
+            let mut acks = Vec::new();
+            for p in self.peers.values_mut() {
+                for s in [p.in_mcast.as_mut(), p.in_ucast.as_mut()].into_iter().flatten() {
+                    let mut bytes = Vec::new();
+                    Record::Ack(s.final_ack()).emit(&mut bytes);
+                    acks.push((Destination::Unicast(p.addr), bytes));
+                }
+            }
+            for (dest, bytes) in acks {
+                self.enqueue_bytes(dest, bytes);
+            }
             self.enqueue(Destination::Multicast, &Record::Leave);
             self.timers = Timers::default();
         }

@@ -15,6 +15,9 @@ use crate::{CallError, CallId, Destination, Event, PublishId, SubscriptionId};
 /// Datagrams read without blocking after a wake-up before outputs are flushed: batches work
 /// under load while keeping latency low when idle.
 const RX_BATCH: usize = 64;
+/// How long a closing node keeps running so its last reliable messages and responses are
+/// acknowledged.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub(crate) struct Driver {
     node: crate::Node,
@@ -75,10 +78,12 @@ impl Driver {
 
     pub async fn run(mut self) {
         let mut closing: Option<oneshot::Sender<()>> = None;
+        let mut linger_until = None;
         loop {
             self.flush().await;
             if let Some(reply) = closing.take() {
-                if self.node.is_idle() {
+                let patience = *linger_until.get_or_insert_with(|| std::time::Instant::now() + LINGER);
+                if self.node.is_idle() || std::time::Instant::now() >= patience {
                     // Release the state file before answering, so the caller may reopen it at once.
                     drop(self.state_file.take());
                     let _ = reply.send(());
@@ -86,7 +91,8 @@ impl Driver {
                 }
                 closing = Some(reply);
             }
-            let deadline = self.node.poll_timeout().map(|t| self.to_std(t));
+            let linger = linger_until.map(tokio::time::Instant::from_std);
+            let deadline = self.node.poll_timeout().map(|t| self.to_std(t)).into_iter().chain(linger).min();
             tokio::select! {
                 r = self.sockets.multicast.readable() => self.received(r, true),
                 r = self.sockets.unicast.readable() => self.received(r, false),

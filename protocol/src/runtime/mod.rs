@@ -98,20 +98,9 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Error::Socket { source, .. } => Some(source),
-            Error::State { source, .. } => Some(source),
-            Error::Config(e) => Some(e),
-            Error::Publish(e) => Some(e),
-            Error::Subscribe(e) => Some(e),
-            Error::NotDelivered(e) => Some(e),
-            Error::Call(e) => Some(e),
-            Error::StateFile { .. } | Error::Closed => None,
-        }
-    }
-}
+/// `Display` already includes the cause, so no `source` is reported (printing the chain would
+/// repeat it).
+impl std::error::Error for Error {}
 
 /// A message received by a [`Subscription`].
 #[derive(Debug, Clone, PartialEq, Eq)]
