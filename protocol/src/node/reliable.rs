@@ -175,8 +175,9 @@ impl Node {
     pub(super) fn handle_data(&mut self, now: Instant, sender: NodeId, h: &DataHeader, chunk: &[u8]) {
         let limits = self.config.streams;
         let jitter = self.rng.next_u64();
-        let start = h.seq - u64::from(h.index);
-        let Some(s) = self.in_stream(sender, h.stream, h.epoch, start) else {
+        // A new receiver starts at the oldest message the sender still retains: if the sender
+        // waits for it, nothing it was meant to get can be skipped silently.
+        let Some(s) = self.in_stream(sender, h.stream, h.epoch, h.low) else {
             self.stats.drop_stream += 1;
             return;
         };
@@ -187,7 +188,7 @@ impl Node {
     pub(super) fn handle_heartbeat(&mut self, now: Instant, sender: NodeId, hb: &Heartbeat) {
         let limits = self.config.streams;
         let jitter = self.rng.next_u64();
-        let Some(s) = self.in_stream(sender, hb.stream, hb.epoch, hb.next) else {
+        let Some(s) = self.in_stream(sender, hb.stream, hb.epoch, hb.low) else {
             self.stats.drop_stream += 1;
             return;
         };

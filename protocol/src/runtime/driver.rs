@@ -36,6 +36,9 @@ pub(crate) struct Driver {
     rx_buf: Vec<u8>,
     subscriber_lagged: u64,
     send_errors: u64,
+    /// Share of received datagrams dropped on purpose (tests only; 0 otherwise).
+    pub(crate) rx_loss_percent: u8,
+    loss_rng: u64,
 }
 
 impl Driver {
@@ -65,6 +68,8 @@ impl Driver {
             rx_buf: vec![0; MAX_DATAGRAM + 1],
             subscriber_lagged: 0,
             send_errors: 0,
+            rx_loss_percent: 0,
+            loss_rng: 0x9e37_79b9_7f4a_7c15,
         }
     }
 
@@ -125,6 +130,7 @@ impl Driver {
         for _ in 0..RX_BATCH {
             let socket = if multicast { &self.sockets.multicast } else { &self.sockets.unicast };
             match socket.try_recv_from(&mut self.rx_buf) {
+                Ok(_) if self.lose() => {}
                 Ok((len, from)) => {
                     let now = self.now();
                     self.node.handle_datagram(now, from, &self.rx_buf[..len]);
@@ -134,6 +140,18 @@ impl Driver {
                 Err(_) => {}
             }
         }
+    }
+
+    /// Decides whether to drop a received datagram (loss injection for tests).
+    fn lose(&mut self) -> bool {
+        if self.rx_loss_percent == 0 {
+            return false;
+        }
+        // xorshift64: deterministic enough, and no dependency for a test aid.
+        self.loss_rng ^= self.loss_rng << 13;
+        self.loss_rng ^= self.loss_rng >> 7;
+        self.loss_rng ^= self.loss_rng << 17;
+        self.loss_rng % 100 < u64::from(self.rx_loss_percent)
     }
 
     fn command(&mut self, cmd: Command) {

@@ -206,6 +206,7 @@ pub struct NodeBuilder {
     subscription_capacity: usize,
     tweak: Option<fn(&mut Config)>,
     beacon_interval: Option<Duration>,
+    rx_loss_percent: u8,
 }
 
 impl NodeBuilder {
@@ -222,6 +223,7 @@ impl NodeBuilder {
             subscription_capacity: 1024,
             tweak: None,
             beacon_interval: None,
+            rx_loss_percent: 0,
         }
     }
 
@@ -275,6 +277,13 @@ impl NodeBuilder {
         self
     }
 
+    /// Drops this share of received datagrams at random, to test reliability over real sockets.
+    #[cfg(feature = "_test-loss")]
+    pub fn rx_loss_percent(mut self, percent: u8) -> Self {
+        self.rx_loss_percent = percent.min(100);
+        self
+    }
+
     /// Adjusts any other core setting (bounds, datagram size) before the node starts.
     pub fn configure(mut self, f: fn(&mut Config)) -> Self {
         self.tweak = Some(f);
@@ -308,8 +317,9 @@ impl NodeBuilder {
         let node = crate::Node::new(config, &self.key, boot, crate::Instant::ZERO).map_err(Error::Config)?;
         let (cmd_tx, cmd_rx) = mpsc::channel(1024);
         let (peer_tx, _) = broadcast::channel(256);
-        let driver =
+        let mut driver =
             driver::Driver::new(node, sockets, state_file, origin, cmd_rx, cmd_tx.downgrade(), peer_tx.clone());
+        driver.rx_loss_percent = self.rx_loss_percent;
         tokio::spawn(driver.run());
         Ok(Node {
             id: boot.node_id,

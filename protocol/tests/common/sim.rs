@@ -22,6 +22,10 @@
 //!   restarts it, [`Sim::close`] closes it gracefully (its Leave is sent) and stops it.
 //! - After every input or command the node is flushed in the documented order: lease (stored,
 //!   then confirmed), transmits, events (appended to the node's log with their time).
+//! - A node may have an application RPC handler ([`Sim::serve`]): it serves the handler's methods
+//!   at every start, and each [`Event::Request`] it emits is answered inside the flush (the
+//!   event is still logged), as an application answering at once would.
+//! - [`Sim::block`] drops one direction only (a node whose every datagram is lost).
 #![allow(dead_code)]
 
 use std::cmp::Reverse;
@@ -32,8 +36,8 @@ use std::time::Duration;
 use starling::crypto::NetworkKeys;
 use starling::wire::{self, Header, NodeId, Record, RecordIter, HEADER_LEN, MAX_DATAGRAM};
 use starling::{
-    Boot, Config, Destination, Event, Instant, Message, NetworkKey, Node, PeerInfo, PersistedState, Stats,
-    SubscriptionId,
+    Boot, CallId, Config, Destination, Event, Instant, Message, NetworkKey, Node, PeerInfo, PersistedState, PublishId,
+    Stats, SubscriptionId,
 };
 
 /// Most simulation steps (one datagram delivery or one timer expiry each) in one `run_*` call.
@@ -218,6 +222,33 @@ impl Opened {
 /// Adjusts a node's configuration before each start.
 pub type Configure = Box<dyn Fn(&mut Config)>;
 
+/// A request as the application's RPC handler sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Req<'a> {
+    /// When it was emitted.
+    pub at: Instant,
+    /// The serving node's start count (1 for its first boot).
+    pub boot: u32,
+    /// The caller.
+    pub from: NodeId,
+    /// The caller's call id.
+    pub call_id: u64,
+    /// Method name.
+    pub method: &'a str,
+    /// Argument bytes.
+    pub payload: &'a [u8],
+}
+
+/// An application RPC handler: `Some(Ok(reply))`, `Some(Err(error bytes))`, or `None` to leave
+/// the request unanswered (a handler that never finishes).
+pub type Handler = Box<dyn FnMut(Req<'_>) -> Option<Result<Vec<u8>, Vec<u8>>>>;
+
+/// The methods a node serves and the handler that answers them.
+struct Responder {
+    methods: Vec<String>,
+    handler: Handler,
+}
+
 /// How one node is built: key, persistence, configuration.
 pub struct NodeOpts {
     key: Option<NetworkKey>,
@@ -278,6 +309,7 @@ pub struct SimNode {
     node: Option<Node>,
     /// Stats of previous boots' nodes, kept when they crash or close.
     pub past_stats: Vec<Stats>,
+    responder: Option<Responder>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -371,6 +403,7 @@ impl Sim {
             configure: opts.configure,
             node: None,
             past_stats: Vec::new(),
+            responder: None,
         });
         i
     }
@@ -411,7 +444,13 @@ impl Sim {
         } else {
             Boot::ephemeral(fresh_id)
         };
-        sn.node = Some(Node::new(config, &sn.key, boot, now).expect("valid config"));
+        let mut node = Node::new(config, &sn.key, boot, now).expect("valid config");
+        if let Some(r) = &sn.responder {
+            for m in &r.methods {
+                node.serve(m).expect("valid method name");
+            }
+        }
+        sn.node = Some(node);
         sn.boots += 1;
         self.flush(i);
     }
@@ -512,6 +551,42 @@ impl Sim {
         self.flush(i);
     }
 
+    /// Publishes reliably from node `i`.
+    pub fn publish_reliable(&mut self, i: usize, topic: &str, payload: &[u8], ttl: Option<Duration>) -> PublishId {
+        let now = self.now;
+        let id = self.node_mut(i).publish_reliable(now, topic, payload, ttl).expect("publish_reliable");
+        self.flush(i);
+        id
+    }
+
+    /// Calls `method` on `peer` from node `i`.
+    pub fn call(&mut self, i: usize, peer: NodeId, method: &str, payload: &[u8], timeout: Duration) -> CallId {
+        let now = self.now;
+        let id = self.node_mut(i).call(now, peer, method, payload, timeout).expect("call");
+        self.flush(i);
+        id
+    }
+
+    /// Makes node `i`'s application serve `methods` with `handler`, now (if it runs) and at every
+    /// later start; its requests are answered inside every flush. Replaces an earlier handler.
+    pub fn serve(
+        &mut self,
+        i: usize,
+        methods: &[&str],
+        handler: impl FnMut(Req<'_>) -> Option<Result<Vec<u8>, Vec<u8>>> + 'static,
+    ) {
+        let methods: Vec<String> = methods.iter().map(|m| m.to_string()).collect();
+        if let Some(node) = self.nodes[i].node.as_mut() {
+            for m in &methods {
+                node.serve(m).expect("valid method name");
+            }
+        }
+        self.nodes[i].responder = Some(Responder { methods, handler: Box::new(handler) });
+        if self.is_up(i) {
+            self.flush(i);
+        }
+    }
+
     // ----- event log -----
 
     /// Every event node `i` emitted so far (across boots), with its time.
@@ -527,6 +602,18 @@ impl Sim {
     /// Messages node `i` received: (topic, payload, from).
     pub fn messages(&self, i: usize) -> Vec<(String, Vec<u8>, NodeId)> {
         self.full_messages(i).into_iter().map(|m| (m.topic, m.payload, m.from)).collect()
+    }
+
+    /// Every `CallDone` node `i` logged: (time, call, result).
+    pub fn call_results(&self, i: usize) -> Vec<(Instant, CallId, Result<Vec<u8>, starling::CallError>)> {
+        self.nodes[i]
+            .log
+            .iter()
+            .filter_map(|l| match &l.event {
+                Event::CallDone { id, result } => Some((l.at, *id, result.clone())),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Messages node `i` received, whole.
@@ -565,6 +652,17 @@ impl Sim {
                 if x != y {
                     self.blocked.insert((x, y));
                     self.blocked.insert((y, x));
+                }
+            }
+        }
+    }
+
+    /// Drops everything sent by any node of `from` to any node of `to`, in that direction only.
+    pub fn block(&mut self, from: &[usize], to: &[usize]) {
+        for &x in from {
+            for &y in to {
+                if x != y {
+                    self.blocked.insert((x, y));
                 }
             }
         }
@@ -682,24 +780,50 @@ impl Sim {
             let now = self.now;
             let sn = &mut self.nodes[i];
             let node = sn.node.as_mut().expect("running");
+            let first_new = sn.log.len();
             while let Some(event) = node.poll_event() {
                 if self.trace {
                     eprintln!("[{:>12}us] event {i} {event:?}", now.as_micros());
                 }
                 sn.log.push(Logged { at: now, event });
             }
-            if self.single_pass_flush {
+            // The application answers the requests it just received; what that queues is sent
+            // by the next round.
+            let answered = self.answer_requests(i, first_new);
+            if self.single_pass_flush && !answered {
                 return;
             }
             // poll_transmit may have asked for a lease (early renewal, or a stall with datagrams
             // still queued): store it now and send again rather than wait for the next input.
             let node = self.nodes[i].node.as_mut().expect("running");
             match node.poll_lease() {
-                None => return,
+                None if !answered => return,
+                None => {}
                 Some(state) => self.store_lease(i, state),
             }
         }
         panic!("node {i} kept producing output for 1000 flush rounds");
+    }
+
+    /// Runs node `i`'s handler on the requests logged from `log[first..]`; true if any was answered.
+    fn answer_requests(&mut self, i: usize, first: usize) -> bool {
+        let now = self.now;
+        let sn = &mut self.nodes[i];
+        let Some(responder) = sn.responder.as_mut() else { return false };
+        let node = sn.node.as_mut().expect("running");
+        let mut answered = false;
+        for l in &sn.log[first..] {
+            let Event::Request { from, call_id, method, payload } = &l.event else { continue };
+            let req = Req { at: l.at, boot: sn.boots, from: *from, call_id: *call_id, method, payload };
+            let Some(result) = (responder.handler)(req) else { continue };
+            let result = match &result {
+                Ok(b) => Ok(&b[..]),
+                Err(b) => Err(&b[..]),
+            };
+            node.respond(now, *from, *call_id, result);
+            answered = true;
+        }
+        answered
     }
 
     fn store_lease(&mut self, i: usize, state: PersistedState) {
