@@ -111,6 +111,57 @@ fn frames_match_spec_construction_and_node_output() {
     node.publish("cam/1", &[0x00, 0xff, 0x00]).unwrap();
     let t = node.poll_transmit(&mut buf).unwrap().unwrap();
     check(&v, "binary_publish_frame", &buf[..t.len]);
+    node.publish_reliable(Instant::ZERO, "home/kitchen/temp", b"21.5", Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let t = node.poll_transmit(&mut buf).unwrap().unwrap();
+    check(&v, "reliable_publish_frame", &buf[..t.len]);
+    check(&v, "reliable_publish_frame", &seal(3, &v["reliable_publish_plaintext"]));
+}
+
+#[test]
+fn stream_and_rpc_records_match_spec() {
+    use starling::wire::{stream, Ack, DataHeader, FragmentHeader, Heartbeat, Inner, Record, RecordIter};
+    let v = vectors();
+    let inner = Inner::Publish { topic: "home/kitchen/temp", payload: b"21.5" }.encode();
+    let records: Vec<(&str, Record)> = vec![
+        (
+            "reliable_publish_plaintext",
+            Record::Data {
+                header: DataHeader {
+                    stream: stream::MULTICAST,
+                    epoch: 1,
+                    seq: 0,
+                    low: 0,
+                    index: 0,
+                    count: 1,
+                    ttl_ms: 30_000,
+                },
+                chunk: &inner,
+            },
+        ),
+        (
+            "ack_record",
+            Record::Ack(Ack { target: SENDER, stream: stream::MULTICAST, epoch: 1, next: 5, missing: vec![(7, 2)] }),
+        ),
+        ("heartbeat_record", Record::Heartbeat(Heartbeat { stream: stream::UNICAST, epoch: 2, low: 3, next: 300 })),
+        (
+            "fragment_record",
+            Record::Fragment { header: FragmentHeader { msg_id: 9, index: 1, count: 2 }, chunk: &[0xaa, 0xbb] },
+        ),
+        ("subscriptions_record", Record::Subscriptions(vec!["home/+/temp", "cam/#"])),
+    ];
+    for (name, record) in &records {
+        let mut out = Vec::new();
+        record.emit(&mut out);
+        check(&v, name, &out);
+        assert_eq!(RecordIter::new(&v[*name]).next(), Some(Ok(record.clone())), "{name} parses back");
+    }
+    let request = Inner::Request { call_id: (1 << 32) | 7, method: "relay.set", payload: &[1] };
+    check(&v, "request_inner", &request.encode());
+    assert_eq!(Inner::parse(&v["request_inner"]), Ok(request));
+    let response = Inner::Response { call_id: (1 << 32) | 7, status: 0, payload: b"ok" };
+    check(&v, "response_inner", &response.encode());
+    assert_eq!(Inner::parse(&v["response_inner"]), Ok(response));
 }
 
 #[test]

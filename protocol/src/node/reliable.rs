@@ -50,7 +50,7 @@ impl core::error::Error for PublishFailure {}
 
 /// Bytes of a datagram left for a Data record's chunk: header and tag, record type and length,
 /// and the largest possible Data header (PROTOCOL.md §6.2).
-const DATA_OVERHEAD: usize = FRAME_OVERHEAD + 3 + 41;
+pub(super) const DATA_OVERHEAD: usize = FRAME_OVERHEAD + 3 + 41;
 /// The same for a Fragment record.
 const FRAGMENT_OVERHEAD: usize = FRAME_OVERHEAD + 3 + 15;
 /// Announced filters larger than this are replaced by `#` (conservative: publishers then wait

@@ -10,7 +10,7 @@ use super::{Destination, Event, Lifecycle, Node, PeerStatus};
 use crate::response_cache::Lookup;
 use crate::stream::OutStream;
 use crate::time::Instant;
-use crate::wire::{status, stream, Inner, NodeId, FRAME_OVERHEAD, MAX_METHOD_LEN};
+use crate::wire::{status, stream, Inner, NodeId, MAX_METHOD_LEN};
 
 /// Identifies one call, to match its [`Event::CallDone`]. Unique across this node's restarts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -170,7 +170,7 @@ impl Node {
     fn send_unicast(&mut self, now: Instant, to: NodeId, tag: u64, bytes: &[u8], ttl: Option<Duration>) {
         let epoch = self.epoch();
         let limits = self.config.streams;
-        let chunk = self.config.max_datagram - FRAME_OVERHEAD - 44;
+        let chunk = self.config.max_datagram - super::reliable::DATA_OVERHEAD;
         let Some(p) = self.peers.get_mut(&to) else { return };
         let addr = p.addr;
         let out = p.out_ucast.get_or_insert_with(|| OutStream::new(stream::UNICAST, epoch));
