@@ -50,6 +50,11 @@ pub struct Config {
     pub initial_rto: Duration,
     /// How long an incomplete best-effort message waits for its missing fragments.
     pub reassembly_timeout: Duration,
+    /// Hold frames from a sender this node has no replay state for until it proves it is alive
+    /// (PROTOCOL.md §3.4). Only tests of other layers turn this off.
+    pub require_fresh: bool,
+    /// How old a held frame may be and still be accepted once its sender proved freshness.
+    pub freshness_window: Duration,
 }
 
 impl Config {
@@ -73,6 +78,8 @@ impl Config {
             response_cache_lifetime: Duration::from_secs(60),
             initial_rto: Duration::from_millis(200),
             reassembly_timeout: Duration::from_secs(2),
+            require_fresh: true,
+            freshness_window: Duration::from_secs(2),
         }
     }
 

@@ -168,6 +168,10 @@ pub mod kind {
     pub const FRAGMENT: u8 = 0x07;
     /// The sender's subscription filters.
     pub const SUBSCRIPTIONS: u8 = 0x08;
+    /// A freshness challenge to a sender the receiver has no replay state for.
+    pub const CHALLENGE: u8 = 0x09;
+    /// The answer to a challenge.
+    pub const ECHO: u8 = 0x0a;
 }
 
 /// Reliable stream identifiers (PROTOCOL.md §6.1).
@@ -291,6 +295,15 @@ pub enum Record<'a> {
     },
     /// The sender's subscription filters (not yet validated here).
     Subscriptions(Vec<&'a str>),
+    /// Prove freshness by echoing this nonce (PROTOCOL.md §3.4).
+    Challenge(u64),
+    /// Answer to a challenge.
+    Echo {
+        /// The challenge's nonce.
+        nonce: u64,
+        /// The sender's packet number of a freshness window ago: older frames may be replays.
+        floor: u64,
+    },
     /// A record type this version does not know; skipped.
     Unknown {
         /// Its type code.
@@ -338,6 +351,8 @@ impl<'a> Record<'a> {
             Record::Heartbeat(h) => size(h),
             Record::Fragment { header, chunk } => size(header) + chunk.len(),
             Record::Subscriptions(f) => size(f),
+            Record::Challenge(n) => size(n),
+            Record::Echo { nonce, floor } => size(&(nonce, floor)),
             Record::Leave | Record::Unknown { .. } => 0,
         }
     }
@@ -360,6 +375,8 @@ impl<'a> Record<'a> {
             Record::Heartbeat(_) => kind::HEARTBEAT,
             Record::Fragment { .. } => kind::FRAGMENT,
             Record::Subscriptions(_) => kind::SUBSCRIPTIONS,
+            Record::Challenge(_) => kind::CHALLENGE,
+            Record::Echo { .. } => kind::ECHO,
             Record::Unknown { kind } => *kind,
         };
         out.push(code);
@@ -382,6 +399,8 @@ impl<'a> Record<'a> {
                 out.extend_from_slice(chunk);
             }
             Record::Subscriptions(f) => put(out, f),
+            Record::Challenge(n) => put(out, n),
+            Record::Echo { nonce, floor } => put(out, &(nonce, floor)),
             Record::Leave | Record::Unknown { .. } => {}
         }
     }
@@ -428,6 +447,11 @@ impl<'a> Record<'a> {
                 Ok(Record::Fragment { header, chunk })
             }
             kind::SUBSCRIPTIONS => Ok(Record::Subscriptions(take(body)?.0)),
+            kind::CHALLENGE => Ok(Record::Challenge(take(body)?.0)),
+            kind::ECHO => {
+                let ((nonce, floor), _): ((u64, u64), _) = take(body)?;
+                Ok(Record::Echo { nonce, floor })
+            }
             kind => Ok(Record::Unknown { kind }),
         }
     }

@@ -97,7 +97,16 @@ fn discovery_converges_within_two_seconds() {
         .collect();
     assert!(beacons.len() <= 25, "{} beacons in 2 s: {beacons:?}", beacons.len());
     assert!(beacons.len() > 5, "{} beacons in 2 s: {beacons:?}", beacons.len());
-    assert_eq!(sim.tap().len(), beacons.len(), "only beacons were sent");
+    // Besides beacons, only the freshness handshake: each node challenges each newcomer once
+    // and answers each challenge once (PROTOCOL.md §3.4).
+    let handshake = |s: &&common::sim::Sent| {
+        sim.open(&s.bytes).expect("own network's frame").records.iter().all(|r| {
+            matches!(r, common::sim::Rec::Other(k) if *k == starling::wire::kind::CHALLENGE || *k == starling::wire::kind::ECHO)
+        })
+    };
+    let others = sim.tap().iter().filter(|s| s.at < ms(2000)).filter(|s| !sim.open(&s.bytes).unwrap().has_beacon());
+    assert!(others.clone().all(|s| handshake(&s)), "only beacons and the freshness handshake were sent");
+    assert_eq!(others.count(), 2 * 5 * 4, "one challenge and one echo per ordered pair of nodes");
     for &i in &nodes {
         let own: Vec<Instant> = beacons.iter().filter(|b| b.0 == i).map(|b| b.1).collect();
         assert!((1..=5).contains(&own.len()), "node {i} sent {} beacons", own.len());
@@ -142,9 +151,10 @@ fn publish_reaches_exactly_matching_subscribers() {
     // Every datagram the publisher sent came back to it by loopback and was counted as its
     // own, never as a message: its only deliveries are the three local ones.
     let st = sim.stats(publisher);
-    assert_eq!(st.rx_own, st.tx_datagrams);
+    let multicast_sent = sim.tap().iter().filter(|s| s.node == publisher && s.targets.contains(&publisher)).count();
+    assert_eq!(st.rx_own, multicast_sent as u64, "(unicast challenges and echoes do not loop back)");
     let from_others = sim.tap().iter().filter(|s| s.node != publisher && s.targets.contains(&publisher)).count();
-    assert_eq!(st.rx_accepted, from_others as u64, "the beacons of the three others");
+    assert_eq!(st.rx_accepted, from_others as u64, "the beacons of the three others: {st:?}");
     assert_eq!(st.messages_delivered, 3, "local deliveries only");
     assert_eq!(sim.stats(s_none).messages_unmatched, 4);
     assert_eq!(sim.stats(s_none).messages_delivered, 0);
@@ -470,7 +480,7 @@ fn lone_node(max_datagram: usize) -> Node {
     config.max_datagram = max_datagram;
     let mut node = Node::new(config, &key, Boot::ephemeral(NodeId::from_u64(0x10e)), Instant::ZERO).unwrap();
     let mut buf = [0u8; MAX_DATAGRAM];
-    while node.poll_transmit(&mut buf).unwrap().is_some() {}
+    while node.poll_transmit(Instant::ZERO, &mut buf).unwrap().is_some() {}
     node
 }
 
@@ -487,7 +497,7 @@ fn max_payload_fills_one_datagram_exactly() {
             let max = node.max_payload(topic_len);
             assert!(max > 0);
             node.publish(&topic, &vec![0xee; max]).unwrap();
-            let t = node.poll_transmit(&mut buf).unwrap().expect("one datagram");
+            let t = node.poll_transmit(Instant::ZERO, &mut buf).unwrap().expect("one datagram");
             assert!(t.len <= max_datagram);
             assert!(t.len + 3 > max_datagram, "the limit leaves no room for another byte: {} of {max_datagram}", t.len);
             let opened = open_frame(&key, &buf[..t.len]).unwrap();
@@ -496,11 +506,11 @@ fn max_payload_fills_one_datagram_exactly() {
                 vec![common::sim::Rec::Publish { topic: topic.clone(), payload: vec![0xee; max] }],
                 "max_datagram {max_datagram}, topic {topic_len}"
             );
-            assert!(node.poll_transmit(&mut buf).unwrap().is_none());
+            assert!(node.poll_transmit(Instant::ZERO, &mut buf).unwrap().is_none());
             // one byte more: fragments, none larger than a datagram
             node.publish(&topic, &vec![0xee; max + 1]).unwrap();
             let mut fragments = 0;
-            while let Some(t) = node.poll_transmit(&mut buf).unwrap() {
+            while let Some(t) = node.poll_transmit(Instant::ZERO, &mut buf).unwrap() {
                 assert!(t.len <= max_datagram);
                 let opened = open_frame(&key, &buf[..t.len]).unwrap();
                 assert!(opened.records.iter().all(|r| *r == common::sim::Rec::Other(starling::wire::kind::FRAGMENT)));
@@ -523,7 +533,7 @@ fn topic_too_long_for_the_datagram_goes_as_fragments() {
     node.publish(&topic, &[]).unwrap();
     let mut buf = [0u8; MAX_DATAGRAM];
     let mut sent = Vec::new();
-    while let Some(t) = node.poll_transmit(&mut buf).unwrap() {
+    while let Some(t) = node.poll_transmit(Instant::ZERO, &mut buf).unwrap() {
         sent.push(t.len);
         assert!(sent.len() < 10, "{sent:?}");
     }
@@ -592,4 +602,73 @@ fn beacon_reordered_after_leave_does_not_resurrect() {
     sim.run_for(BEACON * 4);
     assert_eq!(peer_downs(&sim, a, b_id), vec![(now, DownReason::Left)]);
     assert_eq!(peer_ups(&sim, a), vec![b_id], "no PeerUp after the Leave");
+}
+
+/// Freshness after the receiver restarts (PROTOCOL.md §3.4): a rebooted receiver has no replay
+/// state for anyone. Frames captured long before, replayed to it, are held, the live sender is
+/// challenged, and its answer shows the captured frames are older than the freshness window:
+/// they are dropped, never delivered. The live sender's new messages are delivered.
+#[test]
+fn receiver_restart_rejects_replays_and_accepts_live_senders() {
+    let mut sim = Sim::new(seed(0x5eed_0100));
+    let a = sim.spawn("a");
+    let b = sim.spawn("b");
+    sim.subscribe(a, "b/#");
+    sim.run_until(ms(1000));
+    sim.publish(b, "b/x", b"old-1");
+    sim.run_for(Duration::from_millis(300));
+    sim.publish(b, "b/x", b"old-2");
+    sim.run_until(ms(10_000)); // the captured frames are now older than the 2 s window
+    assert_eq!(sim.messages(a).len(), 2);
+    let old: Vec<Vec<u8>> = sim.tap().iter().filter(|s| s.node == b).map(|s| s.bytes.clone()).collect();
+    // Frames sent within the freshness window (2 s) before the proof may be accepted: that is
+    // the window's meaning. Everything older must be refused.
+    let window_start = sim.now() - Duration::from_secs(2);
+    let too_old = sim.tap().iter().filter(|s| s.node == b && s.at < window_start).count() as u64;
+    assert!(too_old >= 4, "beacons and both publications are old: {too_old}");
+
+    sim.reboot(a);
+    sim.subscribe(a, "b/#");
+    let delivered_before = sim.messages(a).len();
+    let before = sim.stats(a);
+    let now = sim.now();
+    for bytes in &old {
+        sim.inject(a, sim.addr(b), bytes, now);
+    }
+    sim.run_for(Duration::from_secs(3));
+    let after = sim.stats(a);
+    let messages: Vec<Vec<u8>> = sim.messages(a).into_iter().skip(delivered_before).map(|m| m.1).collect();
+    assert!(messages.is_empty(), "a replay was delivered: {messages:?}");
+    let refused = (after.drop_unverified + after.drop_replay) - (before.drop_unverified + before.drop_replay);
+    assert!(refused >= too_old, "every replayed frame older than the window refused: {after:?}");
+    assert_eq!(
+        refused + after.rx_after_challenge,
+        old.len() as u64,
+        "each replayed frame held, then judged: {after:?}"
+    );
+
+    sim.publish(b, "b/x", b"new-1");
+    sim.run_for(Duration::from_millis(500));
+    let messages: Vec<Vec<u8>> = sim.messages(a).into_iter().skip(delivered_before).map(|m| m.1).collect();
+    assert_eq!(messages, vec![b"new-1".to_vec()], "the live sender is heard after the proof");
+    assert_eq!(sim.node(a).held_frames(), 0);
+}
+
+/// A receiver that never heard of a sender holds its first frames until the sender answers
+/// the challenge, then delivers them in order: nothing a live sender sends is lost to the proof.
+#[test]
+fn first_frames_of_a_new_sender_wait_for_the_proof_and_are_kept() {
+    let mut sim = Sim::new(seed(0x5eed_0101));
+    let a = sim.spawn("a");
+    sim.subscribe(a, "n/#");
+    sim.run_until(ms(500));
+    let b = sim.spawn("b");
+    // b publishes before anyone could have verified it
+    sim.publish(b, "n/1", b"first");
+    sim.publish(b, "n/2", b"second");
+    sim.run_for(Duration::from_millis(300));
+    let payloads: Vec<Vec<u8>> = sim.messages(a).into_iter().map(|m| m.1).collect();
+    assert_eq!(payloads, vec![b"first".to_vec(), b"second".to_vec()]);
+    assert!(sim.stats(a).rx_after_challenge >= 1);
+    assert_eq!(sim.node(a).held_frames(), 0);
 }

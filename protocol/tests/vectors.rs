@@ -103,17 +103,17 @@ fn frames_match_spec_construction_and_node_output() {
     // The node emits exactly these frames.
     let mut node = spec_node(&v);
     let mut buf = [0u8; MAX_DATAGRAM];
-    let t = node.poll_transmit(&mut buf).unwrap().unwrap();
+    let t = node.poll_transmit(Instant::ZERO, &mut buf).unwrap().unwrap();
     check(&v, "beacon_frame", &buf[..t.len]);
     node.publish("home/kitchen/temp", b"21.5").unwrap();
-    let t = node.poll_transmit(&mut buf).unwrap().unwrap();
+    let t = node.poll_transmit(Instant::ZERO, &mut buf).unwrap().unwrap();
     check(&v, "publish_frame", &buf[..t.len]);
     node.publish("cam/1", &[0x00, 0xff, 0x00]).unwrap();
-    let t = node.poll_transmit(&mut buf).unwrap().unwrap();
+    let t = node.poll_transmit(Instant::ZERO, &mut buf).unwrap().unwrap();
     check(&v, "binary_publish_frame", &buf[..t.len]);
     node.publish_reliable(Instant::ZERO, "home/kitchen/temp", b"21.5", Some(std::time::Duration::from_secs(30)))
         .unwrap();
-    let t = node.poll_transmit(&mut buf).unwrap().unwrap();
+    let t = node.poll_transmit(Instant::ZERO, &mut buf).unwrap().unwrap();
     check(&v, "reliable_publish_frame", &buf[..t.len]);
     check(&v, "reliable_publish_frame", &seal(3, &v["reliable_publish_plaintext"]));
 }
@@ -149,6 +149,8 @@ fn stream_and_rpc_records_match_spec() {
             Record::Fragment { header: FragmentHeader { msg_id: 9, index: 1, count: 2 }, chunk: &[0xaa, 0xbb] },
         ),
         ("subscriptions_record", Record::Subscriptions(vec!["home/+/temp", "cam/#"])),
+        ("challenge_record", Record::Challenge(0x0102_0304_0506_0708)),
+        ("echo_record", Record::Echo { nonce: 0x0102_0304_0506_0708, floor: 1000 }),
     ];
     for (name, record) in &records {
         let mut out = Vec::new();
@@ -169,7 +171,10 @@ fn node_accepts_vector_frames() {
     let v = vectors();
     let key = NetworkKey::from_bytes(v["network_key"].clone().try_into().unwrap());
     let boot = Boot { node_id: NodeId::from_u64(1), epoch: 1, first_pn: 0, lease_end: 1 << 20 };
-    let mut rx = Node::new(Config::new("rx", [1; 32]), &key, boot, Instant::ZERO).unwrap();
+    // The vector frames' sender cannot answer a freshness challenge: this test is about decoding.
+    let mut config = Config::new("rx", [1; 32]);
+    config.require_fresh = false;
+    let mut rx = Node::new(config, &key, boot, Instant::ZERO).unwrap();
     rx.subscribe("#").unwrap();
     let from: SocketAddr = "127.0.0.1:4000".parse().unwrap();
     for name in ["beacon_frame", "publish_frame", "binary_publish_frame"] {
@@ -204,8 +209,8 @@ fn payload_limit_matches_spec_section_2_4() {
     assert_eq!(node.max_payload(topic.len()), 1147);
     node.publish(topic, &[0xa5; 1147]).unwrap();
     let mut buf = [0u8; MAX_DATAGRAM];
-    let _beacon = node.poll_transmit(&mut buf).unwrap().unwrap();
-    let t = node.poll_transmit(&mut buf).unwrap().unwrap();
+    let _beacon = node.poll_transmit(Instant::ZERO, &mut buf).unwrap().unwrap();
+    let t = node.poll_transmit(Instant::ZERO, &mut buf).unwrap().unwrap();
     assert_eq!(t.len, MAX_DATAGRAM, "a maximal publish fills the datagram exactly");
     // above max_message nothing is sent, and the error names the limit
     let max = node.config().max_message;
@@ -217,7 +222,7 @@ fn payload_limit_matches_spec_section_2_4() {
         let max = node.max_payload(len);
         let t = "t".repeat(len);
         node.publish(&t, &vec![1u8; max]).unwrap();
-        let t = node.poll_transmit(&mut buf).unwrap().unwrap();
+        let t = node.poll_transmit(Instant::ZERO, &mut buf).unwrap().unwrap();
         assert!(t.len <= MAX_DATAGRAM && t.len >= MAX_DATAGRAM - 1, "topic {len}: {}", t.len);
     }
 }

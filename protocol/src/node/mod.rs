@@ -3,6 +3,7 @@
 //! This file holds the node's state, its inputs and outputs and discovery; [`reliable`] adds
 //! reliable and fragmented publications on top of [`crate::stream`], [`rpc`] the calls.
 
+mod fresh;
 mod reliable;
 mod rpc;
 
@@ -179,6 +180,11 @@ pub struct Stats {
     pub drop_malformed: u64,
     /// Dropped: a new sender while the peer table is full of live peers.
     pub drop_peer_table_full: u64,
+    /// Dropped: frames of a sender that has not proved freshness, beyond what may wait, or that
+    /// never did, or older than its proof allows.
+    pub drop_unverified: u64,
+    /// Frames that waited for their sender's freshness proof and were then accepted.
+    pub rx_after_challenge: u64,
     /// Own multicast frames looped back by the network (not an error).
     pub rx_own: u64,
     /// Frames carrying this node's id that it did not send.
@@ -210,7 +216,7 @@ pub struct Stats {
 
 impl Stats {
     /// Every counter with its name, for printing.
-    pub fn fields(&self) -> [(&'static str, u64); 23] {
+    pub fn fields(&self) -> [(&'static str, u64); 25] {
         [
             ("rx_datagrams", self.rx_datagrams),
             ("rx_accepted", self.rx_accepted),
@@ -222,6 +228,8 @@ impl Stats {
             ("drop_replay", self.drop_replay),
             ("drop_malformed", self.drop_malformed),
             ("drop_peer_table_full", self.drop_peer_table_full),
+            ("drop_unverified", self.drop_unverified),
+            ("rx_after_challenge", self.rx_after_challenge),
             ("rx_own", self.rx_own),
             ("node_id_conflicts", self.node_id_conflicts),
             ("unknown_records", self.unknown_records),
@@ -248,6 +256,7 @@ impl Stats {
             + self.drop_replay
             + self.drop_malformed
             + self.drop_peer_table_full
+            + self.drop_unverified
     }
 }
 
@@ -357,6 +366,10 @@ struct Peer {
     out_ucast: Option<OutStream>,
     /// Round-trip estimate towards it.
     rtt: RttEstimator,
+    /// Frames with a lower packet number may be replays from before it proved freshness.
+    floor: u64,
+    /// Set while it has not yet answered our freshness challenge; its frames wait here.
+    verify: Option<fresh::Verify>,
 }
 
 impl Peer {
@@ -459,6 +472,7 @@ pub struct Node {
     next_call: u32,
     served: Vec<String>,
     cache: ResponseCache<NodeId>,
+    freshness: fresh::Freshness,
 }
 
 impl fmt::Debug for Node {
@@ -521,6 +535,7 @@ impl Node {
             next_call: 0,
             served: Vec::new(),
             cache,
+            freshness: fresh::Freshness::new(now, boot.first_pn),
             config,
         };
         // Announce at once, ahead of anything the application sends, so receivers learn the
@@ -696,7 +711,7 @@ impl Node {
         }
         let known = match self.peers.get(&header.sender) {
             Some(peer) => {
-                if peer.replay.check(header.pn).is_err() {
+                if header.pn < peer.floor || peer.replay.check(header.pn).is_err() {
                     self.stats.drop_replay += 1;
                     return;
                 }
@@ -751,8 +766,13 @@ impl Node {
                     in_ucast: None,
                     out_ucast: None,
                     rtt: RttEstimator::new(self.config.initial_rto, Duration::from_millis(20), Duration::from_secs(5)),
+                    floor: 0,
+                    verify: None,
                 },
             );
+            if self.config.require_fresh {
+                self.challenge(now, header.sender);
+            }
         }
         let peer = self.peers.get_mut(&header.sender).expect("present: found or inserted above");
         // Accepting cannot fail: checked above and nothing ran in between.
@@ -768,11 +788,16 @@ impl Node {
                 peer.left_pn = None;
             }
         }
-        self.stats.rx_accepted += 1;
-
         let scratch = core::mem::take(&mut self.scratch);
-        for record in RecordIter::new(&scratch[HEADER_LEN..body_end]).flatten() {
-            self.handle_record(now, &header, stale, record);
+        let body = &scratch[HEADER_LEN..body_end];
+        if self.peers[&header.sender].verify.is_some() && !self.verify(now, &header, body) {
+            self.answer_challenges(now, from, body);
+            self.hold(header.sender, header.pn, body);
+        } else {
+            self.stats.rx_accepted += 1;
+            for record in RecordIter::new(body).flatten() {
+                self.handle_record(now, &header, stale, record);
+            }
         }
         self.scratch = scratch;
         self.service(now, Some(header.sender));
@@ -802,6 +827,7 @@ impl Node {
             }
         }
         if self.timers.get(Timer::Messaging).is_some_and(|t| t <= now) {
+            self.retry_challenges(now);
             self.expire_calls(now);
             self.reassembly.expire(now);
             self.cache.expire(now);
@@ -839,9 +865,10 @@ impl Node {
         self.lease_request.is_some()
     }
 
-    /// Writes the next datagram into `buf` (which must hold `max_datagram` bytes). Several
-    /// queued records for the same destination are packed into one datagram, sealed once.
-    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Result<Option<Transmit>, BufferTooSmall> {
+    /// Writes the next datagram into `buf` (which must hold `max_datagram` bytes), to be sent at
+    /// `now`. Several queued records for the same destination are packed into one datagram,
+    /// sealed once.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Result<Option<Transmit>, BufferTooSmall> {
         let max = self.config.max_datagram;
         if buf.len() < max {
             return Err(BufferTooSmall { needed: max });
@@ -873,6 +900,8 @@ impl Node {
             return Ok(None);
         }
         let pn = self.next_pn;
+        // Note when this packet number goes out, to answer freshness challenges exactly.
+        self.freshness.mark(now, pn, self.config.freshness_window);
         self.next_pn += 1;
         Header { suite: SUITE_PSK, net_tag: self.keys.net_tag(), sender: self.id(), pn }.emit(buf);
         len += wire::TAG_LEN;
@@ -940,6 +969,12 @@ impl Node {
             Record::Heartbeat(hb) => self.handle_heartbeat(now, sender, &hb),
             Record::Fragment { header: h, chunk } => self.handle_fragment(now, sender, &h, chunk),
             Record::Subscriptions(filters) => self.handle_subscriptions(sender, &filters),
+            Record::Challenge(nonce) => {
+                if let Some(addr) = self.peers.get(&sender).map(|p| p.addr) {
+                    self.echo(now, addr, nonce);
+                }
+            }
+            Record::Echo { .. } => {} // only meaningful while verifying, handled there
             Record::Unknown { .. } => self.stats.unknown_records += 1,
         }
     }

@@ -330,12 +330,17 @@ impl Node {
             ]
         });
         let calls = self.calls.values().map(|c| c.deadline);
-        [self.out_mcast.poll_timeout(limits), self.reassembly.next_expiry(), self.cache.next_expiry()]
-            .into_iter()
-            .chain(peers)
-            .flatten()
-            .chain(calls)
-            .min()
+        [
+            self.out_mcast.poll_timeout(limits),
+            self.reassembly.next_expiry(),
+            self.cache.next_expiry(),
+            self.challenge_timeout(),
+        ]
+        .into_iter()
+        .chain(peers)
+        .flatten()
+        .chain(calls)
+        .min()
     }
 
     /// Queues an already encoded record. Stream records are bounded by the stream limits, so

@@ -88,7 +88,7 @@ impl Driver {
             self.flush().await;
             if let Some(reply) = closing.take() {
                 let patience = *linger_until.get_or_insert_with(|| std::time::Instant::now() + LINGER);
-                if self.node.is_idle() || std::time::Instant::now() >= patience {
+                if self.node.may_close(self.now()) || std::time::Instant::now() >= patience {
                     // Release the state file before answering, so the caller may reopen it at once.
                     drop(self.state_file.take());
                     let _ = reply.send(());
@@ -96,7 +96,8 @@ impl Driver {
                 }
                 closing = Some(reply);
             }
-            let linger = linger_until.map(tokio::time::Instant::from_std);
+            // While lingering, look again every 20 ms: the core's wish to close changes with time alone.
+            let linger = linger_until.map(|_| tokio::time::Instant::now() + std::time::Duration::from_millis(20));
             let deadline = self.node.poll_timeout().map(|t| self.to_std(t)).into_iter().chain(linger).min();
             tokio::select! {
                 r = self.sockets.multicast.readable() => self.received(r, true),
@@ -251,8 +252,9 @@ impl Driver {
     }
 
     async fn send_all(&mut self) {
+        let now = self.now();
         loop {
-            let t = match self.node.poll_transmit(&mut self.tx_buf) {
+            let t = match self.node.poll_transmit(now, &mut self.tx_buf) {
                 Ok(Some(t)) => t,
                 Ok(None) => break,
                 Err(e) => unreachable!("driver buffer is max-sized: {e}"),

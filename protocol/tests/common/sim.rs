@@ -772,7 +772,9 @@ impl Sim {
                     "node {i} produced {MAX_BURST} datagrams in one flush: runaway poll_transmit"
                 );
                 let node = self.nodes[i].node.as_mut().expect("running");
-                let Some(t) = node.poll_transmit(&mut self.buf).expect("buffer is MAX_DATAGRAM") else { break };
+                let Some(t) = node.poll_transmit(self.now, &mut self.buf).expect("buffer is MAX_DATAGRAM") else {
+                    break;
+                };
                 assert!(t.len <= node.config().max_datagram, "datagram of {} bytes", t.len);
                 let bytes = self.buf[..t.len].to_vec();
                 self.send(i, t.destination, bytes);
