@@ -346,8 +346,13 @@ async fn subscribe(a: SubArgs) -> Result<()> {
             }
         };
         seen += 1;
-        let shown =
-            Shown { topic: &m.topic, from: m.from.to_string(), name: m.from_name.as_deref(), payload: &m.payload };
+        let shown = Shown {
+            topic: &m.topic,
+            from: m.from.to_string(),
+            name: m.from_name.as_deref(),
+            payload: &m.payload,
+            seq: m.seq,
+        };
         let text = if a.json {
             shown.json()
         } else if a.hex {
@@ -504,7 +509,7 @@ async fn serve_echo(a: ServeArgs) -> Result<()> {
         };
         let Some((method, req)) = next else { break };
         answered += 1;
-        let shown = Shown { topic: &method, from: req.from.to_string(), name: None, payload: &req.payload };
+        let shown = Shown { topic: &method, from: req.from.to_string(), name: None, payload: &req.payload, seq: None };
         println!("{}", shown.line());
     }
     node.close().await?; // lingers until the last responses are acknowledged

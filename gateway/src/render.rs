@@ -51,6 +51,8 @@ pub struct Shown<'a> {
     pub name: Option<&'a str>,
     /// Payload bytes.
     pub payload: &'a [u8],
+    /// Sequence number in the publisher's reliable stream, if it came reliably.
+    pub seq: Option<u64>,
 }
 
 impl Shown<'_> {
@@ -86,6 +88,9 @@ impl Shown<'_> {
             "size": self.payload.len(),
             "hex": hex(self.payload),
         });
+        if let Some(seq) = self.seq {
+            v["seq"] = seq.into();
+        }
         if let Ok(text) = std::str::from_utf8(self.payload) {
             v["text"] = serde_json::Value::String(text.to_owned());
         }
@@ -98,7 +103,7 @@ mod tests {
     use super::*;
 
     fn shown(payload: &[u8]) -> Shown<'_> {
-        Shown { topic: "a/b", from: "00000000000000ff".into(), name: Some("kitchen"), payload }
+        Shown { topic: "a/b", from: "00000000000000ff".into(), name: Some("kitchen"), payload, seq: None }
     }
 
     #[test]

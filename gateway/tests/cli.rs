@@ -221,3 +221,63 @@ fn keygen_makes_distinct_valid_keys_and_help_explains() {
     assert!(help.contains("keygen") && help.contains("Quick start"), "{help}");
     let _ = Path::new(BIN);
 }
+
+/// Starts `starling serve-echo` and waits until it serves.
+fn serve_echo(env: &Env, name: &str) -> Child {
+    let mut child =
+        env.cmd("serve-echo").args(["--name", name]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("serving echo") {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "serve-echo exited before serving");
+    }
+    child
+}
+
+#[test]
+fn call_against_serve_echo_as_separate_processes() {
+    let env = Env::new("call");
+    let mut server = serve_echo(&env, "echo-1");
+    let out = env.cmd("call").args(["echo-1", "echo", "hello mesh"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout(&out), "hello mesh\n");
+
+    // binary, larger than one datagram, byte for byte
+    let blob: Vec<u8> = (0..20_000u32).map(|i| (i * 13 % 256) as u8).collect();
+    let file = env.dir.join("blob.bin");
+    std::fs::write(&file, &blob).unwrap();
+    let out = env.cmd("call").args(["echo-1", "echo", "--file", file.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let hex: String = blob.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(stdout(&out), format!("hex {hex}\n"));
+
+    fails_with(env.cmd("call").args(["echo-1", "fail", "it broke"]), "the handler failed: it broke");
+    fails_with(env.cmd("call").args(["echo-1", "no.such", "x"]), "no such method");
+    fails_with(env.cmd("call").args(["--timeout", "500ms", "nobody", "echo", "x"]), "no node named 'nobody'");
+    fails_with(env.cmd("call").args(["--timeout", "500ms", "0123456789abcdef", "echo", "x"]), "unreachable");
+    server.kill().unwrap();
+    let out = server.wait_with_output().unwrap();
+    let log = stdout(&out);
+    assert!(log.contains("echo  from ") && log.contains("10 B  hello mesh"), "the server logs each call: {log}");
+    assert_eq!(log.lines().filter(|l| l.starts_with("echo ")).count(), 2, "each call ran once: {log}");
+}
+
+#[test]
+fn reliable_pub_waits_for_subscribers_and_reports_sequence() {
+    let env = Env::new("reliable");
+    let sub = env.sub(&["r/#", "--json", "--count", "2", "--timeout", "20s"]);
+    let blob: Vec<u8> = (0..30_000u32).map(|i| (i % 253) as u8).collect();
+    let file = env.dir.join("blob.bin");
+    std::fs::write(&file, &blob).unwrap();
+    env.publish(&["--reliable", "--ttl", "10s", "r/a", "first"]);
+    env.publish(&["--reliable", "r/b", "--file", file.to_str().unwrap()]);
+    let out = stdout(&finish(sub, Duration::from_secs(20)));
+    let msgs: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(msgs.len(), 2, "{out}");
+    assert_eq!(msgs[0]["text"], "first");
+    assert_eq!(msgs[0]["seq"], 0, "a reliable message carries its sequence number");
+    let hex: String = blob.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(msgs[1]["hex"], hex);
+    fails_with(env.cmd("pub").args(["--ttl", "1s", "r/a", "x"]), "--reliable");
+}
