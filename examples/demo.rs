@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use starling::runtime::{Node, NodeBuilder, PeerEvent};
+use starling::runtime::{Node, NodeBuilder, PeerEvent, Request};
 use starling::NetworkKey;
 use tokio::time::timeout;
 
@@ -76,6 +76,31 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for _ in 0..2 {
         show(&timeout(Duration::from_secs(2), frames.recv()).await?.ok_or("subscription ended")?);
     }
+
+    // Reliable delivery and a call: the display switches the kitchen's relay.
+    let mut states = display.subscribe("home/kitchen/relay").await?;
+    kitchen
+        .serve("relay.set", |req: Request| async move {
+            match req.payload.as_slice() {
+                b"on" | b"off" => Ok(b"done".to_vec()),
+                _ => Err(b"say on or off".to_vec()),
+            }
+        })
+        .await?;
+    let reply = display.call(kitchen.id(), "relay.set", "on", Duration::from_secs(2)).await?;
+    println!("display: called kitchen relay.set(on) -> {}", String::from_utf8_lossy(&reply));
+    match display.call(kitchen.id(), "relay.set", "maybe", Duration::from_secs(2)).await {
+        Err(e) => println!("display: called kitchen relay.set(maybe) -> {e}"),
+        Ok(_) => return Err("a bad argument was accepted".into()),
+    }
+    kitchen.publish("home/kitchen/relay", "on").reliable().await?;
+    let m = timeout(Duration::from_secs(2), states.recv()).await?.ok_or("subscription ended")?;
+    println!(
+        "display: {} = {} (reliable, sequence {:?}, acknowledged)",
+        m.topic,
+        String::from_utf8_lossy(&m.payload),
+        m.seq
+    );
 
     let stats = display.stats().await?.core;
     println!(

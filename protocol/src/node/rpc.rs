@@ -20,9 +20,9 @@ pub struct CallId(pub u64);
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CallError {
-    /// The callee was up but no response came before the deadline.
+    /// The callee is up but no response came before the deadline.
     Timeout,
-    /// The callee was not up at any time before the deadline (gone, or never seen).
+    /// At the deadline the callee is not up: it left, went silent, or was never seen.
     Unreachable,
     /// The callee serves no such method.
     NoSuchMethod,
@@ -51,7 +51,7 @@ impl fmt::Display for CallError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CallError::Timeout => f.write_str("timed out: the node is up but did not answer in time"),
-            CallError::Unreachable => f.write_str("unreachable: the node was not up on the mesh before the deadline"),
+            CallError::Unreachable => f.write_str("unreachable: the node is not up on the mesh"),
             CallError::NoSuchMethod => f.write_str("the node serves no such method"),
             CallError::Denied => f.write_str("the node refused the call (permission denied)"),
             CallError::Remote(b) => match core::str::from_utf8(b) {
@@ -74,8 +74,6 @@ pub(crate) struct PendingCall {
     method: String,
     payload: Vec<u8>,
     pub(super) deadline: Instant,
-    /// The callee was up at some point since the call was made.
-    seen_up: bool,
 }
 
 fn valid_method(m: &str) -> bool {
@@ -126,13 +124,7 @@ impl Node {
         }
         let id = CallId((u64::from(self.epoch()) << 32) | u64::from(self.next_call));
         self.next_call = self.next_call.wrapping_add(1);
-        let call = PendingCall {
-            peer,
-            method: method.to_string(),
-            payload: payload.to_vec(),
-            deadline: now + timeout,
-            seen_up: false,
-        };
+        let call = PendingCall { peer, method: method.to_string(), payload: payload.to_vec(), deadline: now + timeout };
         self.calls.insert(id, call);
         self.send_call(now, id);
         self.service(now, Some(peer));
@@ -155,12 +147,11 @@ impl Node {
     }
 
     fn send_call(&mut self, now: Instant, id: CallId) {
-        let Some(call) = self.calls.get_mut(&id) else { return };
+        let Some(call) = self.calls.get(&id) else { return };
         let up = self.peers.get(&call.peer).is_some_and(|p| p.status == PeerStatus::Up);
         if !up {
             return; // sent when the peer comes up
         }
-        call.seen_up = true;
         let (peer, ttl) = (call.peer, call.deadline.saturating_duration_since(now));
         let bytes = Inner::Request { call_id: id.0, method: &call.method, payload: &call.payload }.encode();
         self.send_unicast(now, peer, id.0, &bytes, Some(ttl));
@@ -235,7 +226,7 @@ impl Node {
         for id in expired {
             let call = self.calls.remove(&id).expect("listed above");
             let up_now = self.peers.get(&call.peer).is_some_and(|p| p.status == PeerStatus::Up);
-            let error = if call.seen_up || up_now { CallError::Timeout } else { CallError::Unreachable };
+            let error = if up_now { CallError::Timeout } else { CallError::Unreachable };
             self.push_event(Event::CallDone { id, result: Err(error) });
         }
     }
