@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::sim::{seal_frame, Link, NodeOpts, Sim, SplitMix64, DEFAULT_KEY};
 use starling::stream::Failure;
-use starling::wire::{stream, Ack, DataHeader, FragmentHeader, Heartbeat, Inner, Record, MAX_DATAGRAM};
+use starling::wire::{stream, Ack, Beacon, DataHeader, FragmentHeader, Heartbeat, Inner, Record, MAX_DATAGRAM};
 use starling::{
     Boot, CallError, CallId, Config, Event, Instant, NetworkKey, Node, NodeId, PublishError, PublishFailure, PublishId,
 };
@@ -108,6 +108,7 @@ fn run_until_done(sim: &mut Sim, limit: Duration, mut done: impl FnMut(&Sim) -> 
 }
 
 type Outcome = Result<(), PublishFailure>;
+type CallResult = Result<Vec<u8>, CallError>;
 
 /// Every `PublishDone` in node `i`'s log at or after `since`: (time, id, result).
 fn publish_done(sim: &Sim, i: usize, since: Instant) -> Vec<(Instant, PublishId, Outcome)> {
@@ -189,8 +190,15 @@ fn numbered(p: usize, k: u32) -> Vec<u8> {
 fn reliable_streams_survive_heavy_loss() {
     const N: u32 = 1000;
     let mut sim = Sim::new(seed(0x5e1_0001));
-    let pubs: Vec<usize> = (0..3).map(|k| sim.spawn(&format!("pub-{k}"))).collect();
-    let subs: Vec<usize> = (0..5).map(|k| sim.spawn(&format!("sub-{k}"))).collect();
+    // On a link this bad, three beacon intervals of silence happen by chance once traffic stops
+    // (acknowledgements then only answer heartbeats, at most 2 s apart): allow six.
+    let mut spawn = |name: String| {
+        let i = sim.add_node_with(&name, NodeOpts::new().config(|c| c.peer_timeout_factor = 6));
+        sim.start(i);
+        i
+    };
+    let pubs: Vec<usize> = (0..3).map(|k| spawn(format!("pub-{k}"))).collect();
+    let subs: Vec<usize> = (0..5).map(|k| spawn(format!("sub-{k}"))).collect();
     for &s in &subs {
         sim.subscribe(s, "feed/#");
     }
@@ -212,6 +220,9 @@ fn reliable_streams_survive_heavy_loss() {
     };
     let done = run_until_done(&mut sim, Duration::from_secs(60), finished);
     sim.run_for(Duration::from_secs(1));
+    // The last acknowledgements may be lost too: heartbeats (at most 2 s apart) fetch them again.
+    let released =
+        run_until_done(&mut sim, Duration::from_secs(30), |sim| pubs.iter().all(|&p| sim.node(p).retained() == (0, 0)));
 
     for &s in &subs {
         let msgs = sim.full_messages(s);
@@ -243,7 +254,7 @@ fn reliable_streams_survive_heavy_loss() {
         assert_eq!(done_ids.iter().collect::<BTreeSet<_>>(), ids[p].iter().collect::<BTreeSet<_>>());
         let failed: Vec<_> = outcomes.iter().filter(|o| o.2.is_err()).collect();
         assert!(failed.is_empty(), "publisher {p}: {} failed, first {:?}", failed.len(), failed.first());
-        assert_eq!(sim.node(node).retained(), (0, 0), "publisher {p} released everything");
+        assert_eq!(sim.node(node).retained(), (0, 0), "publisher {p} released everything ({released})");
         assert!(sim.stats(node).retransmissions > 100, "publisher {p} repaired losses: {:?}", sim.stats(node));
     }
     assert!(done, "everything finished within 60 s");
@@ -505,7 +516,6 @@ fn publisher_reboot_starts_a_new_stream_at_zero() {
     }
     // Three publications are in flight, unacknowledged, when the publisher reboots.
     assert_eq!(sim.node(p).retained().1, 3);
-    let rebooted = sim.now();
     sim.reboot(p);
     assert_eq!((sim.id(p), sim.node(p).epoch()), (p_id, 2));
     assert!(run_until_done(&mut sim, Duration::from_secs(1), |sim| converged(sim, &[p, subs[0], subs[1]])));
@@ -531,7 +541,6 @@ fn publisher_reboot_starts_a_new_stream_at_zero() {
     }
     let outcomes: Vec<(PublishId, Outcome)> = publish_done(&sim, p, t_new).into_iter().map(|o| (o.1, o.2)).collect();
     assert_eq!(outcomes, new_ids.iter().map(|&id| (id, Ok(()))).collect::<Vec<_>>());
-    assert!(rebooted < t_new);
 }
 
 /// 5b. A subscriber reboots mid-stream and subscribes again at once: it receives every message
@@ -704,15 +713,20 @@ fn message_expiring_at_the_subscriber_is_reported_as_a_gap() {
     events.extend(f.send(&mut v, ms(210), publisher, &[data(stream::MULTICAST, 2, 0, 1, &next)]));
 
     assert_eq!(v.stats().expired, 1);
-    let seen: Vec<(Option<(u64, u64)>, Option<u64>)> = events
+    #[derive(Debug, PartialEq)]
+    enum Seen {
+        Gap(u64, u64),
+        Message(Option<u64>),
+    }
+    let seen: Vec<Seen> = events
         .iter()
         .filter_map(|e| match e {
-            Event::Gap { first, end, .. } => Some((Some((*first, *end)), None)),
-            Event::Message(m) => Some((None, m.seq)),
+            Event::Gap { first, end, .. } => Some(Seen::Gap(*first, *end)),
+            Event::Message(m) => Some(Seen::Message(m.seq)),
             _ => None,
         })
         .collect();
-    assert_eq!(seen, vec![(Some((0, 2)), None), (None, Some(2))]);
+    assert_eq!(seen, vec![Seen::Gap(0, 2), Seen::Message(Some(2))]);
 }
 
 // ----- 7. bounded memory -----
@@ -915,7 +929,10 @@ fn acks_from_departed_ids_do_not_accumulate() {
             base = heap_held();
         }
         let ack = Ack { target, stream: stream::MULTICAST, epoch, next: 1, missing: vec![] };
-        f.send(&mut v, now, NodeId::from_u64(0x1_0000 + n), &[Record::Ack(ack)]);
+        let id = NodeId::from_u64(0x1_0000 + n);
+        f.send(&mut v, now, id, &[Record::Ack(ack)]);
+        // What the forger remembers of the id is its own memory, not the node's.
+        f.pn.remove(&id);
         // Long enough for the id to time out, so the next one can take its place in the table.
         now += Duration::from_millis(40);
         v.handle_timeout(now);
@@ -1004,8 +1021,7 @@ fn no_such_method_and_remote_errors_pass_through() {
     let fail = sim.call(a, b_id, "fail", &[0x00, 0xff], t);
     let echo = sim.call(a, b_id, "echo", b"ok", t);
     sim.run_for(Duration::from_millis(200));
-    let results: BTreeMap<CallId, Result<Vec<u8>, CallError>> =
-        sim.call_results(a).into_iter().map(|r| (r.1, r.2)).collect();
+    let results: BTreeMap<CallId, CallResult> = sim.call_results(a).into_iter().map(|r| (r.1, r.2)).collect();
     assert_eq!(
         results,
         BTreeMap::from([
@@ -1030,7 +1046,6 @@ fn call_pending_across_a_callee_reboot_is_retried_and_succeeds() {
     sim.serve(b, &["work"], |r| (r.boot >= 2).then(|| Ok([b"done by boot 2: ", r.payload].concat())));
     sim.run_until(ms(500));
     let (a_id, b_id) = (sim.id(a), sim.id(b));
-    let t0 = sim.now();
     let id = sim.call(a, b_id, "work", b"job", Duration::from_secs(10));
     sim.run_for(Duration::from_millis(300));
     assert_eq!(sim.call_results(a), vec![]);
@@ -1049,7 +1064,6 @@ fn call_pending_across_a_callee_reboot_is_retried_and_succeeds() {
         "once per incarnation"
     );
     assert!(sim.events(a).iter().any(|l| matches!(&l.event, Event::PeerRestarted(i) if i.id == b_id)));
-    assert!(t0 < reboot);
 }
 
 /// 8e. After a callee reboots with a request in flight, that request and every later call
@@ -1083,11 +1097,17 @@ fn calls_after_a_callee_reboot_keep_working() {
     }
     sim.run_for(Duration::from_secs(6));
 
-    let results: BTreeMap<CallId, Result<Vec<u8>, CallError>> =
-        sim.call_results(a).into_iter().map(|r| (r.1, r.2)).collect();
-    let want: BTreeMap<CallId, Result<Vec<u8>, CallError>> =
-        calls.iter().map(|(id, p)| (*id, Ok(p.clone()))).collect();
-    assert_eq!(results, want, "a dropped {} stream records", sim.stats(a).drop_stream);
+    let results: BTreeMap<CallId, CallResult> = sim.call_results(a).into_iter().map(|r| (r.1, r.2)).collect();
+    let want: BTreeMap<CallId, CallResult> = calls.iter().map(|(id, p)| (*id, Ok(p.clone()))).collect();
+    let wrong: Vec<(CallId, Option<&CallResult>)> =
+        want.iter().filter(|(id, w)| results.get(id) != Some(w)).map(|(id, _)| (*id, results.get(id))).collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} calls failed: {wrong:?}; a dropped {} stream records",
+        wrong.len(),
+        want.len(),
+        sim.stats(a).drop_stream
+    );
     let mut runs: BTreeMap<u64, usize> = BTreeMap::new();
     for r in requests(&sim, b) {
         assert_eq!(r.1, a_id);
@@ -1101,7 +1121,8 @@ fn calls_after_a_callee_reboot_keep_working() {
 /// 9a. Acks for sequence numbers never sent (or of another epoch, or of a stream that does not
 ///     exist) and responses to calls never made are dropped and counted in `drop_stream`;
 ///     requests on the multicast stream and undecodable stream messages in `drop_malformed`;
-///     nothing reaches the application and no state changes.
+///     nothing reaches the application, nothing retained is released, and floods of them leave
+///     the node's memory where it was.
 #[test]
 fn forged_acks_and_responses_are_dropped_and_counted() {
     let mut v = lone(0xacce, |_| {});
@@ -1109,80 +1130,105 @@ fn forged_acks_and_responses_are_dropped_and_counted() {
     v.serve("echo").unwrap();
     let mut now = ms(10);
     let mut f = Forger::new();
-    let evil = NodeId::from_u64(0xe711);
     let me = v.id().as_u64();
     let epoch = v.epoch();
+    // A subscriber the node's reliable publications wait for: it never acknowledges them.
+    let sub = NodeId::from_u64(0x5b);
+    let hello =
+        [Record::Beacon(Beacon { epoch: 1, interval_ms: 3_600_000, name: "sub" }), Record::Subscriptions(vec!["#"])];
+    let events = f.send(&mut v, now, sub, &hello);
+    assert!(matches!(events[..], [Event::PeerUp(ref p)] if p.id == sub), "{events:?}");
     // Two reliable publications: sequence numbers 0 and 1 exist, nothing above.
     v.publish_reliable(now, "t", b"zero", None).unwrap();
     v.publish_reliable(now, "t", b"one", None).unwrap();
     let ghost = NodeId::from_u64(0x6057);
-    let call = v.call(now, ghost, "echo", b"x", Duration::from_secs(60)).unwrap();
+    let call = v.call(now, ghost, "echo", b"x", Duration::from_secs(600)).unwrap();
     drain(&mut v, now);
     let retained = v.retained();
+    assert_eq!(retained.1, 2);
     let before = v.stats().clone();
 
     let acks = [
         Ack { target: me, stream: stream::MULTICAST, epoch, next: 3, missing: vec![] },
         Ack { target: me, stream: stream::MULTICAST, epoch, next: 0, missing: vec![(1, 5)] },
         Ack { target: me, stream: stream::MULTICAST, epoch, next: u64::MAX, missing: vec![(u64::MAX - 1, 1)] },
-        Ack { target: me, stream: stream::MULTICAST, epoch: epoch + 1, next: 1, missing: vec![] },
+        Ack { target: me, stream: stream::MULTICAST, epoch: epoch + 1, next: 2, missing: vec![] },
         Ack { target: me, stream: stream::UNICAST, epoch, next: 1, missing: vec![] },
-        Ack { target: me, stream: 7, epoch, next: 1, missing: vec![] },
+        Ack { target: me, stream: 7, epoch, next: 2, missing: vec![] },
     ];
     for ack in &acks {
         now += Duration::from_millis(1);
-        assert_eq!(f.send(&mut v, now, evil, &[Record::Ack(ack.clone())]), vec![], "{ack:?}");
+        assert_eq!(f.send(&mut v, now, sub, &[Record::Ack(ack.clone())]), vec![], "{ack:?}");
     }
     let mid = v.stats().clone();
     assert_eq!(mid.drop_stream - before.drop_stream, acks.len() as u64);
     assert_eq!(v.retained(), retained, "no forged ack released anything");
 
-    // Responses on evil's unicast stream: to a call never made, and to a real call made to
-    // another node.
+    // Responses on sub's unicast stream: to a call never made, and to a real call made to
+    // another node. A request on the multicast stream, and a stream message that is no message.
     let never = Inner::Response { call_id: 0x1234_5678, status: 0, payload: b"surprise" }.encode();
     let wrong_peer = Inner::Response { call_id: call.0, status: 0, payload: b"not me" }.encode();
-    // A request on the multicast stream, and a stream message that is not a message at all.
     let misplaced = Inner::Request { call_id: 1, method: "echo", payload: b"x" }.encode();
     let garbage = [0x7f, 1, 2, 3];
     now += Duration::from_millis(1);
-    let events = f.send(
-        &mut v,
-        now,
-        evil,
-        &[
-            data(stream::UNICAST, 0, 0, 1, &never),
-            data(stream::UNICAST, 1, 0, 1, &wrong_peer),
-            data(stream::MULTICAST, 0, 0, 1, &misplaced),
-            data(stream::MULTICAST, 1, 0, 1, &garbage),
-        ],
-    );
-    assert_eq!(events, vec![]);
+    let records = [
+        data(stream::UNICAST, 0, 0, 1, &never),
+        data(stream::UNICAST, 1, 0, 1, &wrong_peer),
+        data(stream::MULTICAST, 0, 0, 1, &misplaced),
+        data(stream::MULTICAST, 1, 0, 1, &garbage),
+    ];
+    assert_eq!(f.send(&mut v, now, sub, &records), vec![]);
     let after = v.stats().clone();
-    assert_eq!(after.drop_stream - mid.drop_stream, 2, "two responses to calls never made to evil");
+    assert_eq!(after.drop_stream - mid.drop_stream, 2, "two responses to calls never made to sub");
     assert_eq!(after.drop_malformed - mid.drop_malformed, 2, "a misplaced request and garbage");
     assert_eq!(v.pending_calls(), 1, "the real call still waits for its callee");
     assert_eq!(after.messages_delivered, before.messages_delivered);
 
     // A frame with one record that breaks the Data rules (index not below count) is dropped
     // whole: the valid record with it is not acted upon.
-    let mut body = Vec::new();
-    data(stream::MULTICAST, 2, 0, 1, b"valid").emit(&mut body);
     let bad = Record::Data {
         header: DataHeader { stream: 0, epoch: 1, seq: 5, low: 0, index: 3, count: 2, ttl_ms: 0 },
         chunk: b"x",
     };
-    let mut bad_bytes = Vec::new();
-    bad.emit(&mut bad_bytes);
-    body.extend_from_slice(&bad_bytes);
-    let pn = 1000;
-    let frame = seal_frame(&NetworkKey::from_bytes(DEFAULT_KEY), evil, pn, &body);
+    let next = Inner::Publish { topic: "t", payload: b"valid" }.encode();
     now += Duration::from_millis(1);
-    v.handle_datagram(now, f.addr, &frame);
-    assert_eq!(drain(&mut v, now), vec![]);
+    assert_eq!(f.send(&mut v, now, sub, &[data(stream::MULTICAST, 2, 0, 1, &next), bad]), vec![]);
     let last = v.stats().clone();
     assert_eq!(last.drop_malformed - after.drop_malformed, 1);
     assert_eq!(last.messages_delivered, before.messages_delivered);
+
+    // Floods: acks beyond what was sent, NACKs of what is retained (repaired, at most once per
+    // hold-off), responses to calls never made. Each bad record is counted; memory stays flat.
+    let mut rng = SplitMix64::new(seed(0x5e1_0012));
+    let base = heap_held();
+    let mut bad_records = 0;
+    for n in 0..3000u64 {
+        now += Duration::from_millis(1);
+        let record = match n % 3 {
+            0 => {
+                bad_records += 1;
+                let missing = (0..16).map(|_| (rng.below(1 << 40), 1 + rng.below(1 << 20) as u32)).collect();
+                Record::Ack(Ack { target: me, stream: stream::MULTICAST, epoch, next: 2, missing })
+            }
+            1 => Record::Ack(Ack { target: me, stream: stream::MULTICAST, epoch, next: 0, missing: vec![(0, 2)] }),
+            _ => {
+                bad_records += 1;
+                let response = Inner::Response { call_id: rng.next_u64(), status: 0, payload: &[0; 500] }.encode();
+                let frame = f.frame(sub, &[data(stream::UNICAST, 2 + n / 3, 0, 1, &response)]);
+                v.handle_datagram(now, f.addr, &frame);
+                assert_eq!(drain(&mut v, now), vec![]);
+                continue;
+            }
+        };
+        assert_eq!(f.send(&mut v, now, sub, &[record]), vec![]);
+        let grown = heap_held() - base;
+        assert!(grown < 16 * 1024, "heap grew by {grown} bytes after {n} records");
+    }
+    let end = v.stats().clone();
+    assert_eq!(end.drop_stream - last.drop_stream, bad_records);
+    assert!(end.retransmissions - last.retransmissions > 100, "the NACKs were honoured: {end:?}");
     assert_eq!(v.retained(), retained);
+    assert_eq!(v.pending_calls(), 1);
 }
 
 /// 9b. Forged best-effort fragments: overlapping (same index, other bytes), lying about the
