@@ -119,12 +119,14 @@ pub struct Reassembler<K: Ord + Copy> {
     bytes: usize,
     /// Next insertion sequence number.
     next_seq: u64,
+    /// Partial messages evicted to make room for newer ones (lost for good).
+    evicted: u64,
 }
 
 impl<K: Ord + Copy> Reassembler<K> {
     /// Creates an empty reassembler bounded by `limits`.
     pub fn new(limits: ReassemblyLimits) -> Self {
-        Reassembler { limits, partials: BTreeMap::new(), by_age: BTreeSet::new(), bytes: 0, next_seq: 0 }
+        Reassembler { limits, partials: BTreeMap::new(), by_age: BTreeSet::new(), bytes: 0, next_seq: 0, evicted: 0 }
     }
 
     /// Takes one fragment `index` of `count` of message `msg_id` from `sender`.
@@ -254,6 +256,11 @@ impl<K: Ord + Copy> Reassembler<K> {
         self.by_age.first().map(|&(started, ..)| started + self.limits.timeout)
     }
 
+    /// Partial messages evicted so far to make room for newer ones.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
     /// Drops every partial message from `sender` (it restarted or left).
     pub fn forget(&mut self, sender: K) {
         let keys: Vec<(K, u32)> = self.partials.range((sender, 0)..=(sender, u32::MAX)).map(|(k, _)| *k).collect();
@@ -317,6 +324,7 @@ impl<K: Ord + Copy> Reassembler<K> {
         for _ in 0..victims {
             if let Some(&(_, _, sender, msg_id)) = self.by_age.first() {
                 self.remove((sender, msg_id));
+                self.evicted += 1;
             }
         }
         true

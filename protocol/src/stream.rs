@@ -294,13 +294,16 @@ impl OutStream {
         true
     }
 
-    /// Forgets a receiver (it went down): messages waiting for it will fail for it.
+    /// Forgets a receiver (it went down): messages it had not acknowledged fail for it.
     pub fn receiver_gone(&mut self, who: NodeId) {
-        self.acks.remove(&who);
+        let acked = self.acks.remove(&who).unwrap_or(0);
         for m in self.messages.iter_mut() {
             if let Some(i) = m.waiting.iter().position(|&r| r == who) {
                 m.waiting.swap_remove(i);
-                m.gone.push(who);
+                // What it acknowledged before leaving counts as delivered.
+                if acked < m.end {
+                    m.gone.push(who);
+                }
             }
         }
     }
@@ -330,6 +333,10 @@ impl OutStream {
         if self.messages.is_empty() {
             self.heartbeat_at = None;
         }
+        // Acks matter only for live receivers and those a message still waits for; `live` is
+        // sorted (it comes from an ordered map), so this stays cheap.
+        let messages = &self.messages;
+        self.acks.retain(|id, _| live.binary_search(id).is_ok() || messages.iter().any(|m| m.waiting.contains(id)));
         done
     }
 
@@ -401,8 +408,13 @@ pub enum Delivery {
         /// One past the last.
         to: u64,
     },
-    /// A message arrived complete but after its time to live: not delivered.
-    Expired,
+    /// The message at sequence numbers `from..to` completed after its time to live: not delivered.
+    Expired {
+        /// Its first sequence number.
+        from: u64,
+        /// One past its last.
+        to: u64,
+    },
 }
 
 struct Pending {
@@ -561,7 +573,11 @@ impl InStream {
                 bytes.extend_from_slice(&p.bytes);
             }
             self.next = seq + count;
-            out.push(if expired { Delivery::Expired } else { Delivery::Message { seq, bytes } });
+            out.push(if expired {
+                Delivery::Expired { from: seq, to: seq + count }
+            } else {
+                Delivery::Message { seq, bytes }
+            });
         }
     }
 
@@ -745,7 +761,22 @@ mod tests {
         assert!(rx.on_data(t0, &first, &c, &limits, 0).is_empty());
         let second = DataHeader { seq: 1, index: 1, count: 2, ..h };
         let got = rx.on_data(t0 + Duration::from_millis(51), &second, &c, &limits, 0);
-        assert_eq!(got, vec![Delivery::Expired]);
+        assert_eq!(got, vec![Delivery::Expired { from: 0, to: 2 }]);
+    }
+
+    #[test]
+    fn a_receiver_that_acknowledged_then_left_counts_as_delivered() {
+        let limits = StreamLimits::default();
+        let mut tx = OutStream::new(0, 1);
+        let b = NodeId::from_u64(0xb);
+        let t0 = Instant::ZERO;
+        tx.send(t0, 1, b"m", 100, None, vec![A, b], &limits, &mut Vec::new()).unwrap();
+        let ack = Ack { target: 1, stream: 0, epoch: 1, next: 1, missing: vec![] };
+        assert!(tx.on_ack(t0, A, &ack, &mut None));
+        tx.receiver_gone(A); // acknowledged, then left
+        tx.receiver_gone(b); // left without acknowledging
+        let done = tx.collect(t0, &[], &limits);
+        assert_eq!(done, vec![Completion { id: 1, missing: vec![b], failure: Some(Failure::ReceiverGone) }]);
     }
 
     #[test]

@@ -212,11 +212,13 @@ pub struct Stats {
     pub drop_stream: u64,
     /// Reliable sequence numbers given up as lost.
     pub gaps: u64,
+    /// Incomplete best-effort messages dropped (a fragment never came, or room ran out).
+    pub fragments_lost: u64,
 }
 
 impl Stats {
     /// Every counter with its name, for printing.
-    pub fn fields(&self) -> [(&'static str, u64); 25] {
+    pub fn fields(&self) -> [(&'static str, u64); 26] {
         [
             ("rx_datagrams", self.rx_datagrams),
             ("rx_accepted", self.rx_accepted),
@@ -243,6 +245,7 @@ impl Stats {
             ("expired", self.expired),
             ("drop_stream", self.drop_stream),
             ("gaps", self.gaps),
+            ("fragments_lost", self.fragments_lost),
         ]
     }
 
@@ -465,7 +468,7 @@ pub struct Node {
     stats: Stats,
     lifecycle: Lifecycle,
     out_mcast: OutStream,
-    next_publish: u64,
+    next_publish: u32,
     next_fragmented: u32,
     reassembly: Reassembler<NodeId>,
     calls: BTreeMap<CallId, rpc::PendingCall>,
@@ -667,16 +670,18 @@ impl Node {
         if self.lifecycle == Lifecycle::Running {
             self.lifecycle = Lifecycle::Closing;
             // Acknowledge what arrived, so publishers waiting for this node are not left hanging.
+            // The acks travel to the group in the same datagram as the Leave, ahead of it: a
+            // publisher must not see the departure before the acknowledgement.
             let mut acks = Vec::new();
             for p in self.peers.values_mut() {
                 for s in [p.in_mcast.as_mut(), p.in_ucast.as_mut()].into_iter().flatten() {
                     let mut bytes = Vec::new();
                     Record::Ack(s.final_ack()).emit(&mut bytes);
-                    acks.push((Destination::Unicast(p.addr), bytes));
+                    acks.push(bytes);
                 }
             }
-            for (dest, bytes) in acks {
-                self.enqueue_bytes(dest, bytes);
+            for bytes in acks {
+                self.enqueue_bytes(Destination::Multicast, bytes);
             }
             self.enqueue(Destination::Multicast, &Record::Leave);
             self.timers = Timers::default();
@@ -829,7 +834,7 @@ impl Node {
         if self.timers.get(Timer::Messaging).is_some_and(|t| t <= now) {
             self.retry_challenges(now);
             self.expire_calls(now);
-            self.reassembly.expire(now);
+            self.stats.fragments_lost += self.reassembly.expire(now) as u64;
             self.cache.expire(now);
             self.service(now, None);
         }
@@ -989,7 +994,11 @@ impl Node {
                 // A new incarnation: its streams start afresh, and so does ours to it.
                 p.in_mcast = None;
                 p.in_ucast = None;
-                p.out_ucast = None;
+                // Our stream to it goes on numbering from where it was (the new incarnation
+                // starts at our `low`), but what it held for the old incarnation is dropped.
+                if let Some(out) = p.out_ucast.as_mut() {
+                    out.reset();
+                }
                 self.reassembly.forget(sender);
                 self.cache.forget(sender);
                 Some(Event::PeerRestarted(self.peers[&sender].info(sender)))

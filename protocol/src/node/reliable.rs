@@ -83,8 +83,9 @@ impl Node {
             .filter(|(_, p)| p.status == PeerStatus::Up && p.filters.iter().any(|f| f.matches(&topic)))
             .map(|(id, _)| *id)
             .collect();
-        let id = PublishId(self.next_publish);
-        self.next_publish += 1;
+        // Unique across restarts, like call ids.
+        let id = PublishId((u64::from(self.epoch()) << 32) | u64::from(self.next_publish));
+        self.next_publish = self.next_publish.wrapping_add(1);
         let inner = Inner::Publish { topic: topic.as_str(), payload }.encode();
         let seq = self.out_mcast.next_seq();
         let limits = self.config.streams;
@@ -143,7 +144,10 @@ impl Node {
     }
 
     pub(super) fn handle_fragment(&mut self, now: Instant, sender: NodeId, h: &FragmentHeader, chunk: &[u8]) {
-        match self.reassembly.insert(now, sender, h.msg_id, h.index, h.count, chunk) {
+        let evicted = self.reassembly.evicted();
+        let outcome = self.reassembly.insert(now, sender, h.msg_id, h.index, h.count, chunk);
+        self.stats.fragments_lost += self.reassembly.evicted() - evicted;
+        match outcome {
             FragmentOutcome::Complete(bytes) => match Inner::parse(&bytes) {
                 Ok(Inner::Publish { topic, payload }) => match Topic::new(topic) {
                     Ok(topic) => self.deliver(sender, topic, payload, None),
@@ -159,6 +163,9 @@ impl Node {
     /// The receiving stream a record refers to, created when it starts a newer epoch.
     fn in_stream(&mut self, sender: NodeId, kind: u8, epoch: u32, start: u64) -> Option<&mut InStream> {
         let p = self.peers.get_mut(&sender)?;
+        if epoch < p.epoch {
+            return None; // a late frame of an earlier incarnation
+        }
         let slot = match kind {
             stream::MULTICAST => &mut p.in_mcast,
             stream::UNICAST => &mut p.in_ucast,
@@ -213,12 +220,18 @@ impl Node {
                     _ => self.stats.drop_malformed += 1,
                 },
                 Delivery::Gap { from, to } => {
-                    self.stats.gaps += to - from;
+                    self.stats.gaps = self.stats.gaps.saturating_add(to - from);
                     if kind == stream::MULTICAST {
                         self.push_event(Event::Gap { from: sender, first: from, end: to });
                     }
                 }
-                Delivery::Expired => self.stats.expired += 1,
+                Delivery::Expired { from, to } => {
+                    // Its time to live passed before it was complete: lost, and said so.
+                    self.stats.expired += 1;
+                    if kind == stream::MULTICAST {
+                        self.push_event(Event::Gap { from: sender, first: from, end: to });
+                    }
+                }
             }
         }
     }
