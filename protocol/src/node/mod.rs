@@ -1,7 +1,7 @@
 //! The sans-IO node: discovery, pub/sub, RPC, PSK sealing, replay protection.
 //!
-//! This file holds the node's state, its inputs and outputs and discovery; [`reliable`] adds
-//! reliable and fragmented publications on top of [`crate::stream`], [`rpc`] the calls.
+//! This file holds the node's state, its inputs and outputs and discovery; `reliable` adds
+//! reliable and fragmented publications on top of [`crate::stream`], `rpc` the calls.
 
 mod fresh;
 mod reliable;
