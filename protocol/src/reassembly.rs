@@ -364,6 +364,7 @@ fn assemble(p: Partial, index: u32, chunk: &[u8]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    use crate::test_rng::XorShift;
     extern crate std;
 
     use super::*;
@@ -697,22 +698,6 @@ mod tests {
         assert_eq!(r.insert(T0, 1u8, 1, 2, 3, &f[2].2), FragmentOutcome::Complete(msg));
     }
 
-    /// xorshift64, seeded: random but reproducible.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
-
     impl<K: Ord + Copy> Reassembler<K> {
         /// Recomputes the accounting from scratch and checks it against the limits.
         fn check_invariants(&self) {
@@ -734,7 +719,7 @@ mod tests {
     fn random_fragments_never_exceed_limits() {
         let lim = ReassemblyLimits { max_message: 200, max_partial: 5, max_bytes: 300, timeout: ms(50) };
         let mut r = Reassembler::new(lim);
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
         let mut now = T0;
         let mut seen = [0usize; 4];
         for step in 0..200_000 {
@@ -779,7 +764,7 @@ mod tests {
 
     #[test]
     fn random_valid_messages_reassemble_in_any_order() {
-        let mut rng = Rng(12345);
+        let mut rng = XorShift(12345);
         let mut r = Reassembler::new(ReassemblyLimits {
             max_message: 2000,
             max_partial: 16,

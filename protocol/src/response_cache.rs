@@ -549,18 +549,9 @@ mod tests {
 
     #[test]
     fn random_operations_respect_limits() {
-        struct Rng(u64);
-        impl Rng {
-            fn below(&mut self, n: u64) -> u64 {
-                self.0 ^= self.0 << 13;
-                self.0 ^= self.0 >> 7;
-                self.0 ^= self.0 << 17;
-                self.0 % n
-            }
-        }
         let lim = CacheLimits { max_entries: 6, max_bytes: 120, lifetime: ms(20) };
         let mut c = ResponseCache::new(lim);
-        let mut rng = Rng(0xDEAD_BEEF_1234_5678);
+        let mut rng = crate::test_rng::XorShift(0xDEAD_BEEF_1234_5678);
         let mut now = T0;
         let mut outcomes = [0usize; 4];
         for _ in 0..100_000 {
