@@ -4,7 +4,9 @@
 //! # Map
 //! - [`render`]: how messages are shown (text, automatic hex for binary, hexdump, JSON lines).
 //! - [`args`]: parsing of keys, payloads and durations with errors that say what to do.
+//! - [`bridge`]: the MQTT bridge.
 #![warn(missing_docs)]
 
 pub mod args;
+pub mod bridge;
 pub mod render;

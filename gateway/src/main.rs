@@ -41,6 +41,29 @@ enum Command {
     Call(CallArgs),
     /// Serve `echo` (replies with the request) and `fail` (fails with the request): a demo responder.
     ServeEcho(ServeArgs),
+    /// Bridge the mesh to an MQTT broker: mesh topic a/b is MQTT topic <prefix>/a/b, both ways.
+    Gateway(GatewayArgs),
+}
+
+#[derive(Args)]
+struct GatewayArgs {
+    #[command(flatten)]
+    mesh: MeshArgs,
+    /// The MQTT broker, as mqtt://host:port.
+    #[arg(short, long, env = "STARLING_BROKER", value_name = "URL")]
+    broker: String,
+    /// MQTT topic prefix of the mesh.
+    #[arg(long, default_value = "starling")]
+    prefix: String,
+    /// Mesh filters bridged to MQTT (repeatable).
+    #[arg(long = "out", value_name = "FILTER", default_value = "#")]
+    out: Vec<String>,
+    /// MQTT filters (relative to the prefix) bridged into the mesh (repeatable).
+    #[arg(long = "in", value_name = "FILTER", default_value = "#")]
+    r#in: Vec<String>,
+    /// Keep the last value of each bridged topic retained on the broker.
+    #[arg(long)]
+    retain: bool,
 }
 
 /// A payload given on the command line: text, a file, hex or empty.
@@ -203,6 +226,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Nodes(a) => nodes(a).await,
         Command::Call(a) => call(a).await,
         Command::ServeEcho(a) => serve_echo(a).await,
+        Command::Gateway(a) => gateway(a).await,
     }
 }
 
@@ -513,5 +537,31 @@ async fn serve_echo(a: ServeArgs) -> Result<()> {
         println!("{}", shown.line());
     }
     node.close().await?; // lingers until the last responses are acknowledged
+    Ok(())
+}
+
+async fn gateway(a: GatewayArgs) -> Result<()> {
+    let (host, port) = starling_gateway::bridge::parse_broker(&a.broker).context("--broker")?;
+    let mut config = starling_gateway::bridge::BridgeConfig::new(host, port);
+    config.prefix = a.prefix.clone();
+    config.mesh_filters = a.out.clone();
+    config.mqtt_filters = a.r#in.clone();
+    config.retain = a.retain;
+    config.validate()?;
+    let node = open(&a.mesh, "gateway").await?;
+    eprintln!(
+        "bridging mesh {}:{} as {} to mqtt://{}:{} under '{}/'; Ctrl-C to stop",
+        a.mesh.group,
+        a.mesh.port,
+        node.id(),
+        config.host,
+        config.port,
+        config.prefix
+    );
+    tokio::select! {
+        r = starling_gateway::bridge::run(node.clone(), config) => r?,
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    node.close().await?;
     Ok(())
 }
