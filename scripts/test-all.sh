@@ -9,6 +9,14 @@ step "toolchain pieces"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 rustup target add riscv32imc-unknown-none-elf
 
+step "mosquitto and its clients, for the gateway's tests against a real broker"
+if ! command -v mosquitto >/dev/null 2>&1 || ! command -v mosquitto_sub >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
+fi
+mosquitto -h 2>&1 | head -n 1
+
 step "format"
 cargo fmt --all -- --check
 

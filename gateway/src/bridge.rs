@@ -129,7 +129,9 @@ pub async fn run(node: Node, config: BridgeConfig) -> Result<()> {
     let (client, mut eventloop) = AsyncClient::new(options, 1024);
 
     let stats = Arc::new(Mutex::new(BridgeStats::default()));
-    // Availability as last known, republished after every (re)connect.
+    // Availability as last known, republished after every (re)connect. Listen for changes
+    // before taking the snapshot, so a node that appears in between is not missed.
+    let mut events = node.peer_events();
     let availability: Arc<Mutex<BTreeMap<NodeId, &'static str>>> = Arc::default();
     for p in node.peers().await? {
         availability.lock().expect("not poisoned").insert(p.id, "online");
@@ -237,7 +239,6 @@ pub async fn run(node: Node, config: BridgeConfig) -> Result<()> {
     // Availability.
     let avail = {
         let (client, prefix, availability) = (client.clone(), prefix.clone(), availability.clone());
-        let mut events = node.peer_events();
         tokio::spawn(async move {
             loop {
                 let (id, status) = match events.recv().await {
