@@ -7,6 +7,17 @@
 //! MQTT-to-mesh. Loops are cut by origin: a message the gateway put on the mesh comes back to it
 //! as its own publication and is skipped; a message a gateway put on MQTT carries the
 //! `starling-origin` user property and is never taken back into the mesh.
+//!
+//! Several gateways may serve one mesh and one broker. Each says it is alive every second on
+//! `<prefix>/$gateway/<id>/alive`; the one with the lowest node id among those heard in the last
+//! [`LEADER_TIMEOUT`] bridges, the others stand by. When the active one dies, the next takes over
+//! within that timeout, and at steady state every message crosses once in each direction.
+//!
+//! RPC from MQTT: a request published to `<prefix>/$rpc/<node>/<method>` (node by id or name)
+//! with an MQTT 5 response topic gets the reply there, with the same correlation data; a failed
+//! call answers with an empty payload and the error in the `starling-error` user property. MQTT
+//! 3.1.1 clients add a transaction id level, `<prefix>/$rpc/<node>/<method>/<txid>`, and get the
+//! reply on `<prefix>/$rpc/<node>/<method>/<txid>/reply` or the error text on `.../<txid>/error`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -24,6 +35,35 @@ use tokio::sync::mpsc;
 pub const ORIGIN: &str = "starling-origin";
 /// User property carrying the reliable sequence number of a bridged message.
 pub const SEQ: &str = "starling-seq";
+/// User property carrying the error of a failed call made from MQTT.
+pub const ERROR: &str = "starling-error";
+/// A gateway not heard from for this long no longer counts for the election of the active one.
+pub const LEADER_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often a gateway says it is alive.
+const ALIVE_EVERY: Duration = Duration::from_secs(1);
+/// How long a call made from MQTT may take.
+const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Which gateway bridges: the lowest id among those alive.
+struct Election {
+    me: NodeId,
+    others: Mutex<BTreeMap<NodeId, std::time::Instant>>,
+}
+
+impl Election {
+    fn heard(&self, id: NodeId) {
+        if id != self.me {
+            self.others.lock().expect("not poisoned").insert(id, std::time::Instant::now());
+        }
+    }
+
+    fn is_active(&self) -> bool {
+        let now = std::time::Instant::now();
+        let mut others = self.others.lock().expect("not poisoned");
+        others.retain(|_, t| now.duration_since(*t) < LEADER_TIMEOUT);
+        others.keys().all(|&id| self.me < id)
+    }
+}
 
 /// Where and what to bridge.
 #[derive(Debug, Clone)]
@@ -129,6 +169,7 @@ pub async fn run(node: Node, config: BridgeConfig) -> Result<()> {
     let (client, mut eventloop) = AsyncClient::new(options, 1024);
 
     let stats = Arc::new(Mutex::new(BridgeStats::default()));
+    let election = Arc::new(Election { me, others: Mutex::default() });
     // Availability as last known, republished after every (re)connect. Listen for changes
     // before taking the snapshot, so a node that appears in between is not missed.
     let mut events = node.peer_events();
@@ -170,11 +211,25 @@ pub async fn run(node: Node, config: BridgeConfig) -> Result<()> {
         tokio::spawn(async move {
             while connected_rx.recv().await.is_some() {
                 stats.lock().expect("not poisoned").connects += 1;
-                let filters: Vec<Filter> = config
-                    .mqtt_filters
+                // The bridge's own topics, unless a bridged filter covers them already: the broker
+                // would deliver a message once per matching subscription.
+                let bridged: Vec<String> = config.mqtt_filters.iter().map(|f| to_mqtt(&config.prefix, f)).collect();
+                let covered = |example: &str| {
+                    bridged.iter().any(|f| {
+                        starling::TopicFilter::new(f).is_ok_and(|f| Topic::new(example).is_ok_and(|t| f.matches(&t)))
+                    })
+                };
+                let own = [
+                    (format!("{}/$gateway/+/alive", config.prefix), format!("{}/$gateway/x/alive", config.prefix)),
+                    (format!("{}/$rpc/#", config.prefix), format!("{}/$rpc/x/y", config.prefix)),
+                ];
+                let own: Vec<String> = own.into_iter().filter(|(_, ex)| !covered(ex)).map(|(f, _)| f).collect();
+                let filters: Vec<Filter> = bridged
                     .iter()
+                    .cloned()
+                    .chain(own)
                     .map(|f| {
-                        let mut filter = Filter::new(to_mqtt(&config.prefix, f), QoS::AtLeastOnce);
+                        let mut filter = Filter::new(f, QoS::AtLeastOnce);
                         filter.nolocal = true; // never hear our own publications back
                         filter
                     })
@@ -208,12 +263,14 @@ pub async fn run(node: Node, config: BridgeConfig) -> Result<()> {
     drop(mesh_tx);
     let outward = {
         let (client, prefix, stats, retain) = (client.clone(), prefix.clone(), stats.clone(), config.retain);
+        let election = election.clone();
         tokio::spawn(async move {
             let mut last: Option<(NodeId, Option<u64>, String)> = None;
             while let Some(r) = mesh_rx.recv().await {
                 let Received::Message(m) = r else { continue };
-                // What this gateway injected comes back as its own publication: not again.
-                if m.from == me {
+                // What this gateway injected comes back as its own publication: not again. And
+                // only the active gateway bridges.
+                if m.from == me || !election.is_active() {
                     continue;
                 }
                 // Several filters may match one message: bridge it once.
@@ -254,13 +311,40 @@ pub async fn run(node: Node, config: BridgeConfig) -> Result<()> {
         })
     };
 
+    // Saying we are alive, for the election among gateways.
+    let alive = {
+        let (client, topic) = (client.clone(), format!("{prefix}/$gateway/{me}/alive"));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ALIVE_EVERY);
+            loop {
+                tick.tick().await;
+                let _ = client.publish(topic.clone(), QoS::AtMostOnce, false, Vec::new()).await;
+            }
+        })
+    };
+
     // MQTT to mesh, on this task.
+    let gateway_prefix = format!("{prefix}/$gateway/");
+    let rpc_prefix = format!("{prefix}/$rpc/");
     while let Some(p) = incoming_rx.recv().await {
         let from_mesh =
             p.properties.as_ref().is_some_and(|props| props.user_properties.iter().any(|(k, _)| k == ORIGIN));
         let topic = String::from_utf8_lossy(&p.topic).into_owned();
+        if let Some(rest) = topic.strip_prefix(&gateway_prefix) {
+            if let Some(id) = rest.strip_suffix("/alive").and_then(|id| id.parse::<NodeId>().ok()) {
+                election.heard(id);
+            }
+            continue;
+        }
+        if !election.is_active() {
+            continue;
+        }
+        if let Some(rest) = topic.strip_prefix(&rpc_prefix) {
+            rpc_from_mqtt(&node, &client, &topic, rest, p).await;
+            continue;
+        }
         let Some(mesh_topic) = from_mqtt(&prefix, &topic).filter(|t| !t.starts_with('$')) else {
-            continue; // our own status and availability topics
+            continue; // status, availability and other topics of the bridge itself
         };
         if from_mesh {
             continue; // bridged out by a gateway: it is on the mesh already
@@ -274,18 +358,82 @@ pub async fn run(node: Node, config: BridgeConfig) -> Result<()> {
         if p.qos != QoS::AtMostOnce {
             publish = publish.reliable();
         }
-        match publish.await {
-            Ok(()) => stats.lock().expect("not poisoned").to_mesh += 1,
-            Err(starling::runtime::Error::NotDelivered(e)) => tracing::warn!("'{mesh_topic}': {e}"),
-            Err(starling::runtime::Error::Closed) => break,
-            Err(e) => {
-                stats.lock().expect("not poisoned").refused += 1;
-                tracing::warn!("not bridging MQTT topic '{topic}' ({} bytes) to the mesh: {e}", p.payload.len());
+        // Submitted in order; the outcome is awaited aside, so one slow or dead subscriber never
+        // holds up the messages behind it.
+        let Ok(handle) = publish.submit().await else { break };
+        let (stats, size, mesh_topic) = (stats.clone(), p.payload.len(), mesh_topic.to_owned());
+        tokio::spawn(async move {
+            match handle.await {
+                Ok(()) => stats.lock().expect("not poisoned").to_mesh += 1,
+                Err(starling::runtime::Error::NotDelivered(e)) => tracing::warn!("'{mesh_topic}': {e}"),
+                Err(e) => {
+                    stats.lock().expect("not poisoned").refused += 1;
+                    tracing::warn!("not bridging '{mesh_topic}' ({size} bytes) to the mesh: {e}");
+                }
             }
-        }
+        });
     }
-    for t in [poller, on_connect, outward, avail] {
+    for t in [poller, on_connect, outward, avail, alive] {
         t.abort();
     }
     Ok(())
+}
+
+/// Finds a mesh node by id (16 hex digits) or by name among the peers that are up.
+async fn resolve_node(node: &Node, who: &str) -> Option<NodeId> {
+    if who.len() == 16 {
+        if let Ok(id) = who.parse::<NodeId>() {
+            return Some(id);
+        }
+    }
+    let peers = node.peers().await.ok()?;
+    let mut named = peers.iter().filter(|p| p.name == who);
+    match (named.next(), named.next()) {
+        (Some(p), None) => Some(p.id),
+        _ => None,
+    }
+}
+
+/// Handles `<prefix>/$rpc/<node>/<method>[/<txid>]`: calls the node and publishes the answer.
+/// The call runs in its own task, so a slow callee never holds up the bridge.
+async fn rpc_from_mqtt(
+    node: &Node,
+    client: &AsyncClient,
+    topic: &str,
+    rest: &str,
+    p: rumqttc::v5::mqttbytes::v5::Publish,
+) {
+    let mut levels = rest.splitn(3, '/');
+    let (Some(who), Some(method)) = (levels.next(), levels.next()) else { return };
+    let txid = levels.next().filter(|t| !t.is_empty() && !t.contains('/'));
+    let props = p.properties.unwrap_or_default();
+    // Where the answer goes: the MQTT 5 response topic, or the 3.1.1 convention.
+    let (reply_topic, error_topic) = match (&props.response_topic, txid) {
+        (Some(rt), _) => (rt.clone(), None),
+        (None, Some(tx)) if !tx.ends_with("reply") && !tx.ends_with("error") => {
+            (format!("{topic}/reply"), Some(format!("{topic}/error")))
+        }
+        _ => return, // a reply of the 3.1.1 convention, or nowhere to answer
+    };
+    let (node, client) = (node.clone(), client.clone());
+    let (who, method) = (who.to_owned(), method.to_owned());
+    let correlation = props.correlation_data.clone();
+    tokio::spawn(async move {
+        let result = match resolve_node(&node, &who).await {
+            None => Err(format!("no node '{who}' is up on the mesh (give its name or 16-digit id)")),
+            Some(id) => node.call(id, &method, p.payload.to_vec(), RPC_TIMEOUT).await.map_err(|e| e.to_string()),
+        };
+        let mut out = PublishProperties { correlation_data: correlation, ..PublishProperties::default() };
+        let (topic, payload) = match (result, error_topic) {
+            (Ok(reply), _) => (reply_topic, reply),
+            (Err(e), Some(error_topic)) => (error_topic, e.into_bytes()),
+            (Err(e), None) => {
+                out.user_properties.push((ERROR.into(), e));
+                (reply_topic, Vec::new())
+            }
+        };
+        if let Err(e) = client.publish_with_properties(topic, QoS::AtLeastOnce, false, payload, out).await {
+            tracing::warn!("answering a call from MQTT: {e}");
+        }
+    });
 }

@@ -233,3 +233,143 @@ async fn availability_is_retained_and_follows_nodes() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+struct Setup {
+    broker: Broker,
+    mesh: (std::net::Ipv4Addr, u16),
+    key: starling::NetworkKey,
+    dir: TempDir,
+}
+
+impl Setup {
+    fn new(tag: &str) -> Setup {
+        let broker = Broker::start(tag);
+        let mesh = isolated_mesh();
+        let dir = TempDir(std::env::temp_dir().join(format!("starling-gw-{tag}-{}-{}", std::process::id(), mesh.1)));
+        std::fs::create_dir_all(&dir.0).unwrap();
+        Setup { broker, mesh, key: random_key(), dir }
+    }
+
+    fn gateway(&self) -> Gateway {
+        Gateway::start(&key_file(&self.dir.0, &self.key), self.mesh, self.broker.port)
+    }
+
+    fn mqtt(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.args(["-p", &self.broker.port.to_string()]);
+        c
+    }
+}
+
+/// Counts what `mosquitto_sub` sees on `filter` while `act` runs, waiting `settle` after it.
+async fn seen_on_mqtt<F: std::future::Future<Output = ()>>(
+    s: &Setup,
+    filter: &str,
+    settle: u64,
+    act: F,
+) -> Vec<String> {
+    let sub = s
+        .mqtt("mosquitto_sub")
+        .args(["-q", "1", "-t", filter, "-F", "%t %p", "-W", &settle.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    act.await;
+    let out = tokio::task::spawn_blocking(move || sub.wait_with_output().unwrap()).await.unwrap();
+    String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_deliver_once_and_one_takes_over_when_the_other_dies() {
+    let s = Setup::new("two");
+    let mut gw1 = s.gateway();
+    let _gw2 = s.gateway();
+    let node = mesh_node(&s.key, s.mesh, "sensor").await;
+    let mut inbound = node.subscribe("cmd/#").await.unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    while node.peers().await.unwrap().iter().filter(|p| p.name == "gw").count() < 2 {
+        assert!(Instant::now() < end, "both gateways on the mesh");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await; // the gateways have heard each other
+
+    // Reliable while both gateways live; best effort after one is killed, because a reliable
+    // publication rightly waits for the dead gateway's acknowledgement until it times out.
+    let round = |tag: &'static str, reliable: bool| {
+        let node = node.clone();
+        async move {
+            for i in 0..20 {
+                let p = node.publish(&format!("out/{tag}/{i}"), format!("{i}"));
+                if reliable {
+                    p.reliable().await.unwrap();
+                } else {
+                    p.await.unwrap();
+                }
+            }
+        }
+    };
+    let seen = seen_on_mqtt(&s, "starling/out/#", 4, round("a", true)).await;
+    assert_eq!(seen.len(), 20, "each mesh message once on MQTT: {seen:?}");
+    for i in 0..20 {
+        let ok = s.mqtt("mosquitto_pub").args(["-q", "1", "-t", &format!("starling/cmd/{i}"), "-m", "x"]).status();
+        assert!(ok.unwrap().success());
+    }
+    for i in 0..20 {
+        let m = tokio::time::timeout(Duration::from_secs(5), inbound.recv()).await.unwrap().unwrap();
+        assert_eq!(m.topic, format!("cmd/{i}"));
+    }
+    assert!(tokio::time::timeout(Duration::from_millis(800), inbound.recv()).await.is_err(), "each MQTT message once");
+
+    // One gateway dies: within 5 s the other bridges, still once.
+    gw1.0.kill().unwrap();
+    let _ = gw1.0.wait();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let seen = seen_on_mqtt(&s, "starling/out/#", 4, round("b", false)).await;
+    assert_eq!(seen.len(), 20, "after the failover: {seen:?}");
+    for i in 0..5 {
+        let ok =
+            s.mqtt("mosquitto_pub").args(["-q", "1", "-t", &format!("starling/cmd/after/{i}"), "-m", "y"]).status();
+        assert!(ok.unwrap().success());
+    }
+    for i in 0..5 {
+        let m = tokio::time::timeout(Duration::from_secs(5), inbound.recv()).await.unwrap().unwrap();
+        assert_eq!(m.topic, format!("cmd/after/{i}"));
+    }
+    assert!(tokio::time::timeout(Duration::from_millis(800), inbound.recv()).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_from_mqtt5_request_response_and_the_311_convention() {
+    let s = Setup::new("rpc");
+    let _gw = s.gateway();
+    let node = mesh_node(&s.key, s.mesh, "svc").await;
+    node.serve("echo", |req: starling::runtime::Request| async move { Ok(req.payload) }).await.unwrap();
+    node.serve("fail", |_req: starling::runtime::Request| async move { Err(b"broken".to_vec()) }).await.unwrap();
+    wait_for_peer(&node, "gw").await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // the gateway sees svc up too
+
+    let rr = |topic: String, payload: &'static str| {
+        let mut c = s.mqtt("mosquitto_rr");
+        c.args(["-V", "mqttv5", "-t", &topic, "-e", "replies/1", "-m", payload, "-W", "5", "-F", "%p|%P"]);
+        move || c.output().unwrap()
+    };
+    let out = tokio::task::spawn_blocking(rr("starling/$rpc/svc/echo".into(), "ping by name")).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ping by name|");
+    let by_id = format!("starling/$rpc/{}/echo", node.id());
+    let out = tokio::task::spawn_blocking(rr(by_id, "ping by id")).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ping by id|");
+    let out = tokio::task::spawn_blocking(rr("starling/$rpc/svc/fail".into(), "x")).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "|starling-error:the handler failed: broken");
+    let out = tokio::task::spawn_blocking(rr("starling/$rpc/svc/nope".into(), "x")).await.unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("starling-error:the node serves no such method"));
+
+    // MQTT 3.1.1: a transaction id level, the reply on .../<txid>/reply
+    let seen = seen_on_mqtt(&s, "starling/$rpc/svc/echo/tx-42/+", 3, async {
+        let mut pubber = s.mqtt("mosquitto_pub");
+        pubber.args(["-V", "mqttv311", "-t", "starling/$rpc/svc/echo/tx-42", "-m", "v311"]);
+        assert!(pubber.status().unwrap().success());
+    })
+    .await;
+    assert_eq!(seen, vec!["starling/$rpc/svc/echo/tx-42/reply v311".to_owned()]);
+}

@@ -517,15 +517,36 @@ impl Publish<'_> {
     }
 }
 
+impl Publish<'_> {
+    /// Hands the publication to the node in order and returns at once with a handle that
+    /// resolves when it is done (for reliable ones: acknowledged). Lets a caller keep many
+    /// reliable publications in flight without waiting for each.
+    pub async fn submit(self) -> Result<PublishHandle, Error> {
+        let Publish { node, topic, payload, reliable, ttl } = self;
+        let (reply, rx) = oneshot::channel();
+        node.cmd.send(Command::Publish { topic, payload, reliable, ttl, reply }).await.map_err(|_| Error::Closed)?;
+        Ok(PublishHandle(rx))
+    }
+}
+
+/// The outcome of a [`Publish::submit`]ted publication, as a future.
+#[derive(Debug)]
+#[must_use = "the handle tells whether the publication was delivered"]
+pub struct PublishHandle(oneshot::Receiver<Result<(), Error>>);
+
+impl Future for PublishHandle {
+    type Output = Result<(), Error>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx).map(|r| r.unwrap_or(Err(Error::Closed)))
+    }
+}
+
 impl<'a> IntoFuture for Publish<'a> {
     type Output = Result<(), Error>;
     type IntoFuture = Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'a>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(async move {
-            let Publish { node, topic, payload, reliable, ttl } = self;
-            node.request(|reply| Command::Publish { topic, payload, reliable, ttl, reply }).await?
-        })
+        Box::pin(async move { self.submit().await?.await })
     }
 }
 
