@@ -14,6 +14,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_starling");
 struct Broker {
     child: Child,
     port: u16,
+    conf: std::path::PathBuf,
     _dir: TempDir,
 }
 
@@ -31,11 +32,23 @@ impl Broker {
         let dir = std::env::temp_dir().join(format!("starling-mqtt-{tag}-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let conf = dir.join("mosquitto.conf");
-        std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\n"))
-            .unwrap();
+        let store = dir.display();
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\n\
+                 persistence true\npersistence_location {store}/\n"
+            ),
+        )
+        .unwrap();
+        let child = Self::spawn(&conf, port);
+        Broker { child, port, conf, _dir: TempDir(dir) }
+    }
+
+    fn spawn(conf: &std::path::Path, port: u16) -> Child {
         let child = Command::new("mosquitto")
             .arg("-c")
-            .arg(&conf)
+            .arg(conf)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -45,7 +58,18 @@ impl Broker {
             assert!(start.elapsed() < Duration::from_secs(10), "mosquitto did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Broker { child, port, _dir: TempDir(dir) }
+        child
+    }
+
+    /// Stops the broker cleanly (it saves sessions and retained messages) and waits for it.
+    fn stop(&mut self) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let _ = self.child.wait();
+    }
+
+    fn restart(&mut self) {
+        self.child = Self::spawn(&self.conf, self.port);
     }
 }
 
@@ -372,4 +396,35 @@ async fn rpc_from_mqtt5_request_response_and_the_311_convention() {
     })
     .await;
     assert_eq!(seen, vec!["starling/$rpc/svc/echo/tx-42/reply v311".to_owned()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_mid_stream_loses_nothing_and_availability_recovers() {
+    let mut s = Setup::new("restart");
+    let _gw = s.gateway();
+    let node = mesh_node(&s.key, s.mesh, "sensor").await;
+    wait_for_peer(&node, "gw").await;
+    // A persistent MQTT session that will want the messages sent while the broker was down.
+    let ok = s.mqtt("mosquitto_sub").args(["-c", "-i", "keeper", "-q", "1", "-t", "starling/out/#", "-E"]).status();
+    assert!(ok.unwrap().success());
+
+    s.broker.stop();
+    for i in 0..10 {
+        node.publish(&format!("out/{i}"), format!("during outage {i}")).reliable().await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.broker.restart();
+
+    let mut keeper = s.mqtt("mosquitto_sub");
+    keeper.args(["-c", "-i", "keeper", "-q", "1", "-t", "starling/out/#", "-C", "10", "-W", "20", "-F", "%t %p"]);
+    let out = tokio::task::spawn_blocking(move || keeper.output().unwrap()).await.unwrap();
+    let lines: Vec<String> = String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect();
+    let want: Vec<String> = (0..10).map(|i| format!("starling/out/{i} during outage {i}")).collect();
+    assert_eq!(lines, want, "every reliable message of the outage, in order, once");
+
+    let status = format!("starling/$nodes/{}/status", node.id());
+    let mut read = s.mqtt("mosquitto_sub");
+    read.args(["-t", &status, "-C", "1", "-W", "5", "-F", "%p %r"]);
+    let out = tokio::task::spawn_blocking(move || read.output().unwrap()).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "online 1", "availability after the restart");
 }
