@@ -139,7 +139,7 @@ fn status_topic(prefix: &str, id: NodeId) -> String {
 }
 
 /// Counters of the bridge, each direction.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct BridgeStats {
     /// Mesh messages published to MQTT.
     pub to_mqtt: u64,
@@ -149,7 +149,12 @@ pub struct BridgeStats {
     pub refused: u64,
     /// Connections to the broker made (1 + reconnects).
     pub connects: u64,
+    /// Calls made on behalf of MQTT clients.
+    pub rpc_calls: u64,
 }
+
+/// How often the gateway publishes its counters (retained JSON).
+const STATS_EVERY: Duration = Duration::from_secs(10);
 
 /// Runs the bridge until the node shuts down or the broker setup fails for good.
 pub async fn run(node: Node, config: BridgeConfig) -> Result<()> {
@@ -311,6 +316,29 @@ pub async fn run(node: Node, config: BridgeConfig) -> Result<()> {
         })
     };
 
+    // Counters, retained, for dashboards: the bridge's and its mesh node's.
+    let metrics = {
+        let (client, node, stats, election) = (client.clone(), node.clone(), stats.clone(), election.clone());
+        let topic = format!("{prefix}/$gateway/{me}/stats");
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(STATS_EVERY);
+            loop {
+                tick.tick().await;
+                let bridge = stats.lock().expect("not poisoned").clone();
+                let Ok(node_stats) = node.stats().await else { return };
+                let mesh: serde_json::Map<String, serde_json::Value> =
+                    node_stats.core.fields().iter().map(|(k, v)| ((*k).to_owned(), (*v).into())).collect();
+                let json = serde_json::json!({
+                    "active": election.is_active(),
+                    "bridge": bridge,
+                    "mesh": mesh,
+                    "peers": node.peers().await.map(|p| p.len()).unwrap_or(0),
+                });
+                let _ = client.publish(topic.clone(), QoS::AtMostOnce, true, json.to_string()).await;
+            }
+        })
+    };
+
     // Saying we are alive, for the election among gateways.
     let alive = {
         let (client, topic) = (client.clone(), format!("{prefix}/$gateway/{me}/alive"));
@@ -340,7 +368,9 @@ pub async fn run(node: Node, config: BridgeConfig) -> Result<()> {
             continue;
         }
         if let Some(rest) = topic.strip_prefix(&rpc_prefix) {
-            rpc_from_mqtt(&node, &client, &topic, rest, p).await;
+            if rpc_from_mqtt(&node, &client, &topic, rest, p) {
+                stats.lock().expect("not poisoned").rpc_calls += 1;
+            }
             continue;
         }
         let Some(mesh_topic) = from_mqtt(&prefix, &topic).filter(|t| !t.starts_with('$')) else {
@@ -373,7 +403,7 @@ pub async fn run(node: Node, config: BridgeConfig) -> Result<()> {
             }
         });
     }
-    for t in [poller, on_connect, outward, avail, alive] {
+    for t in [poller, on_connect, outward, avail, alive, metrics] {
         t.abort();
     }
     Ok(())
@@ -395,16 +425,17 @@ async fn resolve_node(node: &Node, who: &str) -> Option<NodeId> {
 }
 
 /// Handles `<prefix>/$rpc/<node>/<method>[/<txid>]`: calls the node and publishes the answer.
-/// The call runs in its own task, so a slow callee never holds up the bridge.
-async fn rpc_from_mqtt(
+/// The call runs in its own task, so a slow callee never holds up the bridge. Returns whether
+/// the message was a call (not a reply of the 3.1.1 convention or a request with nowhere to answer).
+fn rpc_from_mqtt(
     node: &Node,
     client: &AsyncClient,
     topic: &str,
     rest: &str,
     p: rumqttc::v5::mqttbytes::v5::Publish,
-) {
+) -> bool {
     let mut levels = rest.splitn(3, '/');
-    let (Some(who), Some(method)) = (levels.next(), levels.next()) else { return };
+    let (Some(who), Some(method)) = (levels.next(), levels.next()) else { return false };
     let txid = levels.next().filter(|t| !t.is_empty() && !t.contains('/'));
     let props = p.properties.unwrap_or_default();
     // Where the answer goes: the MQTT 5 response topic, or the 3.1.1 convention.
@@ -413,7 +444,7 @@ async fn rpc_from_mqtt(
         (None, Some(tx)) if !tx.ends_with("reply") && !tx.ends_with("error") => {
             (format!("{topic}/reply"), Some(format!("{topic}/error")))
         }
-        _ => return, // a reply of the 3.1.1 convention, or nowhere to answer
+        _ => return false, // a reply of the 3.1.1 convention, or nowhere to answer
     };
     let (node, client) = (node.clone(), client.clone());
     let (who, method) = (who.to_owned(), method.to_owned());
@@ -436,4 +467,5 @@ async fn rpc_from_mqtt(
             tracing::warn!("answering a call from MQTT: {e}");
         }
     });
+    true
 }

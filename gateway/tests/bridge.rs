@@ -246,6 +246,13 @@ async fn availability_is_retained_and_follows_nodes() {
             );
         }
     }
+    // the gateway's counters, retained JSON
+    let stats = tokio::task::spawn_blocking(read("starling/$gateway/+/stats".into())).await.unwrap();
+    let json: serde_json::Value = serde_json::from_str(stats.trim_end_matches(" 1")).unwrap();
+    assert_eq!(json["active"], true, "{json}");
+    assert!(json["bridge"]["connects"].is_u64() && json["bridge"]["to_mqtt"].is_u64(), "{json}");
+    assert!(json["mesh"]["rx_datagrams"].is_u64(), "{json}");
+
     node.close().await.unwrap();
     let end = Instant::now() + Duration::from_secs(5);
     loop {
