@@ -41,7 +41,7 @@ enum Command {
     Call(CallArgs),
     /// Serve `echo` (replies with the request) and `fail` (fails with the request): a demo responder.
     ServeEcho(ServeArgs),
-    /// Bridge the mesh to an MQTT broker: mesh topic a/b is MQTT topic <prefix>/a/b, both ways.
+    /// Bridge the mesh to an MQTT broker: mesh topic a/b is MQTT topic PREFIX/a/b, both ways.
     Gateway(GatewayArgs),
 }
 
