@@ -101,7 +101,7 @@ impl Node {
         self.report(evicted);
         let me = self.id();
         self.deliver(me, topic, payload, Some(seq));
-        self.service(now, None);
+        self.service_own_stream(now);
         self.update_timers();
         Ok(id)
     }
@@ -270,20 +270,9 @@ impl Node {
     /// Sends what streams want sent and reports finished publications. `only` limits the
     /// per-peer work to one peer (the sender of the datagram just handled).
     pub(super) fn service(&mut self, now: Instant, only: Option<NodeId>) {
+        self.service_own_stream(now);
         let limits = self.config.streams;
         let holdoff = limits.repair_wait / 2;
-        let records = self.out_mcast.poll(now, holdoff, limits.heartbeat_max);
-        for r in records {
-            if r.first() == Some(&kind::DATA) {
-                self.stats.retransmissions += 1;
-            }
-            self.enqueue_bytes(Destination::Multicast, r);
-        }
-        let live: Vec<NodeId> =
-            self.peers.iter().filter(|(_, p)| p.status == PeerStatus::Up).map(|(id, _)| *id).collect();
-        let done = self.out_mcast.collect(now, &live, &limits);
-        self.report(done);
-
         let ids: Vec<NodeId> = match only {
             Some(id) => alloc::vec![id],
             None => self.peers.keys().copied().collect(),
@@ -320,6 +309,23 @@ impl Node {
         for (dest, bytes) in out {
             self.enqueue_bytes(dest, bytes);
         }
+    }
+
+    /// Sends what this node's multicast stream wants sent (repairs, heartbeat) and reports
+    /// finished reliable publications.
+    pub(super) fn service_own_stream(&mut self, now: Instant) {
+        let limits = self.config.streams;
+        let records = self.out_mcast.poll(now, limits.repair_wait / 2, limits.heartbeat_max);
+        for r in records {
+            if r.first() == Some(&kind::DATA) {
+                self.stats.retransmissions += 1;
+            }
+            self.enqueue_bytes(Destination::Multicast, r);
+        }
+        let live: Vec<NodeId> =
+            self.peers.iter().filter(|(_, p)| p.status == PeerStatus::Up).map(|(id, _)| *id).collect();
+        let done = self.out_mcast.collect(now, &live, &limits);
+        self.report(done);
     }
 
     fn report(&mut self, done: Vec<Completion>) {
