@@ -80,6 +80,8 @@ pub struct BridgeConfig {
     pub mqtt_filters: Vec<String>,
     /// Keep the last value of each bridged topic retained on the broker.
     pub retain: bool,
+    /// User name and password for the broker.
+    pub credentials: Option<(String, String)>,
 }
 
 impl BridgeConfig {
@@ -92,6 +94,7 @@ impl BridgeConfig {
             mesh_filters: vec!["#".into()],
             mqtt_filters: vec!["#".into()],
             retain: false,
+            credentials: None,
         }
     }
 
@@ -110,11 +113,29 @@ impl BridgeConfig {
     }
 }
 
-/// Parses `mqtt://host:port` (port defaults to 1883).
-pub fn parse_broker(url: &str) -> Result<(String, u16)> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .with_context(|| format!("broker '{url}' must look like mqtt://host:port (mqtts:// is not supported yet)"))?;
+/// A broker address parsed from `mqtt://[user:password@]host[:port]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    /// Host name or address.
+    pub host: String,
+    /// TCP port (1883 when not given).
+    pub port: u16,
+    /// User name and password, if given.
+    pub credentials: Option<(String, String)>,
+}
+
+/// Parses `mqtt://[user:password@]host[:port]`.
+pub fn parse_broker(url: &str) -> Result<BrokerUrl> {
+    let rest = url.strip_prefix("mqtt://").with_context(|| {
+        format!("broker '{url}' must look like mqtt://host:port or mqtt://user:password@host:port (mqtts:// is not supported yet)")
+    })?;
+    let (credentials, rest) = match rest.rsplit_once('@') {
+        Some((auth, hostport)) => {
+            let (user, pass) = auth.split_once(':').unwrap_or((auth, ""));
+            (Some((user.to_owned(), pass.to_owned())), hostport)
+        }
+        None => (None, rest),
+    };
     let (host, port) = match rest.rsplit_once(':') {
         Some((h, p)) => (h, p.parse::<u16>().with_context(|| format!("port '{p}' in broker '{url}'"))?),
         None => (rest, 1883),
@@ -122,7 +143,7 @@ pub fn parse_broker(url: &str) -> Result<(String, u16)> {
     if host.is_empty() {
         bail!("broker '{url}' has no host");
     }
-    Ok((host.to_owned(), port))
+    Ok(BrokerUrl { host: host.to_owned(), port, credentials })
 }
 
 /// The MQTT topic of a mesh topic, and back.
@@ -165,6 +186,9 @@ pub async fn run(node: Node, config: BridgeConfig) -> Result<()> {
     options.set_keep_alive(Duration::from_secs(10));
     options.set_clean_start(true);
     options.set_max_packet_size(Some(256 * 1024));
+    if let Some((user, pass)) = &config.credentials {
+        options.set_credentials(user.clone(), pass.clone());
+    }
     let own_status = format!("{prefix}/$gateway/{me}/status");
     options.set_last_will(LastWill::new(own_status.clone(), "offline", QoS::AtLeastOnce, true, None));
     // rumqttc turns Nagle on by default: 40 ms per QoS 1 round trip.
@@ -468,4 +492,69 @@ fn rpc_from_mqtt(
         }
     });
     true
+}
+
+/// The gateway's config file (TOML). Every field is optional; command-line flags win.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayFile {
+    /// Network key file.
+    pub key_file: Option<std::path::PathBuf>,
+    /// Node name.
+    pub name: Option<String>,
+    /// `mqtt://[user:password@]host[:port]`.
+    pub broker: Option<String>,
+    /// MQTT topic prefix.
+    pub prefix: Option<String>,
+    /// Mesh filters bridged to MQTT.
+    pub out: Option<Vec<String>>,
+    /// MQTT filters (relative to the prefix) bridged into the mesh.
+    #[serde(rename = "in")]
+    pub inbound: Option<Vec<String>>,
+    /// Keep the last value per topic retained.
+    pub retain: Option<bool>,
+}
+
+impl GatewayFile {
+    /// Reads and parses a config file; errors name the file, line and field.
+    pub fn load(path: &std::path::Path) -> Result<GatewayFile> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_urls() {
+        let b = parse_broker("mqtt://127.0.0.1:1884").unwrap();
+        assert_eq!((b.host.as_str(), b.port, b.credentials), ("127.0.0.1", 1884, None));
+        let b = parse_broker("mqtt://ha:s3cret@broker.lan").unwrap();
+        assert_eq!((b.host.as_str(), b.port), ("broker.lan", 1883));
+        assert_eq!(b.credentials, Some(("ha".into(), "s3cret".into())));
+        assert!(format!("{:#}", parse_broker("tcp://x").unwrap_err()).contains("mqtt://host:port"));
+        assert!(format!("{:#}", parse_broker("mqtt://x:notaport").unwrap_err()).contains("port 'notaport'"));
+    }
+
+    #[test]
+    fn config_file_errors_name_the_field_and_line() {
+        let err = toml::from_str::<GatewayFile>("broker = \"mqtt://h\"\nbrokr = 1\n").unwrap_err().to_string();
+        assert!(err.contains("brokr") && err.contains("line 2"), "{err}");
+        let f: GatewayFile = toml::from_str("in = [\"cmd/#\"]\nout = [\"#\"]\nretain = true\n").unwrap();
+        assert_eq!(f.inbound, Some(vec!["cmd/#".to_owned()]));
+        assert_eq!(f.retain, Some(true));
+    }
+
+    #[test]
+    fn prefix_and_filters_are_checked() {
+        let mut c = BridgeConfig::new("h", 1);
+        c.prefix = "a/#".into();
+        assert!(c.validate().unwrap_err().to_string().contains("prefix"));
+        let mut c = BridgeConfig::new("h", 1);
+        c.mesh_filters = vec!["a/#/b".into()];
+        assert!(format!("{:#}", c.validate().unwrap_err()).contains("mesh filter 'a/#/b'"));
+    }
 }

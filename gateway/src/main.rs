@@ -49,21 +49,27 @@ enum Command {
 struct GatewayArgs {
     #[command(flatten)]
     mesh: MeshArgs,
-    /// The MQTT broker, as mqtt://host:port.
+    /// The MQTT broker, as mqtt://host:port or mqtt://user:password@host:port.
     #[arg(short, long, env = "STARLING_BROKER", value_name = "URL")]
-    broker: String,
-    /// MQTT topic prefix of the mesh.
-    #[arg(long, default_value = "starling")]
-    prefix: String,
-    /// Mesh filters bridged to MQTT (repeatable).
-    #[arg(long = "out", value_name = "FILTER", default_value = "#")]
+    broker: Option<String>,
+    /// MQTT topic prefix of the mesh (default `starling`).
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Mesh filters bridged to MQTT (repeatable) (default `#`).
+    #[arg(long = "out", value_name = "FILTER")]
     out: Vec<String>,
-    /// MQTT filters (relative to the prefix) bridged into the mesh (repeatable).
-    #[arg(long = "in", value_name = "FILTER", default_value = "#")]
+    /// MQTT filters (relative to the prefix) bridged into the mesh (repeatable) (default `#`).
+    #[arg(long = "in", value_name = "FILTER")]
     r#in: Vec<String>,
     /// Keep the last value of each bridged topic retained on the broker.
     #[arg(long)]
     retain: bool,
+    /// A TOML file with any of: key_file, name, broker, prefix, out, in, retain. Flags win.
+    #[arg(short, long, env = "STARLING_GATEWAY_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Check the configuration (file, flags, key) and exit.
+    #[arg(long)]
+    check_config: bool,
 }
 
 /// A payload given on the command line: text, a file, hex or empty.
@@ -540,14 +546,44 @@ async fn serve_echo(a: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-async fn gateway(a: GatewayArgs) -> Result<()> {
-    let (host, port) = starling_gateway::bridge::parse_broker(&a.broker).context("--broker")?;
-    let mut config = starling_gateway::bridge::BridgeConfig::new(host, port);
-    config.prefix = a.prefix.clone();
-    config.mesh_filters = a.out.clone();
-    config.mqtt_filters = a.r#in.clone();
-    config.retain = a.retain;
+async fn gateway(mut a: GatewayArgs) -> Result<()> {
+    use starling_gateway::bridge::{parse_broker, BridgeConfig, GatewayFile};
+    let file = match &a.config {
+        Some(path) => GatewayFile::load(path)?,
+        None => GatewayFile::default(),
+    };
+    let Some(url) = a.broker.clone().or(file.broker.clone()) else {
+        bail!("no broker: pass --broker mqtt://host:port or set `broker` in the config file");
+    };
+    let broker = parse_broker(&url).context(if a.broker.is_some() { "--broker" } else { "config field `broker`" })?;
+    let mut config = BridgeConfig::new(broker.host, broker.port);
+    config.credentials = broker.credentials;
+    config.prefix = a.prefix.clone().or(file.prefix.clone()).unwrap_or_else(|| "starling".into());
+    let or_default = |flags: &Vec<String>, file: &Option<Vec<String>>| {
+        if flags.is_empty() {
+            file.clone().unwrap_or_else(|| vec!["#".into()])
+        } else {
+            flags.clone()
+        }
+    };
+    config.mesh_filters = or_default(&a.out, &file.out);
+    config.mqtt_filters = or_default(&a.r#in, &file.inbound);
+    config.retain = a.retain || file.retain.unwrap_or(false);
     config.validate()?;
+    if a.mesh.key.is_none() {
+        a.mesh.key = file.key_file.clone();
+    }
+    if a.mesh.name.is_none() {
+        a.mesh.name = file.name.clone();
+    }
+    if a.check_config {
+        resolve_key(a.mesh.key.as_deref(), std::env::var("STARLING_KEY").ok().as_deref())?;
+        println!(
+            "config OK: broker {}:{}, prefix '{}', out {:?}, in {:?}, retain {}",
+            config.host, config.port, config.prefix, config.mesh_filters, config.mqtt_filters, config.retain
+        );
+        return Ok(());
+    }
     let node = open(&a.mesh, "gateway").await?;
     eprintln!(
         "bridging mesh {}:{} as {} to mqtt://{}:{} under '{}/'; Ctrl-C to stop",

@@ -281,3 +281,33 @@ fn reliable_pub_waits_for_subscribers_and_reports_sequence() {
     assert_eq!(msgs[1]["hex"], hex);
     fails_with(env.cmd("pub").args(["--ttl", "1s", "r/a", "x"]), "--reliable");
 }
+
+#[test]
+fn gateway_check_config_validates_file_and_flags() {
+    let env = Env::new("gwconf");
+    let good = env.dir.join("gw.toml");
+    let key = env.key.to_str().unwrap().to_owned();
+    std::fs::write(&good, format!("key_file = \"{key}\"\nbroker = \"mqtt://u:p@127.0.0.1:1884\"\nin = [\"cmd/#\"]\n"))
+        .unwrap();
+    let out =
+        Command::new(BIN).args(["gateway", "--config", good.to_str().unwrap(), "--check-config"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = stdout(&out);
+    assert!(
+        text.contains("broker 127.0.0.1:1884") && text.contains("in [\"cmd/#\"]") && text.contains("out [\"#\"]"),
+        "{text}"
+    );
+
+    let bad = env.dir.join("bad.toml");
+    std::fs::write(&bad, "broker = \"mqtt://127.0.0.1\"\nprefx = \"x\"\n").unwrap();
+    let mut c = Command::new(BIN);
+    c.args(["gateway", "--config", bad.to_str().unwrap(), "--check-config"]).env_remove("STARLING_BROKER");
+    fails_with(&mut c, "prefx");
+    fails_with(&mut c, "line 2");
+    let mut c = Command::new(BIN);
+    c.args(["gateway", "--check-config", "--key", &key]).env_remove("STARLING_BROKER");
+    fails_with(&mut c, "no broker");
+    let mut c = Command::new(BIN);
+    c.args(["gateway", "--check-config", "--key", &key, "--broker", "mqtt://h", "--out", "a/#/b"]);
+    fails_with(&mut c, "mesh filter 'a/#/b'");
+}
