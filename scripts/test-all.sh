@@ -9,11 +9,12 @@ step "toolchain pieces"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 rustup target add riscv32imc-unknown-none-elf
 
-step "mosquitto and its clients, for the gateway's tests against a real broker"
-if ! command -v mosquitto >/dev/null 2>&1 || ! command -v mosquitto_sub >/dev/null 2>&1; then
+step "mosquitto, its clients and openssl, for the gateway's tests against a real broker (TLS too)"
+if ! command -v mosquitto >/dev/null 2>&1 || ! command -v mosquitto_sub >/dev/null 2>&1 \
+    || ! command -v openssl >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
+    apt-get install -y -qq mosquitto mosquitto-clients openssl >/dev/null
 fi
 { mosquitto -h 2>&1 || true; } | head -n 1
 

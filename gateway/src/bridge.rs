@@ -82,6 +82,18 @@ pub struct BridgeConfig {
     pub retain: bool,
     /// User name and password for the broker.
     pub credentials: Option<(String, String)>,
+    /// TLS (`mqtts://`): the CA certificate to trust and an optional client certificate and key,
+    /// all PEM.
+    pub tls: Option<TlsFiles>,
+}
+
+/// Certificate files for a TLS connection to the broker.
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
+    /// CA certificate(s) the broker's certificate must chain to.
+    pub ca: std::path::PathBuf,
+    /// Client certificate and key, for brokers that require them.
+    pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl BridgeConfig {
@@ -95,6 +107,7 @@ impl BridgeConfig {
             mqtt_filters: vec!["#".into()],
             retain: false,
             credentials: None,
+            tls: None,
         }
     }
 
@@ -122,13 +135,19 @@ pub struct BrokerUrl {
     pub port: u16,
     /// User name and password, if given.
     pub credentials: Option<(String, String)>,
+    /// `mqtts://`: connect with TLS.
+    pub tls: bool,
 }
 
-/// Parses `mqtt://[user:password@]host[:port]`.
+/// Parses `mqtt[s]://[user:password@]host[:port]` (ports default to 1883 and 8883).
 pub fn parse_broker(url: &str) -> Result<BrokerUrl> {
-    let rest = url.strip_prefix("mqtt://").with_context(|| {
-        format!("broker '{url}' must look like mqtt://host:port or mqtt://user:password@host:port (mqtts:// is not supported yet)")
-    })?;
+    let (tls, rest) = match (url.strip_prefix("mqtt://"), url.strip_prefix("mqtts://")) {
+        (Some(rest), _) => (false, rest),
+        (_, Some(rest)) => (true, rest),
+        _ => {
+            bail!("broker '{url}' must look like mqtt://host:port, mqtts://host:port or mqtt://user:password@host:port")
+        }
+    };
     let (credentials, rest) = match rest.rsplit_once('@') {
         Some((auth, hostport)) => {
             let (user, pass) = auth.split_once(':').unwrap_or((auth, ""));
@@ -138,12 +157,12 @@ pub fn parse_broker(url: &str) -> Result<BrokerUrl> {
     };
     let (host, port) = match rest.rsplit_once(':') {
         Some((h, p)) => (h, p.parse::<u16>().with_context(|| format!("port '{p}' in broker '{url}'"))?),
-        None => (rest, 1883),
+        None => (rest, if tls { 8883 } else { 1883 }),
     };
     if host.is_empty() {
         bail!("broker '{url}' has no host");
     }
-    Ok(BrokerUrl { host: host.to_owned(), port, credentials })
+    Ok(BrokerUrl { host: host.to_owned(), port, credentials, tls })
 }
 
 /// The MQTT topic of a mesh topic, and back.
@@ -188,6 +207,15 @@ pub async fn run(node: Node, config: BridgeConfig) -> Result<()> {
     options.set_max_packet_size(Some(256 * 1024));
     if let Some((user, pass)) = &config.credentials {
         options.set_credentials(user.clone(), pass.clone());
+    }
+    if let Some(tls) = &config.tls {
+        let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+        let ca = read(&tls.ca)?;
+        let client = match &tls.client {
+            Some((cert, key)) => Some((read(cert)?, read(key)?)),
+            None => None,
+        };
+        options.set_transport(rumqttc::Transport::tls(ca, client, None));
     }
     let own_status = format!("{prefix}/$gateway/{me}/status");
     options.set_last_will(LastWill::new(own_status.clone(), "offline", QoS::AtLeastOnce, true, None));
@@ -513,6 +541,12 @@ pub struct GatewayFile {
     pub inbound: Option<Vec<String>>,
     /// Keep the last value per topic retained.
     pub retain: Option<bool>,
+    /// CA certificate for `mqtts://` (PEM).
+    pub ca: Option<std::path::PathBuf>,
+    /// Client certificate for `mqtts://` (PEM).
+    pub client_cert: Option<std::path::PathBuf>,
+    /// Client key for `mqtts://` (PEM).
+    pub client_key: Option<std::path::PathBuf>,
 }
 
 impl GatewayFile {
@@ -536,6 +570,8 @@ mod tests {
         assert_eq!((b.host.as_str(), b.port), ("broker.lan", 1883));
         assert_eq!(b.credentials, Some(("ha".into(), "s3cret".into())));
         assert!(format!("{:#}", parse_broker("tcp://x").unwrap_err()).contains("mqtt://host:port"));
+        let b = parse_broker("mqtts://broker.lan").unwrap();
+        assert_eq!((b.port, b.tls), (8883, true));
         assert!(format!("{:#}", parse_broker("mqtt://x:notaport").unwrap_err()).contains("port 'notaport'"));
     }
 

@@ -64,7 +64,17 @@ struct GatewayArgs {
     /// Keep the last value of each bridged topic retained on the broker.
     #[arg(long)]
     retain: bool,
-    /// A TOML file with any of: key_file, name, broker, prefix, out, in, retain. Flags win.
+    /// With mqtts://: the CA certificate (PEM) the broker's certificate must chain to.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// With mqtts://: a client certificate (PEM), for brokers that require one.
+    #[arg(long, value_name = "FILE", requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// With mqtts://: the client certificate's key (PEM).
+    #[arg(long, value_name = "FILE", requires = "client_cert")]
+    client_key: Option<PathBuf>,
+    /// A TOML file with any of: key_file, name, broker, prefix, out, in, retain, ca, client_cert,
+    /// client_key. Flags win.
     #[arg(short, long, env = "STARLING_GATEWAY_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Check the configuration (file, flags, key) and exit.
@@ -558,6 +568,24 @@ async fn gateway(mut a: GatewayArgs) -> Result<()> {
     let broker = parse_broker(&url).context(if a.broker.is_some() { "--broker" } else { "config field `broker`" })?;
     let mut config = BridgeConfig::new(broker.host, broker.port);
     config.credentials = broker.credentials;
+    if broker.tls {
+        let Some(ca) = a.ca.clone().or(file.ca.clone()) else {
+            bail!("mqtts:// needs --ca FILE (or `ca` in the config file): the broker's CA certificate, PEM");
+        };
+        let cert = a.client_cert.clone().or(file.client_cert.clone());
+        let key = a.client_key.clone().or(file.client_key.clone());
+        let client = match (cert, key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => bail!("a client certificate needs its key and the other way round (client_cert, client_key)"),
+        };
+        for f in [Some(&ca), client.as_ref().map(|c| &c.0), client.as_ref().map(|c| &c.1)].into_iter().flatten() {
+            if !f.is_file() {
+                bail!("TLS file {} does not exist", f.display());
+            }
+        }
+        config.tls = Some(starling_gateway::bridge::TlsFiles { ca, client });
+    }
     config.prefix = a.prefix.clone().or(file.prefix.clone()).unwrap_or_else(|| "starling".into());
     let or_default = |flags: &Vec<String>, file: &Option<Vec<String>>| {
         if flags.is_empty() {

@@ -28,6 +28,11 @@ impl Drop for TempDir {
 
 impl Broker {
     fn start(tag: &str) -> Broker {
+        Self::start_with(tag, |_| String::new())
+    }
+
+    /// Starts a broker whose configuration gets `extra(dir)` appended (for TLS files in `dir`).
+    fn start_with(tag: &str, extra: impl FnOnce(&std::path::Path) -> String) -> Broker {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let dir = std::env::temp_dir().join(format!("starling-mqtt-{tag}-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -37,7 +42,8 @@ impl Broker {
             &conf,
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\n\
-                 persistence true\npersistence_location {store}/\n"
+                 persistence true\npersistence_location {store}/\nuser root\n{}",
+                extra(&dir)
             ),
         )
         .unwrap();
@@ -434,4 +440,85 @@ async fn broker_restart_mid_stream_loses_nothing_and_availability_recovers() {
     read.args(["-t", &status, "-C", "1", "-W", "5", "-F", "%p %r"]);
     let out = tokio::task::spawn_blocking(move || read.output().unwrap()).await.unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "online 1", "availability after the restart");
+}
+
+/// Makes a CA and a server certificate for 127.0.0.1 in `dir` with the openssl command.
+fn make_certs(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2"]
+        .into_iter()
+        .chain(["-subj", "/CN=starling test CA"])
+        .collect::<Vec<_>>());
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridges_over_tls_to_a_broker_with_its_own_ca() {
+    let certs = TempDir(std::env::temp_dir().join(format!("starling-tls-{}", std::process::id())));
+    std::fs::create_dir_all(&certs.0).unwrap();
+    make_certs(&certs.0);
+    let c = certs.0.display().to_string();
+    let broker =
+        Broker::start_with("tls", |_| format!("cafile {c}/ca.pem\ncertfile {c}/server.pem\nkeyfile {c}/server.key\n"));
+    let mesh = isolated_mesh();
+    let key = random_key();
+    let key_path = key_file(&certs.0, &key);
+    let mut gw = Command::new(BIN)
+        .args(["gateway", "--key", key_path.to_str().unwrap(), "--name", "gw"])
+        .args(["--group", &mesh.0.to_string(), "--port", &mesh.1.to_string()])
+        .args(["--broker", &format!("mqtts://127.0.0.1:{}", broker.port), "--ca", &format!("{c}/ca.pem")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let node = mesh_node(&key, mesh, "tls-sensor").await;
+    wait_for_peer(&node, "gw").await;
+    let mut sub = Command::new("mosquitto_sub")
+        .args(["-p", &broker.port.to_string(), "--cafile", &format!("{c}/ca.pem"), "-h", "127.0.0.1"])
+        .args(["-t", "starling/tls/#", "-C", "1", "-W", "10", "-F", "%t %p"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Publish until the TLS subscriber has one (the gateway's TLS session may still be starting).
+    let end = Instant::now() + Duration::from_secs(8);
+    while sub.try_wait().unwrap().is_none() && Instant::now() < end {
+        node.publish("tls/reading", "over tls").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let out = tokio::task::spawn_blocking(move || sub.wait_with_output().unwrap()).await.unwrap();
+    let _ = gw.kill();
+    let _ = gw.wait();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "starling/tls/reading over tls");
 }
