@@ -5,8 +5,10 @@
 //! - [`render`]: how messages are shown (text, automatic hex for binary, hexdump, JSON lines).
 //! - [`args`]: parsing of keys, payloads and durations with errors that say what to do.
 //! - [`bridge`]: the MQTT bridge.
+//! - [`own_broker`]: the broker the gateway runs when none is configured.
 #![warn(missing_docs)]
 
 pub mod args;
 pub mod bridge;
+pub mod own_broker;
 pub mod render;

@@ -49,9 +49,13 @@ enum Command {
 struct GatewayArgs {
     #[command(flatten)]
     mesh: MeshArgs,
-    /// The MQTT broker, as mqtt://host:port or mqtt://user:password@host:port.
+    /// The MQTT broker, as mqtt://host:port or mqtt://user:password@host:port. Without one the
+    /// gateway runs a Mosquitto of its own on --listen (if Mosquitto is installed).
     #[arg(short, long, env = "STARLING_BROKER", value_name = "URL")]
     broker: Option<String>,
+    /// Where the gateway's own broker listens when no --broker is given.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:1883")]
+    listen: std::net::SocketAddr,
     /// MQTT topic prefix of the mesh (default `starling`).
     #[arg(long)]
     prefix: Option<String>,
@@ -562,8 +566,10 @@ async fn gateway(mut a: GatewayArgs) -> Result<()> {
         Some(path) => GatewayFile::load(path)?,
         None => GatewayFile::default(),
     };
-    let Some(url) = a.broker.clone().or(file.broker.clone()) else {
-        bail!("no broker: pass --broker mqtt://host:port or set `broker` in the config file");
+    let own_broker = a.broker.is_none() && file.broker.is_none();
+    let url = match a.broker.clone().or(file.broker.clone()) {
+        Some(url) => url,
+        None => format!("mqtt://{}", a.listen),
     };
     let broker = parse_broker(&url).context(if a.broker.is_some() { "--broker" } else { "config field `broker`" })?;
     let mut config = BridgeConfig::new(broker.host, broker.port);
@@ -606,12 +612,21 @@ async fn gateway(mut a: GatewayArgs) -> Result<()> {
     }
     if a.check_config {
         resolve_key(a.mesh.key.as_deref(), std::env::var("STARLING_KEY").ok().as_deref())?;
+        let whose = if own_broker { " (its own Mosquitto)" } else { "" };
         println!(
-            "config OK: broker {}:{}, prefix '{}', out {:?}, in {:?}, retain {}",
+            "config OK: broker {}:{}{whose}, prefix '{}', out {:?}, in {:?}, retain {}",
             config.host, config.port, config.prefix, config.mesh_filters, config.mqtt_filters, config.retain
         );
         return Ok(());
     }
+    // Without a configured broker, run one: Mosquitto, as a child that ends with the gateway.
+    let _broker = if own_broker && !a.check_config {
+        let child = starling_gateway::own_broker::start(a.listen).await?;
+        eprintln!("no --broker given: started Mosquitto on {} for this gateway", a.listen);
+        Some(child)
+    } else {
+        None
+    };
     let node = open(&a.mesh, "gateway").await?;
     eprintln!(
         "bridging mesh {}:{} as {} to mqtt://{}:{} under '{}/'; Ctrl-C to stop",
@@ -624,8 +639,25 @@ async fn gateway(mut a: GatewayArgs) -> Result<()> {
     );
     tokio::select! {
         r = starling_gateway::bridge::run(node.clone(), config) => r?,
-        _ = tokio::signal::ctrl_c() => {}
+        _ = terminated() => {}
     }
     node.close().await?;
-    Ok(())
+    Ok(()) // its own broker, if any, ends here too
+}
+
+/// Ctrl-C or SIGTERM (what service managers send): time to leave cleanly.
+async fn terminated() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
 }

@@ -522,3 +522,49 @@ async fn bridges_over_tls_to_a_broker_with_its_own_ca() {
     let _ = gw.wait();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "starling/tls/reading over tls");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_broker_the_gateway_runs_its_own() {
+    let mesh = isolated_mesh();
+    let key = random_key();
+    let dir = TempDir(std::env::temp_dir().join(format!("starling-own-{}-{}", std::process::id(), mesh.1)));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = Command::new(BIN)
+        .args(["gateway", "--key", key_file(&dir.0, &key).to_str().unwrap(), "--name", "gw"])
+        .args(["--group", &mesh.0.to_string(), "--port", &mesh.1.to_string()])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env_remove("STARLING_BROKER")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("bridging mesh") {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "gateway exited: {line}");
+    }
+    std::thread::spawn(move || for _ in err.lines() {});
+    let gw = Gateway(child);
+    let node = mesh_node(&key, mesh, "own").await;
+    wait_for_peer(&node, "gw").await;
+    let mut sub = Command::new("mosquitto_sub")
+        .args(["-p", &port.to_string(), "-t", "starling/own/#", "-C", "1", "-W", "10", "-F", "%t %p"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(8);
+    while sub.try_wait().unwrap().is_none() && Instant::now() < end {
+        node.publish("own/x", "via its own broker").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let out = sub.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "starling/own/x via its own broker");
+    // Stopped as a service manager would: its broker ends with it.
+    let mut gw = gw;
+    assert!(Command::new("kill").args(["-TERM", &gw.0.id().to_string()]).status().unwrap().success());
+    let _ = gw.0.wait();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "its broker ends with it");
+}
