@@ -168,3 +168,19 @@ async fn lease_is_extended_durably_while_sending() {
     tx2.close().await.unwrap();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_subscription_of_overlapping_filters_gets_each_message_once() {
+    let mesh = isolated_mesh();
+    let key = random_key();
+    let a = open(&key, mesh, "a").await;
+    let b = open(&key, mesh, "b").await;
+    let mut sub = b.subscribe_many(&["room/#", "room/+/temp", "room/1/temp"]).await.unwrap();
+    assert!(eventually(Duration::from_secs(5), || async { peer_names(&a).await == ["b"] }).await);
+    a.publish("room/1/temp", "20").await.unwrap();
+    a.publish("room/2/hum", "40").await.unwrap();
+    let first = timeout(Duration::from_secs(2), sub.recv()).await.unwrap().unwrap();
+    let second = timeout(Duration::from_secs(2), sub.recv()).await.unwrap().unwrap();
+    assert_eq!((first.topic.as_str(), second.topic.as_str()), ("room/1/temp", "room/2/hum"));
+    assert!(timeout(Duration::from_millis(300), sub.recv()).await.is_err(), "no copies for the other filters");
+}

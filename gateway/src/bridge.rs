@@ -80,11 +80,49 @@ pub struct BridgeConfig {
     pub mqtt_filters: Vec<String>,
     /// Keep the last value of each bridged topic retained on the broker.
     pub retain: bool,
+    /// Per-mapping settings: the first whose filter matches a topic decides its QoS and retain.
+    pub mappings: Vec<Mapping>,
     /// User name and password for the broker.
     pub credentials: Option<(String, String)>,
     /// TLS (`mqtts://`): the CA certificate to trust and an optional client certificate and key,
     /// all PEM.
     pub tls: Option<TlsFiles>,
+}
+
+/// One topic mapping of the config file: a filter, its direction, and how it crosses.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mapping {
+    /// Mesh filter bridged out to MQTT.
+    pub out: Option<String>,
+    /// MQTT filter (relative to the prefix) bridged into the mesh.
+    #[serde(rename = "in")]
+    pub inbound: Option<String>,
+    /// MQTT QoS (0 or 1) for this mapping; by default reliable mesh messages are QoS 1, others 0.
+    pub qos: Option<u8>,
+    /// Retain the last value of these topics on the broker (default: the global `retain`).
+    pub retain: Option<bool>,
+}
+
+impl Mapping {
+    fn check(&self) -> Result<()> {
+        match (&self.out, &self.inbound) {
+            (Some(_), None) | (None, Some(_)) => {}
+            _ => bail!("each [[mapping]] has exactly one of `out` or `in`"),
+        }
+        if self.qos.is_some_and(|q| q > 1) {
+            bail!("mapping `qos` must be 0 or 1");
+        }
+        Ok(())
+    }
+}
+
+fn qos_of(level: u8) -> QoS {
+    if level == 0 {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
+    }
 }
 
 /// Certificate files for a TLS connection to the broker.
@@ -106,6 +144,7 @@ impl BridgeConfig {
             mesh_filters: vec!["#".into()],
             mqtt_filters: vec!["#".into()],
             retain: false,
+            mappings: Vec::new(),
             credentials: None,
             tls: None,
         }
@@ -121,6 +160,12 @@ impl BridgeConfig {
         }
         for f in &self.mqtt_filters {
             starling::TopicFilter::new(f).with_context(|| format!("MQTT filter '{f}'"))?;
+        }
+        for m in &self.mappings {
+            m.check()?;
+            for f in m.out.iter().chain(&m.inbound) {
+                starling::TopicFilter::new(f).with_context(|| format!("mapping filter '{f}'"))?;
+            }
         }
         Ok(())
     }
@@ -281,12 +326,21 @@ pub async fn run(node: Node, config: BridgeConfig) -> Result<()> {
                     (format!("{}/$rpc/#", config.prefix), format!("{}/$rpc/x/y", config.prefix)),
                 ];
                 let own: Vec<String> = own.into_iter().filter(|(_, ex)| !covered(ex)).map(|(f, _)| f).collect();
+                // A mapping may lower the QoS at which the broker sends us its filter.
+                let sub_qos = |f: &str| {
+                    config
+                        .mappings
+                        .iter()
+                        .find(|m| m.inbound.as_deref().is_some_and(|i| to_mqtt(&config.prefix, i) == f))
+                        .and_then(|m| m.qos)
+                        .map_or(QoS::AtLeastOnce, qos_of)
+                };
                 let filters: Vec<Filter> = bridged
                     .iter()
                     .cloned()
                     .chain(own)
                     .map(|f| {
-                        let mut filter = Filter::new(f, QoS::AtLeastOnce);
+                        let mut filter = Filter::new(f.clone(), sub_qos(&f));
                         filter.nolocal = true; // never hear our own publications back
                         filter
                     })
@@ -305,43 +359,37 @@ pub async fn run(node: Node, config: BridgeConfig) -> Result<()> {
     };
 
     // Mesh to MQTT.
-    let (mesh_tx, mut mesh_rx) = mpsc::channel::<Received>(4096);
-    for f in &config.mesh_filters {
-        let mut sub = node.subscribe(f).await?;
-        let tx = mesh_tx.clone();
-        tokio::spawn(async move {
-            while let Some(m) = sub.recv_event().await {
-                if tx.send(m).await.is_err() {
-                    break;
-                }
-            }
-        });
-    }
-    drop(mesh_tx);
+    // One subscription for all filters: a message matching several crosses once.
+    let filters: Vec<&str> = config.mesh_filters.iter().map(String::as_str).collect();
+    let mut mesh_rx = node.subscribe_many(&filters).await?;
     let outward = {
         let (client, prefix, stats, retain) = (client.clone(), prefix.clone(), stats.clone(), config.retain);
+        let rules: Vec<(starling::TopicFilter, Option<u8>, Option<bool>)> = config
+            .mappings
+            .iter()
+            .filter_map(|m| Some((starling::TopicFilter::new(m.out.as_deref()?).ok()?, m.qos, m.retain)))
+            .collect();
         let election = election.clone();
         tokio::spawn(async move {
-            let mut last: Option<(NodeId, Option<u64>, String)> = None;
-            while let Some(r) = mesh_rx.recv().await {
+            while let Some(r) = mesh_rx.recv_event().await {
                 let Received::Message(m) = r else { continue };
                 // What this gateway injected comes back as its own publication: not again. And
                 // only the active gateway bridges.
                 if m.from == me || !election.is_active() {
                     continue;
                 }
-                // Several filters may match one message: bridge it once.
-                let key = (m.from, m.seq, m.topic.clone());
-                if m.seq.is_some() && last.as_ref() == Some(&key) {
-                    continue;
-                }
-                last = Some(key);
                 let mut props = PublishProperties::default();
                 props.user_properties.push((ORIGIN.into(), m.from.to_string()));
                 if let Some(seq) = m.seq {
                     props.user_properties.push((SEQ.into(), seq.to_string()));
                 }
-                let qos = if m.seq.is_some() { QoS::AtLeastOnce } else { QoS::AtMostOnce };
+                let rule = Topic::new(&m.topic).ok().and_then(|t| rules.iter().find(|(f, _, _)| f.matches(&t)));
+                let qos = match rule.and_then(|r| r.1) {
+                    Some(level) => qos_of(level),
+                    None if m.seq.is_some() => QoS::AtLeastOnce,
+                    None => QoS::AtMostOnce,
+                };
+                let retain = rule.and_then(|r| r.2).unwrap_or(retain);
                 match client.publish_with_properties(to_mqtt(&prefix, &m.topic), qos, retain, m.payload, props).await {
                     Ok(()) => stats.lock().expect("not poisoned").to_mqtt += 1,
                     Err(e) => tracing::warn!("publishing to MQTT: {e}"),
@@ -547,6 +595,9 @@ pub struct GatewayFile {
     pub client_cert: Option<std::path::PathBuf>,
     /// Client key for `mqtts://` (PEM).
     pub client_key: Option<std::path::PathBuf>,
+    /// Topic mappings with their own QoS and retain (`[[mapping]]` tables).
+    #[serde(default, rename = "mapping")]
+    pub mappings: Vec<Mapping>,
 }
 
 impl GatewayFile {
@@ -582,6 +633,20 @@ mod tests {
         let f: GatewayFile = toml::from_str("in = [\"cmd/#\"]\nout = [\"#\"]\nretain = true\n").unwrap();
         assert_eq!(f.inbound, Some(vec!["cmd/#".to_owned()]));
         assert_eq!(f.retain, Some(true));
+        let f: GatewayFile = toml::from_str(
+            "[[mapping]]\nout = \"home/#\"\nqos = 1\nretain = true\n[[mapping]]\nin = \"cmd/#\"\nqos = 0\n",
+        )
+        .unwrap();
+        assert_eq!(f.mappings.len(), 2);
+        assert_eq!(
+            (f.mappings[0].out.as_deref(), f.mappings[0].qos, f.mappings[0].retain),
+            (Some("home/#"), Some(1), Some(true))
+        );
+        let mut c = BridgeConfig::new("h", 1);
+        c.mappings = f.mappings;
+        c.validate().unwrap();
+        c.mappings[0].qos = Some(2);
+        assert!(c.validate().unwrap_err().to_string().contains("0 or 1"));
     }
 
     #[test]

@@ -593,16 +593,38 @@ async fn gateway(mut a: GatewayArgs) -> Result<()> {
         config.tls = Some(starling_gateway::bridge::TlsFiles { ca, client });
     }
     config.prefix = a.prefix.clone().or(file.prefix.clone()).unwrap_or_else(|| "starling".into());
-    let or_default = |flags: &Vec<String>, file: &Option<Vec<String>>| {
-        if flags.is_empty() {
-            file.clone().unwrap_or_else(|| vec!["#".into()])
-        } else {
+    // Flags, else the file's lists, else the mappings' filters, else everything.
+    let pick = |flags: &Vec<String>, listed: &Option<Vec<String>>, mapped: Vec<String>| {
+        if !flags.is_empty() {
             flags.clone()
+        } else if let Some(l) = listed {
+            l.clone()
+        } else if !mapped.is_empty() {
+            mapped
+        } else {
+            vec!["#".into()]
         }
     };
-    config.mesh_filters = or_default(&a.out, &file.out);
-    config.mqtt_filters = or_default(&a.r#in, &file.inbound);
+    let mapped = |f: fn(&starling_gateway::bridge::Mapping) -> Option<&String>| {
+        file.mappings.iter().filter_map(f).cloned().collect::<Vec<String>>()
+    };
+    config.mesh_filters = pick(&a.out, &file.out, mapped(|m| m.out.as_ref()));
+    config.mqtt_filters = pick(&a.r#in, &file.inbound, mapped(|m| m.inbound.as_ref()));
     config.retain = a.retain || file.retain.unwrap_or(false);
+    // Mapped filters always cross, each with its own QoS and retain.
+    for m in &file.mappings {
+        if let Some(f) = &m.out {
+            if !config.mesh_filters.contains(f) {
+                config.mesh_filters.push(f.clone());
+            }
+        }
+        if let Some(f) = &m.inbound {
+            if !config.mqtt_filters.contains(f) {
+                config.mqtt_filters.push(f.clone());
+            }
+        }
+    }
+    config.mappings = file.mappings.clone();
     config.validate()?;
     if a.mesh.key.is_none() {
         a.mesh.key = file.key_file.clone();

@@ -568,3 +568,52 @@ async fn without_a_broker_the_gateway_runs_its_own() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "its broker ends with it");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mappings_set_qos_and_retain_per_filter() {
+    let s = Setup::new("map");
+    let conf = s.dir.0.join("gw.toml");
+    let key_path = key_file(&s.dir.0, &s.key);
+    std::fs::write(
+        &conf,
+        format!(
+            "key_file = \"{}\"\nbroker = \"mqtt://127.0.0.1:{}\"\n\
+             [[mapping]]\nout = \"state/#\"\nqos = 1\nretain = true\n\
+             [[mapping]]\nout = \"chatter/#\"\nqos = 0\n",
+            key_path.display(),
+            s.broker.port
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["gateway", "--config", conf.to_str().unwrap(), "--name", "gw"])
+        .args(["--group", &s.mesh.0.to_string(), "--port", &s.mesh.1.to_string()])
+        .env_remove("STARLING_BROKER")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("bridging mesh") {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "gateway exited: {line}");
+    }
+    std::thread::spawn(move || for _ in err.lines() {});
+    let _gw = Gateway(child);
+    let node = mesh_node(&s.key, s.mesh, "mapped").await;
+    wait_for_peer(&node, "gw").await;
+    let seen = seen_on_mqtt(&s, "starling/#", 3, async {
+        node.publish("state/door", "open").await.unwrap(); // best effort, mapped to QoS 1 + retain
+        node.publish("chatter/x", "hi").reliable().await.unwrap(); // reliable, mapped to QoS 0
+        node.publish("other/y", "not mapped").await.unwrap(); // not bridged at all
+    })
+    .await;
+    let bridged: Vec<&String> = seen.iter().filter(|l| !l.contains("$gateway") && !l.contains("$nodes")).collect();
+    assert_eq!(bridged, ["starling/state/door open", "starling/chatter/x hi"], "{seen:?}");
+    // QoS and retain as mapped: a late subscriber gets the retained state only, at QoS 1
+    let mut late = s.mqtt("mosquitto_sub");
+    late.args(["-q", "1", "-t", "starling/state/#", "-t", "starling/chatter/#", "-W", "2", "-F", "%t %q %r %p"]);
+    let out = tokio::task::spawn_blocking(move || late.output().unwrap()).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "starling/state/door 1 1 open");
+}

@@ -277,7 +277,12 @@ impl Driver {
             Event::PeerRestarted(p) => PeerEvent::Restarted(p),
             Event::PeerDown { id, reason } => PeerEvent::Down { id, reason },
             Event::Gap { from, first, end } => {
+                let mut served: Vec<&mpsc::Sender<Received>> = Vec::new();
                 for tx in self.subscribers.values() {
+                    if served.iter().any(|s| s.same_channel(tx)) {
+                        continue;
+                    }
+                    served.push(tx);
                     if tx.try_send(Received::Gap { from, first, end }).is_err() {
                         self.subscriber_lagged += 1;
                     }
@@ -323,8 +328,14 @@ impl Driver {
         };
         let msg =
             Received::Message(Message { topic: m.topic, payload: m.payload, from: m.from, from_name, seq: m.seq });
+        // One copy per channel: a subscription of several filters gets a message once.
+        let mut served: Vec<mpsc::Sender<Received>> = Vec::new();
         for id in m.subscriptions {
             let Some(tx) = self.subscribers.get(&id) else { continue };
+            if served.iter().any(|s| s.same_channel(tx)) {
+                continue;
+            }
+            served.push(tx.clone());
             match tx.try_send(msg.clone()) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => self.subscriber_lagged += 1,

@@ -464,10 +464,20 @@ impl Node {
 
     /// Subscribes to `filter` (MQTT wildcards `+` and `#`). Dropping the subscription ends it.
     pub async fn subscribe(&self, filter: &str) -> Result<Subscription, Error> {
+        self.subscribe_many(&[filter]).await
+    }
+
+    /// Subscribes to several filters as one subscription: a message matching more than one of
+    /// them arrives once.
+    pub async fn subscribe_many(&self, filters: &[&str]) -> Result<Subscription, Error> {
         let (tx, rx) = mpsc::channel(self.sub_capacity);
-        let filter = filter.into();
-        let id = self.request(|reply| Command::Subscribe { filter, tx, reply }).await?.map_err(Error::Subscribe)?;
-        Ok(Subscription { id, rx, cmd: self.cmd.clone(), gaps: 0 })
+        let mut sub = Subscription { ids: Vec::new(), rx, cmd: self.cmd.clone(), gaps: 0 };
+        for filter in filters {
+            let (filter, tx) = ((*filter).into(), tx.clone());
+            let id = self.request(|reply| Command::Subscribe { filter, tx, reply }).await?.map_err(Error::Subscribe)?;
+            sub.ids.push(id);
+        }
+        Ok(sub)
     }
 
     /// The peers currently up.
@@ -554,7 +564,7 @@ impl<'a> IntoFuture for Publish<'a> {
 /// of messages; [`recv_event`](Self::recv_event) also shows gaps.
 #[derive(Debug)]
 pub struct Subscription {
-    id: SubscriptionId,
+    ids: Vec<SubscriptionId>,
     rx: mpsc::Receiver<Received>,
     cmd: mpsc::Sender<Command>,
     gaps: u64,
@@ -599,6 +609,8 @@ impl futures_core::Stream for Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let _ = self.cmd.try_send(Command::Unsubscribe(self.id));
+        for id in &self.ids {
+            let _ = self.cmd.try_send(Command::Unsubscribe(*id));
+        }
     }
 }
