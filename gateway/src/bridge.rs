@@ -238,6 +238,24 @@ pub struct BridgeStats {
     pub rpc_calls: u64,
 }
 
+/// The method a gateway serves with its bridge counters, as `name value` lines.
+pub const STATS_METHOD: &str = "$stats.bridge";
+
+impl BridgeStats {
+    /// The counters as `name value` lines.
+    fn lines(&self, active: bool) -> String {
+        format!(
+            "active {}\nto_mqtt {}\nto_mesh {}\nrefused {}\nconnects {}\nrpc_calls {}\n",
+            u8::from(active),
+            self.to_mqtt,
+            self.to_mesh,
+            self.refused,
+            self.connects,
+            self.rpc_calls
+        )
+    }
+}
+
 /// How often the gateway publishes its counters (retained JSON).
 const STATS_EVERY: Duration = Duration::from_secs(10);
 
@@ -438,6 +456,16 @@ pub async fn run(node: Node, config: BridgeConfig) -> Result<()> {
             }
         })
     };
+
+    // The same counters for `starling nodes --stats`, by call.
+    {
+        let (stats, election) = (stats.clone(), election.clone());
+        node.serve(STATS_METHOD, move |_req| {
+            let text = stats.lock().expect("not poisoned").lines(election.is_active());
+            async move { Ok(text.into_bytes()) }
+        })
+        .await?;
+    }
 
     // Saying we are alive, for the election among gateways.
     let alive = {

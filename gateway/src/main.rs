@@ -432,26 +432,42 @@ async fn nodes(a: NodesArgs) -> Result<()> {
     }
     let mut peers = node.peers().await?;
     peers.sort_by(|x, y| x.name.cmp(&y.name).then(x.id.cmp(&y.id)));
-    let stats = node.stats().await?;
+    let own: Vec<(String, u64)> = node.stats().await?.fields().into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    // Every node's counters (and a gateway's bridge counters), asked for all at once.
+    let remote: Vec<Option<Vec<(String, u64)>>> = if a.stats {
+        let asks = peers.iter().map(|p| {
+            let (node, id) = (node.clone(), p.id);
+            tokio::spawn(async move { remote_stats(&node, id).await })
+        });
+        let mut out = Vec::new();
+        for ask in asks.collect::<Vec<_>>() {
+            out.push(ask.await.ok().flatten());
+        }
+        out
+    } else {
+        Vec::new()
+    };
+    let as_json = |fields: &[(String, u64)]| -> serde_json::Value {
+        fields.iter().map(|(k, v)| (k.clone(), serde_json::Value::from(*v))).collect::<serde_json::Map<_, _>>().into()
+    };
     if a.json {
         let list: Vec<_> = peers
             .iter()
-            .map(|p| {
-                serde_json::json!({
+            .enumerate()
+            .map(|(i, p)| {
+                let mut v = serde_json::json!({
                     "id": p.id.to_string(), "name": p.name, "address": p.addr.to_string(), "epoch": p.epoch,
                     "last_seen_ms": node.elapsed_since(p.last_heard).as_millis() as u64,
-                })
+                });
+                if let Some(Some(fields)) = remote.get(i) {
+                    v["stats"] = as_json(fields);
+                }
+                v
             })
             .collect();
         let mut out = serde_json::json!({ "self": node.id().to_string(), "nodes": list });
         if a.stats {
-            out["stats"] = stats
-                .core
-                .fields()
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v)))
-                .collect::<serde_json::Map<_, _>>()
-                .into();
+            out["stats"] = as_json(&own);
         }
         println!("{out}");
     } else {
@@ -463,15 +479,41 @@ async fn nodes(a: NodesArgs) -> Result<()> {
         println!("{} node(s) seen in {:.1}s (this node: {})", peers.len(), a.wait.as_secs_f64(), node.id());
         if a.stats {
             println!("\nthis node's counters:");
-            for (k, v) in stats.core.fields() {
+            for (k, v) in &own {
                 println!("  {k:<22} {v}");
             }
-            println!("  {:<22} {}", "subscriber_lagged", stats.subscriber_lagged);
-            println!("  {:<22} {}", "send_errors", stats.send_errors);
+            for (p, fields) in peers.iter().zip(&remote) {
+                match fields {
+                    Some(fields) => {
+                        println!("\ncounters of {} ({}):", p.name, p.id);
+                        for (k, v) in fields {
+                            println!("  {k:<22} {v}");
+                        }
+                    }
+                    None => println!("\ncounters of {} ({}): not available", p.name, p.id),
+                }
+            }
         }
     }
     node.close().await?;
     Ok(())
+}
+
+/// A node's counters by the built-in `$stats` call, plus a gateway's `$stats.bridge` ones.
+async fn remote_stats(node: &Node, id: starling::NodeId) -> Option<Vec<(String, u64)>> {
+    let parse = |bytes: Vec<u8>, prefix: &str| -> Vec<(String, u64)> {
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .filter_map(|(k, v)| Some((format!("{prefix}{k}"), v.trim().parse().ok()?)))
+            .collect()
+    };
+    let limit = Duration::from_secs(2);
+    let mut fields = parse(node.call(id, runtime::STATS_METHOD, Vec::new(), limit).await.ok()?, "");
+    if let Ok(bridge) = node.call(id, starling_gateway::bridge::STATS_METHOD, Vec::new(), limit).await {
+        fields.extend(parse(bridge, "bridge."));
+    }
+    Some(fields)
 }
 
 /// Finds a node by id or name, waiting for it to appear (up to `limit`).

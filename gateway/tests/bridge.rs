@@ -617,3 +617,27 @@ async fn mappings_set_qos_and_retain_per_filter() {
     let out = tokio::task::spawn_blocking(move || late.output().unwrap()).await.unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "starling/state/door 1 1 open");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_stats_show_each_nodes_counters_and_the_bridges() {
+    let s = Setup::new("stats");
+    let _gw = s.gateway();
+    let node = mesh_node(&s.key, s.mesh, "counted").await;
+    wait_for_peer(&node, "gw").await;
+    let key_path = key_file(&s.dir.0, &s.key);
+    let mut nodes = Command::new(BIN);
+    nodes.args(["nodes", "--key", key_path.to_str().unwrap(), "--stats", "--json", "--wait", "1s"]);
+    nodes.args(["--group", &s.mesh.0.to_string(), "--port", &s.mesh.1.to_string()]);
+    let out = tokio::task::spawn_blocking(move || nodes.output().unwrap()).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = v["nodes"].as_array().unwrap();
+    let find = |name: &str| list.iter().find(|n| n["name"] == name).unwrap_or_else(|| panic!("{name} in {v}"));
+    let gw = find("gw");
+    assert!(gw["stats"]["rx_accepted"].as_u64().unwrap() >= 1, "{gw}");
+    assert!(gw["stats"]["bridge.connects"].as_u64().unwrap() >= 1, "{gw}");
+    assert_eq!(gw["stats"]["bridge.active"], 1);
+    let counted = find("counted");
+    assert!(counted["stats"]["tx_datagrams"].as_u64().unwrap() >= 1, "{counted}");
+    assert!(counted["stats"].get("bridge.connects").is_none(), "not a gateway");
+}

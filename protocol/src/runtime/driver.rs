@@ -15,6 +15,8 @@ use crate::{CallError, CallId, Destination, Event, PublishId, SubscriptionId};
 /// Datagrams read without blocking after a wake-up before outputs are flushed: batches work
 /// under load while keeping latency low when idle.
 const RX_BATCH: usize = 64;
+/// The method every host node serves with its counters (`starling nodes --stats` calls it).
+pub const STATS_METHOD: &str = "$stats";
 /// How long a closing node keeps running so its last reliable messages and responses are
 /// acknowledged.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
@@ -143,6 +145,14 @@ impl Driver {
         }
     }
 
+    fn stats(&self) -> RuntimeStats {
+        RuntimeStats {
+            core: self.node.stats().clone(),
+            subscriber_lagged: self.subscriber_lagged,
+            send_errors: self.send_errors,
+        }
+    }
+
     /// Decides whether to drop a received datagram (loss injection for tests).
     fn lose(&mut self) -> bool {
         if self.rx_loss_percent == 0 {
@@ -209,11 +219,7 @@ impl Driver {
                 let _ = reply.send(self.node.peers().collect());
             }
             Command::Stats(reply) => {
-                let _ = reply.send(RuntimeStats {
-                    core: self.node.stats().clone(),
-                    subscriber_lagged: self.subscriber_lagged,
-                    send_errors: self.send_errors,
-                });
+                let _ = reply.send(self.stats());
             }
             Command::Close(_) => unreachable!("handled in run"),
         }
@@ -299,6 +305,16 @@ impl Driver {
                 if let Some(reply) = self.calls.remove(&id) {
                     let _ = reply.send(result);
                 }
+                return;
+            }
+            Event::Request { from, call_id, method, .. } if method == STATS_METHOD => {
+                // Built in: every node tells its counters, as `name value` lines.
+                let mut text = std::string::String::new();
+                for (k, v) in self.stats().fields() {
+                    text.push_str(&std::format!("{k} {v}\n"));
+                }
+                let now = self.now();
+                self.node.respond(now, from, call_id, Ok(text.as_bytes()));
                 return;
             }
             Event::Request { from, call_id, method, payload } => {

@@ -172,6 +172,8 @@ pub enum PeerEvent {
     },
 }
 
+pub use driver::STATS_METHOD;
+
 /// Counters of the core plus those of the driver.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -314,7 +316,8 @@ impl NodeBuilder {
         let sockets = socket::Sockets::open(self.group, self.port, self.interface, self.ttl)?;
         let local_addr = sockets.local_addr();
         let origin = std::time::Instant::now();
-        let node = crate::Node::new(config, &self.key, boot, crate::Instant::ZERO).map_err(Error::Config)?;
+        let mut node = crate::Node::new(config, &self.key, boot, crate::Instant::ZERO).map_err(Error::Config)?;
+        node.serve(STATS_METHOD).expect("a valid method name");
         let (cmd_tx, cmd_rx) = mpsc::channel(1024);
         let (peer_tx, _) = broadcast::channel(256);
         let mut driver =
@@ -393,6 +396,16 @@ pub struct Node {
     peer_events: broadcast::Sender<PeerEvent>,
     sub_capacity: usize,
     origin: std::time::Instant,
+}
+
+impl RuntimeStats {
+    /// Every counter with its name, the core's first.
+    pub fn fields(&self) -> std::vec::Vec<(&'static str, u64)> {
+        let mut v = self.core.fields().to_vec();
+        v.push(("subscriber_lagged", self.subscriber_lagged));
+        v.push(("send_errors", self.send_errors));
+        v
+    }
 }
 
 impl Node {
