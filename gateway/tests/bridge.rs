@@ -641,3 +641,34 @@ async fn nodes_stats_show_each_nodes_counters_and_the_bridges() {
     assert!(counted["stats"]["tx_datagrams"].as_u64().unwrap() >= 1, "{counted}");
     assert!(counted["stats"].get("bridge.connects").is_none(), "not a gateway");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_mqtt_payloads_are_refused_and_counted() {
+    let s = Setup::new("big");
+    let _gw = s.gateway();
+    let node = mesh_node(&s.key, s.mesh, "small").await;
+    let mut sub = node.subscribe("big/#").await.unwrap();
+    wait_for_peer(&node, "gw").await;
+    let big = s.dir.0.join("big.bin");
+    std::fs::write(&big, vec![7u8; 70_000]).unwrap();
+    let ok = s.mqtt("mosquitto_pub").args(["-q", "1", "-t", "starling/big/blob", "-f"]).arg(&big).status();
+    assert!(ok.unwrap().success());
+    let fits = s.dir.0.join("fits.bin");
+    std::fs::write(&fits, vec![8u8; 60_000]).unwrap();
+    let ok = s.mqtt("mosquitto_pub").args(["-q", "1", "-t", "starling/big/fits", "-f"]).arg(&fits).status();
+    assert!(ok.unwrap().success());
+    let m = tokio::time::timeout(Duration::from_secs(5), sub.recv()).await.unwrap().unwrap();
+    assert_eq!((m.topic.as_str(), m.payload.len()), ("big/fits", 60_000), "the 70 000-byte one never reached the mesh");
+    let gw = node.peers().await.unwrap().into_iter().find(|p| p.name == "gw").unwrap().id;
+    let end = Instant::now() + Duration::from_secs(3);
+    loop {
+        let stats =
+            node.call(gw, starling_gateway::bridge::STATS_METHOD, Vec::new(), Duration::from_secs(2)).await.unwrap();
+        let stats = String::from_utf8(stats).unwrap();
+        if stats.lines().any(|l| l == "refused 1") {
+            break;
+        }
+        assert!(Instant::now() < end, "the refusal is counted: {stats}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
