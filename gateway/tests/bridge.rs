@@ -91,11 +91,18 @@ struct Gateway(Child);
 
 impl Gateway {
     fn start(key: &std::path::Path, mesh: (std::net::Ipv4Addr, u16), broker: u16) -> Gateway {
+        let broker = format!("mqtt://127.0.0.1:{broker}");
+        Self::spawn(&["--key", key.to_str().unwrap(), "--broker", &broker], mesh)
+    }
+
+    /// Runs `starling gateway` on `mesh` named `gw` with `args`, once it bridges.
+    fn spawn(args: &[&str], mesh: (std::net::Ipv4Addr, u16)) -> Gateway {
         let mut child = Command::new(BIN)
-            .args(["gateway", "--key", key.to_str().unwrap()])
-            .args(["--group", &mesh.0.to_string(), "--port", &mesh.1.to_string()])
-            .args(["--broker", &format!("mqtt://127.0.0.1:{broker}"), "--name", "gw"])
+            .arg("gateway")
+            .args(args)
+            .args(["--group", &mesh.0.to_string(), "--port", &mesh.1.to_string(), "--name", "gw"])
             .env_remove("STARLING_KEY")
+            .env_remove("STARLING_BROKER")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -495,14 +502,9 @@ async fn bridges_over_tls_to_a_broker_with_its_own_ca() {
     let mesh = isolated_mesh();
     let key = random_key();
     let key_path = key_file(&certs.0, &key);
-    let mut gw = Command::new(BIN)
-        .args(["gateway", "--key", key_path.to_str().unwrap(), "--name", "gw"])
-        .args(["--group", &mesh.0.to_string(), "--port", &mesh.1.to_string()])
-        .args(["--broker", &format!("mqtts://127.0.0.1:{}", broker.port), "--ca", &format!("{c}/ca.pem")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let broker_url = format!("mqtts://127.0.0.1:{}", broker.port);
+    let ca = format!("{c}/ca.pem");
+    let _gw = Gateway::spawn(&["--key", key_path.to_str().unwrap(), "--broker", &broker_url, "--ca", &ca], mesh);
     let node = mesh_node(&key, mesh, "tls-sensor").await;
     wait_for_peer(&node, "gw").await;
     let mut sub = Command::new("mosquitto_sub")
@@ -518,8 +520,6 @@ async fn bridges_over_tls_to_a_broker_with_its_own_ca() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let out = tokio::task::spawn_blocking(move || sub.wait_with_output().unwrap()).await.unwrap();
-    let _ = gw.kill();
-    let _ = gw.wait();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "starling/tls/reading over tls");
 }
 
@@ -530,23 +530,8 @@ async fn without_a_broker_the_gateway_runs_its_own() {
     let dir = TempDir(std::env::temp_dir().join(format!("starling-own-{}-{}", std::process::id(), mesh.1)));
     std::fs::create_dir_all(&dir.0).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut child = Command::new(BIN)
-        .args(["gateway", "--key", key_file(&dir.0, &key).to_str().unwrap(), "--name", "gw"])
-        .args(["--group", &mesh.0.to_string(), "--port", &mesh.1.to_string()])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env_remove("STARLING_BROKER")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("bridging mesh") {
-        line.clear();
-        assert!(err.read_line(&mut line).unwrap() > 0, "gateway exited: {line}");
-    }
-    std::thread::spawn(move || for _ in err.lines() {});
-    let gw = Gateway(child);
+    let key_path = key_file(&dir.0, &key);
+    let gw = Gateway::spawn(&["--key", key_path.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")], mesh);
     let node = mesh_node(&key, mesh, "own").await;
     wait_for_peer(&node, "gw").await;
     let mut sub = Command::new("mosquitto_sub")
@@ -585,22 +570,7 @@ async fn mappings_set_qos_and_retain_per_filter() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["gateway", "--config", conf.to_str().unwrap(), "--name", "gw"])
-        .args(["--group", &s.mesh.0.to_string(), "--port", &s.mesh.1.to_string()])
-        .env_remove("STARLING_BROKER")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("bridging mesh") {
-        line.clear();
-        assert!(err.read_line(&mut line).unwrap() > 0, "gateway exited: {line}");
-    }
-    std::thread::spawn(move || for _ in err.lines() {});
-    let _gw = Gateway(child);
+    let _gw = Gateway::spawn(&["--config", conf.to_str().unwrap()], s.mesh);
     let node = mesh_node(&s.key, s.mesh, "mapped").await;
     wait_for_peer(&node, "gw").await;
     let seen = seen_on_mqtt(&s, "starling/#", 3, async {
