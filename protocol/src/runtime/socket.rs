@@ -34,6 +34,9 @@ pub fn resolve_interface(text: &str) -> Result<Ipv4Addr, String> {
         })
 }
 
+/// Receive buffer asked of the kernel for each socket.
+const RECV_BUFFER: usize = 4 << 20;
+
 pub(crate) struct Sockets {
     pub multicast: UdpSocket,
     pub unicast: UdpSocket,
@@ -65,6 +68,9 @@ impl Sockets {
         #[cfg(target_os = "linux")]
         m.set_multicast_all_v4(false).map_err(sock_err("setting IP_MULTICAST_ALL".into()))?;
         m.set_nonblocking(true).map_err(sock_err("setting non-blocking".into()))?;
+        // Bursts of small datagrams overflow the default receive buffer; ask for more (the kernel
+        // caps it at net.core.rmem_max, which is fine: this is a best-effort improvement).
+        let _ = m.set_recv_buffer_size(RECV_BUFFER);
 
         let u =
             Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(sock_err("creating socket".into()))?;
@@ -75,6 +81,7 @@ impl Sockets {
         u.set_multicast_loop_v4(true).map_err(sock_err("enabling multicast loopback".into()))?;
         u.set_multicast_ttl_v4(ttl).map_err(sock_err("setting multicast TTL".into()))?;
         u.set_nonblocking(true).map_err(sock_err("setting non-blocking".into()))?;
+        let _ = u.set_recv_buffer_size(RECV_BUFFER);
 
         let to_tokio = |s: Socket| UdpSocket::from_std(StdUdpSocket::from(s));
         Ok(Sockets {
