@@ -82,7 +82,7 @@ impl Node {
         let Some(p) = self.peers.get_mut(&sender) else { return };
         p.verify = Some(Verify { nonce, tries: 1, next_try: now + FIRST_RETRY, held: Vec::new(), held_bytes: 0 });
         let addr = p.addr;
-        self.send_record(Destination::Unicast(addr), &Record::Challenge(nonce));
+        self.enqueue(Destination::Unicast(addr), &Record::Challenge(nonce));
     }
 
     /// If `body` answers our challenge, the sender is verified: frames it sent within the
@@ -142,7 +142,7 @@ impl Node {
     pub(super) fn echo(&mut self, now: Instant, to: SocketAddr, nonce: u64) {
         let floor = self.freshness.floor(now, self.config.freshness_window, self.next_pn);
         self.freshness.last_echo = Some(now);
-        self.send_record(Destination::Unicast(to), &Record::Echo { nonce, floor });
+        self.enqueue(Destination::Unicast(to), &Record::Echo { nonce, floor });
     }
 
     /// Repeats unanswered challenges; gives up on senders that stay silent.
@@ -163,7 +163,7 @@ impl Node {
             }
         }
         for (addr, nonce) in again {
-            self.send_record(Destination::Unicast(addr), &Record::Challenge(nonce));
+            self.enqueue(Destination::Unicast(addr), &Record::Challenge(nonce));
         }
         for id in silent {
             // Forget it entirely: its frames were replays or it is gone; a live sender that
@@ -189,11 +189,5 @@ impl Node {
     pub fn may_close(&self, now: Instant) -> bool {
         let quiet_since = self.freshness.last_echo.unwrap_or(self.freshness.started).max(self.freshness.started);
         self.is_idle() && now >= quiet_since + ANSWER_LINGER
-    }
-
-    fn send_record(&mut self, to: Destination, record: &Record<'_>) {
-        let mut bytes = Vec::new();
-        record.emit(&mut bytes);
-        self.enqueue_bytes(to, bytes);
     }
 }

@@ -1064,15 +1064,13 @@ impl Node {
             self.subscriptions_record().emit(&mut bytes);
         }
         // Beacons are small and periodic: queue them even past the byte bound rather than go silent.
-        self.queued_bytes += bytes.len();
-        self.queue.push_back(Queued { destination: Destination::Multicast, record: bytes });
+        self.enqueue_bytes(Destination::Multicast, bytes);
     }
 
     fn enqueue(&mut self, destination: Destination, record: &Record<'_>) {
         let mut bytes = Vec::with_capacity(record.encoded_len());
         record.emit(&mut bytes);
-        self.queued_bytes += bytes.len();
-        self.queue.push_back(Queued { destination, record: bytes });
+        self.enqueue_bytes(destination, bytes);
     }
 
     fn push_event(&mut self, e: Event) {
