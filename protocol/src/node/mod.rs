@@ -587,6 +587,23 @@ impl Node {
         self.peers.get(&id).map(|p| p.name.as_str()).filter(|n| !n.is_empty())
     }
 
+    /// The subscription filters a peer that is up last announced (empty before its first
+    /// Subscriptions record), so a monitor can show topics before anything is published on them.
+    pub fn peer_filters(&self, id: NodeId) -> Option<&[TopicFilter]> {
+        self.peers.get(&id).filter(|p| p.status == PeerStatus::Up).map(|p| p.filters.as_slice())
+    }
+
+    /// The smoothed round-trip time towards a peer, once a unicast exchange (call, response,
+    /// ack) has measured it.
+    pub fn peer_rtt(&self, id: NodeId) -> Option<Duration> {
+        self.peers.get(&id).and_then(|p| p.rtt.srtt())
+    }
+
+    /// The methods this node serves, in the order they were first served.
+    pub fn served_methods(&self) -> impl Iterator<Item = &str> + '_ {
+        self.served.iter().map(String::as_str)
+    }
+
     /// Largest payload that [`publish`](Self::publish) sends as one Publish record in one
     /// datagram on a topic of `topic_len` bytes; larger ones (up to `max_message`) go as fragments.
     pub fn max_payload(&self, topic_len: usize) -> usize {

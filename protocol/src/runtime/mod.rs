@@ -172,7 +172,20 @@ pub enum PeerEvent {
     },
 }
 
-pub use driver::STATS_METHOD;
+pub use driver::{INFO_METHOD, STATS_METHOD};
+
+/// What a monitor wants to know about a peer beyond [`PeerInfo`]: the filters it announced (so
+/// its topics are known before anything is published) and the round-trip time measured to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerDetails {
+    /// Id, name, address, epoch, last heard.
+    pub info: PeerInfo,
+    /// Its subscription filters, as it last announced them.
+    pub filters: Vec<String>,
+    /// Smoothed round-trip time, once a unicast exchange with it measured one.
+    pub rtt: Option<Duration>,
+}
 
 /// Counters of the core plus those of the driver.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -318,6 +331,7 @@ impl NodeBuilder {
         let origin = std::time::Instant::now();
         let mut node = crate::Node::new(config, &self.key, boot, crate::Instant::ZERO).map_err(Error::Config)?;
         node.serve(STATS_METHOD).expect("a valid method name");
+        node.serve(INFO_METHOD).expect("a valid method name");
         let (cmd_tx, cmd_rx) = mpsc::channel(1024);
         let (peer_tx, _) = broadcast::channel(256);
         let mut driver =
@@ -381,6 +395,7 @@ pub(crate) enum Command {
     },
     Unsubscribe(SubscriptionId),
     Peers(oneshot::Sender<Vec<PeerInfo>>),
+    PeerDetails(oneshot::Sender<Vec<PeerDetails>>),
     Stats(oneshot::Sender<RuntimeStats>),
     Close(oneshot::Sender<()>),
 }
@@ -496,6 +511,11 @@ impl Node {
     /// The peers currently up.
     pub async fn peers(&self) -> Result<Vec<PeerInfo>, Error> {
         self.request(Command::Peers).await
+    }
+
+    /// The peers currently up, with their announced filters and measured round-trip times.
+    pub async fn peer_details(&self) -> Result<Vec<PeerDetails>, Error> {
+        self.request(Command::PeerDetails).await
     }
 
     /// Traffic and drop counters.
