@@ -43,6 +43,64 @@ enum Command {
     ServeEcho(ServeArgs),
     /// Bridge the mesh to an MQTT broker: mesh topic a/b is MQTT topic PREFIX/a/b, both ways.
     Gateway(GatewayArgs),
+    /// Live monitor: topic tree with rates, payloads as hex beside text, nodes; publish, call, save.
+    ///
+    /// Keys: arrows select, Tab switches topics/nodes, [ ] older/newer message, d decoding
+    /// (text, UTF-8, JSON, CBOR, postcard), v diff, p publish, c call, space pause, / filter,
+    /// s save, q quit. `--plain` prints the same as lines instead.
+    Watch(WatchArgs),
+    /// Re-publish messages saved by `watch` (JSON lines with base64 payloads), or print them.
+    Replay(ReplayArgs),
+}
+
+#[derive(Args)]
+struct WatchArgs {
+    #[command(flatten)]
+    mesh: MeshArgs,
+    /// Print lines (a report per --tick) instead of the full-screen UI: for logs and scripts.
+    #[arg(long)]
+    plain: bool,
+    /// Messages kept per topic.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    history: usize,
+    /// Topics tracked; the one heard from least recently is forgotten first.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    max_topics: usize,
+    /// Payload bytes kept in all histories together, in MiB.
+    #[arg(long, default_value_t = 32, value_name = "MIB")]
+    max_mib: usize,
+    /// Redraw (UI) or report (--plain) period.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    tick: Option<Duration>,
+    /// Show only topics containing this text, or matching this MQTT filter (with + or #).
+    #[arg(long, value_name = "PATTERN")]
+    filter: Option<String>,
+    /// Exit after this long.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    duration: Option<Duration>,
+    /// On exit, save the captured messages to FILE (JSON lines, base64 payloads).
+    #[arg(long, value_name = "FILE")]
+    save: Option<PathBuf>,
+    /// Messages buffered between the node and the monitor; beyond it they are dropped and counted.
+    #[arg(long, default_value_t = 16384, value_name = "N")]
+    buffer: usize,
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    #[command(flatten)]
+    mesh: MeshArgs,
+    /// A file saved by `starling watch` (`s` key or --save).
+    file: PathBuf,
+    /// Print the messages instead of publishing them.
+    #[arg(long)]
+    dry_run: bool,
+    /// Publish back to back instead of keeping the recorded gaps between messages.
+    #[arg(long)]
+    no_timing: bool,
+    /// Longest pause kept between two messages.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    max_gap: Duration,
 }
 
 #[derive(Args)]
@@ -247,6 +305,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Call(a) => call(a).await,
         Command::ServeEcho(a) => serve_echo(a).await,
         Command::Gateway(a) => gateway(a).await,
+        Command::Watch(a) => watch(a).await,
+        Command::Replay(a) => replay(a).await,
     }
 }
 
@@ -259,6 +319,10 @@ fn keygen() -> Result<()> {
 }
 
 async fn open(mesh: &MeshArgs, command: &str) -> Result<Node> {
+    builder(mesh, command)?.open().await.context("cannot start the node")
+}
+
+fn builder(mesh: &MeshArgs, command: &str) -> Result<NodeBuilder> {
     let key = resolve_key(mesh.key.as_deref(), std::env::var("STARLING_KEY").ok().as_deref())?;
     let interface = runtime::resolve_interface(&mesh.interface).map_err(anyhow::Error::msg).context("--interface")?;
     let name = match &mesh.name {
@@ -272,7 +336,7 @@ async fn open(mesh: &MeshArgs, command: &str) -> Result<Node> {
     if let Some(path) = &mesh.state {
         b = b.state_file(path);
     }
-    b.open().await.context("cannot start the node")
+    Ok(b)
 }
 
 fn default_name(command: &str) -> String {
@@ -707,6 +771,65 @@ async fn gateway(mut a: GatewayArgs) -> Result<()> {
     }
     node.close().await?;
     Ok(()) // its own broker, if any, ends here too
+}
+
+async fn watch(a: WatchArgs) -> Result<()> {
+    use starling_gateway::watch::{self, model::Limits, model::Pattern, WatchConfig};
+    if a.history == 0 || a.max_topics == 0 || a.max_mib == 0 || a.buffer == 0 {
+        bail!("--history, --max-topics, --max-mib and --buffer must each be at least 1");
+    }
+    let pattern = Pattern::parse(a.filter.as_deref().unwrap_or("")).map_err(anyhow::Error::msg).context("--filter")?;
+    let config = WatchConfig {
+        limits: Limits { history: a.history, max_topics: a.max_topics, max_bytes: a.max_mib << 20 },
+        plain: a.plain,
+        tick: a.tick.unwrap_or(if a.plain { Duration::from_secs(1) } else { Duration::from_millis(200) }),
+        duration: a.duration,
+        pattern,
+        save: a.save,
+    };
+    if config.tick < Duration::from_millis(20) {
+        bail!("--tick {:?} is too short; at least 20ms", config.tick);
+    }
+    let node =
+        builder(&a.mesh, "watch")?.subscription_capacity(a.buffer).open().await.context("cannot start the node")?;
+    if a.plain {
+        eprintln!("watching {}:{} as {}; Ctrl-C to stop", a.mesh.group, a.mesh.port, node.id());
+    }
+    watch::run(node, config).await
+}
+
+async fn replay(a: ReplayArgs) -> Result<()> {
+    let messages = starling_gateway::watch::load(&a.file)?;
+    for (i, m) in messages.iter().enumerate() {
+        starling::Topic::new(&m.topic)
+            .with_context(|| format!("{} message {}: topic '{}'", a.file.display(), i + 1, m.topic))?;
+    }
+    if a.dry_run {
+        for m in &messages {
+            let shown = Shown {
+                topic: &m.topic,
+                from: m.from.clone(),
+                name: m.name.as_deref(),
+                payload: &m.payload,
+                seq: m.seq,
+            };
+            println!("{}", shown.line());
+        }
+        return Ok(());
+    }
+    let node = open(&a.mesh, "replay").await?;
+    let mut previous: Option<u64> = None;
+    for m in &messages {
+        if let (false, Some(p)) = (a.no_timing, previous) {
+            let gap = Duration::from_millis(m.at_ms.saturating_sub(p)).min(a.max_gap);
+            tokio::time::sleep(gap).await;
+        }
+        previous = Some(m.at_ms);
+        node.publish(&m.topic, m.payload.clone()).await.with_context(|| format!("publishing on '{}'", m.topic))?;
+    }
+    eprintln!("replayed {} message(s) from {}", messages.len(), a.file.display());
+    node.close().await?;
+    Ok(())
 }
 
 /// Ctrl-C or SIGTERM (what service managers send): time to leave cleanly.
