@@ -232,7 +232,7 @@ impl Model {
         self.total += 1;
         if !self.topics.contains_key(&m.topic) {
             if self.topics.len() >= self.limits.max_topics {
-                self.evict_stalest_topic();
+                self.evict_stalest_topics();
             }
             let t = TopicStats {
                 total: 0,
@@ -285,10 +285,16 @@ impl Model {
         }
     }
 
-    fn evict_stalest_topic(&mut self) {
-        let stalest = self.topics.iter().min_by_key(|(_, t)| t.last_seen).map(|(k, _)| k.clone());
-        if let Some(k) = stalest {
-            let t = self.topics.remove(&k).expect("just found");
+    /// Forgets the least recently heard sixteenth of the topics at once, so that a stream of new
+    /// topics costs one scan per batch rather than one per message.
+    fn evict_stalest_topics(&mut self) {
+        let batch = (self.limits.max_topics / 16).max(1);
+        let mut ages: Vec<(Instant, &String)> = self.topics.iter().map(|(k, t)| (t.last_seen, k)).collect();
+        let cut = batch.min(ages.len()) - 1;
+        ages.select_nth_unstable(cut);
+        let victims: Vec<String> = ages[..=cut].iter().map(|(_, k)| (*k).clone()).collect();
+        for k in victims {
+            let t = self.topics.remove(&k).expect("just listed");
             self.bytes -= t.bytes;
             self.topics_evicted += 1;
         }
@@ -492,6 +498,15 @@ mod tests {
         assert_eq!(names, ["a", "d", "e"], "b then c were the stalest");
         assert_eq!(m.topics_evicted, 2);
         assert_eq!(m.bytes, 4, "evicted histories no longer count");
+
+        // A stream of new topics: bounded, evicted a sixteenth at a time.
+        let mut m = Model::new(Limits { history: 2, max_topics: 160, max_bytes: 1 << 20 }, t0);
+        for i in 0..10_000u64 {
+            m.record(msg(&format!("churn/{i}"), b"x", 0), t0 + Duration::from_micros(i));
+        }
+        assert!(m.topics().count() <= 160);
+        assert_eq!(m.topics_evicted, 10_000 - m.topics().count() as u64);
+        assert!(m.topic("churn/9999").is_some() && m.topic("churn/0").is_none());
     }
 
     #[test]

@@ -1,0 +1,153 @@
+//! `starling watch --plain` under a flood: publishers in this process push at least 50 000
+//! messages per second on loopback while `watch` keeps printing rates, and its memory (VmRSS and
+//! VmHWM from /proc) stays under a stated bound. Prints the figures.
+//!
+//! A debug build cannot publish 50 000 messages per second, so the test is ignored there;
+//! `scripts/test-all.sh` runs it optimized:
+//! `cargo test --release -p starling-gateway --test watch_load -- --ignored --nocapture`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use starling::runtime::NodeBuilder;
+use starling_integration::{isolated_mesh, random_key};
+
+const BIN: &str = env!("CARGO_BIN_EXE_starling");
+/// What `watch` may hold at most, history and all: its bounds are 100 messages per topic and
+/// 32 MiB of payloads, plus the runtime, buffers and code.
+const RSS_BOUND_KIB: u64 = 150 * 1024;
+const TARGET_RATE: f64 = 50_000.0;
+const FLOOD: Duration = Duration::from_secs(6);
+/// Publishing nodes, each on its own thread.
+const PUBLISHERS: u64 = 2;
+
+fn proc_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+#[ignore = "needs an optimized build: cargo test --release -p starling-gateway --test watch_load -- --ignored"]
+fn watch_plain_keeps_reporting_with_bounded_memory_at_50k_messages_per_second() {
+    let (group, port) = isolated_mesh();
+    let key = random_key();
+    let key_hex: String = key.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let mut watch = Command::new(BIN)
+        .args(["watch", "--plain", "--tick", "500ms", "--duration", "30s", "--name", "watcher"])
+        .args(["--group", &group.to_string(), "--port", &port.to_string()])
+        .env("STARLING_KEY", &key_hex)
+        .env_remove("STARLING_KEY_FILE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = watch.id();
+    let out = BufReader::new(watch.stdout.take().unwrap());
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in out.lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+
+    // Publishers: two nodes in this process, each on its own thread and runtime.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let publishers: Vec<_> = (0..PUBLISHERS)
+        .map(|p| {
+            let (key, stop, sent) = (key.clone(), stop.clone(), sent.clone());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                rt.block_on(async move {
+                    let node =
+                        NodeBuilder::new(key).name(format!("flood-{p}")).group(group).port(port).open().await.unwrap();
+                    // 50 busy topics per publisher, and every 16th message on a new topic, so
+                    // that watch's topic limit (1000) is reached and it must evict.
+                    let topics: Vec<String> = (0..50).map(|t| format!("load/{p}/{t}")).collect();
+                    let payload: Vec<u8> = (0..30u8).chain([0, 0xff]).collect();
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) && started.elapsed() < FLOOD + Duration::from_secs(2) {
+                        let topic = if i.is_multiple_of(16) {
+                            format!("churn/{p}/{i}")
+                        } else {
+                            topics[(i % 50) as usize].clone()
+                        };
+                        // Handed to the node in order; best effort needs no waiting.
+                        drop(node.publish(&topic, payload.clone()).submit().await.unwrap());
+                        i += 1;
+                        if i.is_multiple_of(1024) {
+                            sent.fetch_add(1024, Ordering::Relaxed);
+                        }
+                    }
+                    node.close().await.unwrap();
+                });
+            })
+        })
+        .collect();
+
+    let mut reports = Vec::new();
+    let mut max_rss = 0;
+    let mut last_report = Instant::now();
+    let mut sent_at_start: Option<(Instant, u64)> = None;
+    while started.elapsed() < FLOOD {
+        if let Ok(line) = lines_rx.recv_timeout(Duration::from_millis(100)) {
+            if line.starts_with("watch t=") {
+                last_report = Instant::now();
+                reports.push(line);
+            }
+        }
+        assert!(last_report.elapsed() < Duration::from_secs(3), "watch stopped reporting: {reports:#?}");
+        if sent_at_start.is_none() && started.elapsed() > Duration::from_secs(1) {
+            sent_at_start = Some((Instant::now(), sent.load(Ordering::Relaxed)));
+        }
+        max_rss = max_rss.max(proc_kib(pid, "VmRSS:"));
+    }
+    let (t0, s0) = sent_at_start.unwrap();
+    let pub_rate = (sent.load(Ordering::Relaxed) - s0) as f64 / t0.elapsed().as_secs_f64();
+    let hwm = proc_kib(pid, "VmHWM:");
+    stop.store(true, Ordering::Relaxed);
+    for p in publishers {
+        p.join().unwrap();
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+
+    let rates: Vec<f64> = reports
+        .iter()
+        .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("rate=")?.strip_suffix("/s")?.parse().ok()))
+        .collect();
+    let seen = rates.iter().copied().fold(0.0, f64::max);
+    println!("publishers sent {pub_rate:.0} msg/s; watch reported up to {seen:.0} msg/s received");
+    println!(
+        "watch printed {} reports in {FLOOD:?}; VmRSS max {max_rss} KiB, VmHWM {hwm} KiB (bound {RSS_BOUND_KIB} KiB)",
+        reports.len()
+    );
+    for r in reports.iter().rev().take(3) {
+        println!("  {r}");
+    }
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    assert!(
+        pub_rate >= TARGET_RATE,
+        "publishers reached only {pub_rate:.0} msg/s (load average {}: is the machine busy with other work?)",
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    );
+    assert!(reports.len() >= 8, "a report every 500 ms: {reports:#?}");
+    assert!(seen > 10_000.0, "watch saw the flood: {rates:?}");
+    assert!(max_rss > 0 && hwm > 0, "memory figures read from /proc");
+    assert!(hwm < RSS_BOUND_KIB, "watch peaked at {hwm} KiB");
+    let last = reports.last().unwrap();
+    assert!(!last.contains("evicted_topics=0 "), "the topic limit was reached and enforced: {last}");
+    let topics: u64 = last.split_whitespace().find_map(|w| w.strip_prefix("topics=")?.parse().ok()).unwrap();
+    assert!(topics <= 1000, "{last}");
+}
