@@ -381,6 +381,9 @@ async fn handle_key(
                 text.pop();
                 ui.input = Some((prompt, text));
             }
+            KeyCode::Char('u') if k.modifiers.contains(KeyModifiers::CONTROL) => {
+                ui.input = Some((prompt, String::new()))
+            }
             KeyCode::Char(c) => {
                 text.push(c);
                 ui.input = Some((prompt, text));
@@ -414,10 +417,10 @@ async fn handle_key(
             None => ui.status = "select a topic first (arrows)".into(),
         },
         KeyCode::Char('c') => {
-            if model.nodes.get(ui.node).is_some() {
+            if ui.selected_node(model).is_some() {
                 ui.input = Some((Prompt::Call, String::new()));
             } else {
-                ui.status = "no node to call (Tab to the nodes pane and pick one)".into();
+                ui.status = "no node selected (Tab to the nodes pane, arrows to pick one)".into();
             }
         }
         KeyCode::Char('/') => ui.input = Some((Prompt::Filter, ui.pattern.text().to_owned())),
@@ -447,7 +450,10 @@ async fn submit(
             };
         }
         Prompt::Call => {
-            let Some(n) = model.nodes.get(ui.node) else { return };
+            let Some(n) = ui.selected_node(model) else {
+                ui.status = "the selected node is gone".into();
+                return;
+            };
             let (method, arg) = text.trim_start().split_once(' ').unwrap_or((text.trim(), ""));
             if method.is_empty() {
                 ui.status = "no method given; type `method [payload]`".into();

@@ -41,8 +41,8 @@ pub struct UiState {
     pub focus: Focus,
     /// The selected topic or filter, by name (stays put while the tree changes).
     pub topic: Option<String>,
-    /// The selected node, by index in the nodes pane.
-    pub node: usize,
+    /// The selected node, by id (stays on it while others come and go).
+    pub node: Option<String>,
     /// Which message of the topic's history: 0 the newest, 1 the one before, ...
     pub back: usize,
     /// The text pane's decoding.
@@ -84,10 +84,26 @@ impl UiState {
             Focus::Nodes => {
                 let n = model.nodes.len();
                 if n > 0 {
-                    self.node = (self.node as isize + delta).clamp(0, n as isize - 1) as usize;
+                    let next = match self.node_index(model) {
+                        None => 0,
+                        Some(i) => (i as isize + delta).clamp(0, n as isize - 1) as usize,
+                    };
+                    self.node = Some(model.nodes[next].id.clone());
                 }
             }
         }
+    }
+}
+
+impl UiState {
+    /// Where the selected node is in the nodes pane, if it is still there.
+    pub fn node_index(&self, model: &Model) -> Option<usize> {
+        self.node.as_ref().and_then(|id| model.nodes.iter().position(|n| &n.id == id))
+    }
+
+    /// The selected node, if it is still up.
+    pub fn selected_node<'a>(&self, model: &'a Model) -> Option<&'a super::model::NodeRow> {
+        self.node_index(model).map(|i| &model.nodes[i])
     }
 }
 
@@ -131,7 +147,7 @@ fn prompt_label(p: Prompt, ui: &UiState, model: &Model) -> String {
             format!("publish to {} (text with \\xNN, or hex:00ff): ", ui.topic.as_deref().unwrap_or("?"))
         }
         Prompt::Call => {
-            let who = model.nodes.get(ui.node).map(|n| n.name.as_str()).unwrap_or("?");
+            let who = ui.selected_node(model).map(|n| n.name.as_str()).unwrap_or("?");
             format!("call on {who} (method [payload]): ")
         }
         Prompt::Filter => "show topics matching (text or MQTT filter, empty for all): ".into(),
@@ -368,7 +384,7 @@ fn draw_nodes(f: &mut Frame, area: Rect, model: &Model, ui: &UiState) {
         "METHODS",
         "FILTERS",
     ]);
-    let selected = (ui.focus == Focus::Nodes && !model.nodes.is_empty()).then_some(ui.node);
+    let selected = if ui.focus == Focus::Nodes { ui.node_index(model) } else { None };
     let table = Table::new(rows, widths)
         .header(header.style(Style::new().add_modifier(Modifier::UNDERLINED)))
         .block(block(format!("nodes ({})", model.nodes.len()), ui.focus == Focus::Nodes))
@@ -510,6 +526,8 @@ mod tests {
     fn nodes_pane_shows_identity_rtt_loss_drops_and_offers() {
         let (m, mut ui) = fixed();
         ui.focus = Focus::Nodes;
+        ui.move_by(&m, 1);
+        assert_eq!(ui.node.as_deref(), Some("00000000000000bb"));
         let s = screen(&m, &ui, 160, 34);
         let row = find(&s, ">heater");
         for want in
