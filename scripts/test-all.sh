@@ -9,14 +9,15 @@ step "toolchain pieces"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 rustup target add riscv32imc-unknown-none-elf
 
-step "mosquitto, its clients and openssl, for the gateway's tests against a real broker (TLS too)"
+step "mosquitto, its clients and openssl, for the gateway's tests against a real broker (TLS too); tmux for watch's"
 if ! command -v mosquitto >/dev/null 2>&1 || ! command -v mosquitto_sub >/dev/null 2>&1 \
-    || ! command -v openssl >/dev/null 2>&1; then
+    || ! command -v openssl >/dev/null 2>&1 || ! command -v tmux >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq mosquitto mosquitto-clients openssl >/dev/null
+    apt-get install -y -qq mosquitto mosquitto-clients openssl tmux >/dev/null
 fi
 { mosquitto -h 2>&1 || true; } | head -n 1
+tmux -V
 
 step "format"
 cargo fmt --all -- --check
@@ -33,3 +34,6 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 
 step "tests"
 cargo test --workspace
+
+step "starling watch --plain under 50 000 messages per second (optimized build; prints rate and memory)"
+cargo test --release -p starling-gateway --test watch_load -- --ignored --nocapture
