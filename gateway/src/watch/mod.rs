@@ -322,8 +322,8 @@ pub fn plain_report(model: &Model, pattern: &Pattern, elapsed: Duration) -> Stri
                 });
                 let _ = writeln!(
                     s,
-                    "topic {name} rate={:.0}/s total={} age={:.1}s qos={} from={}{}",
-                    t.rate(),
+                    "topic {name} rate={} total={} age={:.1}s qos={} from={}{}",
+                    ui::rate(t.rate()),
                     t.total,
                     model.now.saturating_duration_since(t.last_seen).as_secs_f64(),
                     t.qos().replace(' ', "-"),

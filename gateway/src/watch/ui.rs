@@ -180,6 +180,15 @@ pub fn header_line(model: &Model, ui: &UiState) -> String {
     s
 }
 
+/// A rate as shown: whole messages per second, one decimal below 10.
+pub fn rate(r: f64) -> String {
+    if r < 10.0 {
+        format!("{r:.1}/s")
+    } else {
+        format!("{r:.0}/s")
+    }
+}
+
 fn age(d: std::time::Duration) -> String {
     let s = d.as_secs_f64();
     if s < 60.0 {
@@ -217,7 +226,7 @@ fn draw_tree(f: &mut Frame, area: Rect, model: &Model, ui: &UiState) {
                     let s = model.topic(t).expect("rows come from the model");
                     TableRow::new(vec![
                         name,
-                        format!("{:.0}/s", s.rate()),
+                        rate(s.rate()),
                         age(model.now.saturating_duration_since(s.last_seen)),
                         if s.qos() == "best effort" { "be".into() } else { s.qos().chars().take(3).collect() },
                         s.publishers.iter().cloned().collect::<Vec<_>>().join(","),
@@ -501,7 +510,7 @@ mod tests {
         assert!(s[0].starts_with("starling watch  1 node(s)  2 topic(s)  2 msg/s  3 msg"), "{}", s[0]);
         let frame = find(&s, "    frame ");
         assert!(
-            frame.contains(">") && frame.contains("1/s") && frame.contains("1.5s") && frame.contains("mix"),
+            frame.contains(">") && frame.contains("1.0/s") && frame.contains("1.5s") && frame.contains("mix"),
             "{frame}"
         );
         assert!(frame.contains("camera"), "{frame}");
