@@ -166,9 +166,7 @@ pub async fn run(node: Node, cfg: WatchConfig) -> Result<()> {
             },
         }
     };
-    if let Some(screen) = term.take() {
-        screen.stop();
-    }
+    drop(term.take()); // the terminal is restored before anything more is printed
     if let Some(path) = &cfg.save {
         let n = save(&model, path)?;
         eprintln!("saved {n} message(s) to {}", path.display());
@@ -537,8 +535,11 @@ impl Screen {
         self.terminal.draw(|f| ui::draw(f, model, ui)).context("drawing the screen")?;
         Ok(())
     }
+}
 
-    fn stop(self) {
+/// Leaves the terminal as it was, however `run` ends (errors included).
+impl Drop for Screen {
+    fn drop(&mut self) {
         self.stop_keys.store(true, std::sync::atomic::Ordering::Relaxed);
         ratatui::restore();
     }
