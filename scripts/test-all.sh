@@ -35,5 +35,5 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 step "tests"
 cargo test --workspace
 
-step "starling watch --plain under 50 000 messages per second (optimized build; prints rate and memory)"
+step "starling watch (--plain and full-screen) under 50 000 messages per second (optimized build; prints rate, memory, key latency)"
 cargo test --release -p starling-gateway --test watch_load -- --ignored --nocapture
