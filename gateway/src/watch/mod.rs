@@ -340,7 +340,7 @@ pub fn plain_report(model: &Model, pattern: &Pattern, elapsed: Duration) -> Stri
         let methods: Vec<&str> = n.methods.iter().map(String::as_str).filter(|m| !m.starts_with('$')).collect();
         let _ = writeln!(
             s,
-            "node {} id={} addr={} epoch={} up={:.0}s rtt_ms={}/{} loss={} bad_mac={} replay={} malformed={} methods={} filters={}",
+            "node {} id={} addr={} epoch={} up={:.0}s rtt_ms={}/{} loss={} bad_mac={} replay={} malformed={} methods={} filters={} publishes={}",
             n.name,
             n.id,
             n.addr,
@@ -353,7 +353,8 @@ pub fn plain_report(model: &Model, pattern: &Pattern, elapsed: Duration) -> Stri
             n.stat("drop_replay"),
             n.stat("drop_malformed"),
             methods.join(","),
-            n.filters.join(",")
+            n.filters.join(","),
+            ui::short_list(&model.published_by(n))
         );
     }
     s

@@ -324,6 +324,12 @@ impl Model {
         self.topics.iter().map(|(k, v)| (k.as_str(), v))
     }
 
+    /// The topics a node (by name, or id when it has none) was heard publishing on lately.
+    pub fn published_by(&self, node: &NodeRow) -> Vec<&str> {
+        let who = if node.name.is_empty() { &node.id } else { &node.name };
+        self.topics.iter().filter(|(_, t)| t.publishers.iter().any(|p| p == who)).map(|(k, _)| k.as_str()).collect()
+    }
+
     /// Replaces the node table, and the announced filters with theirs.
     pub fn set_nodes(&mut self, mut nodes: Vec<NodeRow>) {
         nodes.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
@@ -566,6 +572,10 @@ mod tests {
         let rest: Vec<&str> = rows[4..].iter().map(|r| r.1.as_str()).collect();
         assert_eq!(rest, ["hall", "temp", "kitchen", "temp"]);
         assert_eq!(m.filters["home/+/cmd"], BTreeSet::from(["heater".to_owned()]));
+        let hall = NodeRow { name: "hall".into(), ..NodeRow::default() };
+        assert_eq!(m.published_by(&hall), ["home/kitchen/temp"]);
+        let kitchen = NodeRow { name: "kitchen".into(), ..NodeRow::default() };
+        assert_eq!(m.published_by(&kitchen), ["cam", "home/hall/temp", "home/kitchen/temp"]);
 
         let only = Pattern::parse("home/+/temp").unwrap();
         let names: Vec<String> = m.rows(&only).into_iter().filter_map(|r| r.kind.name().map(str::to_owned)).collect();

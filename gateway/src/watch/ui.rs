@@ -352,6 +352,16 @@ fn ms(d: Option<std::time::Duration>) -> String {
     d.map(|d| format!("{:.1}", d.as_secs_f64() * 1000.0)).unwrap_or_else(|| "-".into())
 }
 
+/// The first two names and how many more.
+pub fn short_list(names: &[&str]) -> String {
+    match names {
+        [] => String::new(),
+        [a] => (*a).to_owned(),
+        [a, b] => format!("{a},{b}"),
+        [a, b, rest @ ..] => format!("{a},{b} +{}", rest.len()),
+    }
+}
+
 fn draw_nodes(f: &mut Frame, area: Rect, model: &Model, ui: &UiState) {
     let rows: Vec<TableRow> = model
         .nodes
@@ -368,6 +378,7 @@ fn draw_nodes(f: &mut Frame, area: Rect, model: &Model, ui: &UiState) {
                 format!("{}/{}/{}", n.stat("drop_auth"), n.stat("drop_replay"), n.stat("drop_malformed")),
                 methods.join(","),
                 n.filters.join(","),
+                short_list(&model.published_by(n)),
             ])
         })
         .collect();
@@ -379,8 +390,9 @@ fn draw_nodes(f: &mut Frame, area: Rect, model: &Model, ui: &UiState) {
         Constraint::Length(11),
         Constraint::Length(4),
         Constraint::Length(11),
-        Constraint::Percentage(20),
-        Constraint::Percentage(20),
+        Constraint::Percentage(12),
+        Constraint::Percentage(12),
+        Constraint::Fill(1),
     ];
     let header = TableRow::new(vec![
         "NAME",
@@ -533,11 +545,17 @@ mod tests {
 
     #[test]
     fn nodes_pane_shows_identity_rtt_loss_drops_and_offers() {
-        let (m, mut ui) = fixed();
+        let (mut m, mut ui) = fixed();
+        let mut nodes = m.nodes.clone();
+        nodes.push(NodeRow { id: "00000000000000aa".into(), name: "camera".into(), ..NodeRow::default() });
+        m.set_nodes(nodes);
         ui.focus = Focus::Nodes;
+        ui.move_by(&m, 1); // the first: camera
         ui.move_by(&m, 1);
         assert_eq!(ui.node.as_deref(), Some("00000000000000bb"));
-        let s = screen(&m, &ui, 160, 34);
+        let s = screen(&m, &ui, 180, 34);
+        let row = find(&s, "00000000000000aa");
+        assert!(row.contains("cam/1/frame,home/kitchen/temp"), "what camera publishes: {row}");
         let row = find(&s, ">heater");
         for want in
             ["00000000000000bb", "127.0.0.1:40000", "3/42.0s", "1.5/2.5", " 3 ", "5/6/7", "relay.set", "home/+/cmd"]
