@@ -80,7 +80,11 @@ impl Node {
         let waiting: Vec<NodeId> = self
             .peers
             .iter()
-            .filter(|(_, p)| p.status == PeerStatus::Up && p.filters.iter().any(|f| f.matches(&topic)))
+            .filter(|(id, p)| {
+                p.status == PeerStatus::Up
+                    && p.filters.iter().any(|f| f.matches(&topic))
+                    && self.may_receive(**id, &topic)
+            })
             .map(|(id, _)| *id)
             .collect();
         // Unique across restarts, like call ids.
