@@ -394,10 +394,9 @@ impl<'a> Record<'a> {
         1 + varint_len(body) + body
     }
 
-    /// Appends the record to `out`.
-    pub fn emit(&self, out: &mut Vec<u8>) {
-        let body = self.body_len();
-        let code = match self {
+    /// The record's type code (PROTOCOL.md §2.3).
+    pub fn kind(&self) -> u8 {
+        match self {
             Record::Beacon(_) => kind::BEACON,
             Record::Publish { .. } => kind::PUBLISH,
             Record::Leave => kind::LEAVE,
@@ -411,7 +410,13 @@ impl<'a> Record<'a> {
             Record::GroupKey { .. } => kind::GROUP_KEY,
             Record::KeyRequest => kind::KEY_REQUEST,
             Record::Unknown { kind } => *kind,
-        };
+        }
+    }
+
+    /// Appends the record to `out`.
+    pub fn emit(&self, out: &mut Vec<u8>) {
+        let body = self.body_len();
+        let code = self.kind();
         out.push(code);
         push_varint(out, body);
         match self {

@@ -31,8 +31,10 @@ use crate::wire::{
 const ANNOUNCE_LEN: usize = 32 + 4;
 /// Noise IK message 1 with a 4-byte payload: e (32), s (32 + 16), payload (4 + 16).
 const MSG1_LEN: usize = 32 + 48 + 4 + 16;
-/// Longest message 2: e (32), payload (epoch 4 + group key 41) + 16.
-const MSG2_MAX: usize = 32 + 4 + GROUP_KEY_LEN + 16;
+/// Longest message 2: e (32), payload (epoch 4 + two multicast keys) + 16.
+const MSG2_MAX: usize = 32 + 4 + 2 * GROUP_KEY_LEN + 16;
+/// Tags of discovery keys have the high bit set; data keys' tags have it clear.
+const DISCOVERY_TAG: u8 = 0x80;
 /// A group key in a handshake payload: tag, key, floor.
 const GROUP_KEY_LEN: usize = 1 + 32 + 8;
 /// A cookie is trusted this long (WireGuard: 2 minutes), and the secret behind it rotates as often.
@@ -75,12 +77,26 @@ impl Bucket {
     }
 }
 
-/// This node's own multicast key.
+/// One of this node's own multicast keys.
 #[derive(Clone)]
 struct OwnGroupKey {
     tag: u8,
     raw: [u8; 32],
     key: SenderKey,
+}
+
+/// This node's two multicast keys: discovery (beacons, subscriptions, acks), handed to every
+/// member; data (publications), handed only to members allowed to read them.
+#[derive(Clone)]
+struct OwnKeys {
+    disc: OwnGroupKey,
+    data: OwnGroupKey,
+}
+
+/// Records that carry publications (or their stream's state) travel under the data key.
+fn is_data_record(kind: u8) -> bool {
+    use crate::wire::kind::{DATA, FRAGMENT, HEARTBEAT, PUBLISH};
+    matches!(kind, PUBLISH | DATA | HEARTBEAT | FRAGMENT)
 }
 
 /// One pairwise session.
@@ -139,7 +155,8 @@ struct IdPeer {
     handshake: Option<Handshake>,
     cookie: Option<([u8; COOKIE_LEN], Instant)>,
     /// Its multicast keys: the newest first.
-    groups: [Option<RxGroup>; 2],
+    /// Its multicast keys: at most two of each class (current and previous).
+    groups: Vec<RxGroup>,
     last_key_request: Option<Instant>,
 }
 
@@ -154,7 +171,7 @@ impl IdPeer {
             pending: None,
             handshake: None,
             cookie: None,
-            groups: [None, None],
+            groups: Vec::new(),
             last_key_request: None,
         }
     }
@@ -185,9 +202,9 @@ pub(super) struct IdentityState {
     list: Allowlist,
     net_tag: u8,
     prologue: Vec<u8>,
-    group: OwnGroupKey,
-    /// A new multicast key already handed out, used from the instant given.
-    next_group: Option<(OwnGroupKey, Instant)>,
+    group: OwnKeys,
+    /// New multicast keys already handed out, used from the instant given.
+    next_group: Option<(OwnKeys, Instant)>,
     group_rotate_at: Instant,
     peers: BTreeMap<NodeId, IdPeer>,
     cookie_secret: [u8; 32],
@@ -205,13 +222,26 @@ fn random32(rng: &mut impl RngCore) -> [u8; 32] {
     b
 }
 
-fn new_group_key(rng: &mut impl RngCore, avoid: Option<u8>) -> OwnGroupKey {
+fn new_group_key(rng: &mut impl RngCore, class: u8, avoid: Option<u8>) -> OwnGroupKey {
     let raw = random32(rng);
-    let mut tag = (rng.next_u32() & 0xff) as u8;
+    let mut tag = class | (rng.next_u32() & 0x7f) as u8;
     if Some(tag) == avoid {
-        tag = tag.wrapping_add(1);
+        tag = class | (tag.wrapping_add(1) & 0x7f);
     }
     OwnGroupKey { tag, raw, key: SenderKey::from_raw(raw) }
+}
+
+fn new_keys(rng: &mut impl RngCore, old: Option<&OwnKeys>) -> OwnKeys {
+    OwnKeys {
+        disc: new_group_key(rng, DISCOVERY_TAG, old.map(|k| k.disc.tag)),
+        data: new_group_key(rng, 0, old.map(|k| k.data.tag)),
+    }
+}
+
+fn push_key(payload: &mut Vec<u8>, g: &OwnGroupKey, floor: u64) {
+    payload.push(g.tag);
+    payload.extend_from_slice(&g.raw);
+    payload.extend_from_slice(&floor.to_be_bytes());
 }
 
 fn frame(suite: u8, net_tag: u8, sender: NodeId, body_len: usize) -> Vec<u8> {
@@ -243,9 +273,7 @@ impl Node {
                 problem: "in identity mode the node id is derived from the public key: use Identity::node_id()",
             });
         }
-        allowlist
-            .validate()
-            .map_err(|_| ConfigError { field: "allowlist", problem: "invalid; check it with Allowlist::validate" })?;
+        allowlist.validate().map_err(|e| ConfigError { field: "allowlist", problem: e.problem })?;
         if allowlist.get(&identity.public()).is_none() {
             return Err(ConfigError {
                 field: "allowlist",
@@ -253,7 +281,7 @@ impl Node {
             });
         }
         let mut node = Node::build(config, None, boot, now)?;
-        let group = new_group_key(&mut node.rng, None);
+        let group = new_keys(&mut node.rng, None);
         let rate = u64::from(node.config.identity.handshakes_per_second);
         let state = IdentityState {
             net_tag: allowlist.net_tag(),
@@ -328,30 +356,39 @@ impl Node {
             SUITE_UNICAST | SUITE_MULTICAST => return self.open_sealed(now, from, header, datagram),
             SUITE_PSK => self.stats.drop_version += 1,
             _ if header.net_tag != state.net_tag => self.stats.drop_foreign_network += 1,
-            SUITE_ANNOUNCE => self.handle_announce(now, from, header, body),
-            SUITE_HS_INIT => self.handle_init(now, from, header, datagram),
-            SUITE_HS_RESP => self.handle_resp(now, from, header, datagram),
-            SUITE_COOKIE => self.handle_cookie(now, header, body),
-            _ => self.stats.drop_version += 1,
+            _ => {
+                self.stats.rx_unsealed += 1;
+                self.handle_unsealed(now, from, header, datagram, body);
+            }
         }
         self.update_timers();
         false
     }
 
+    fn handle_unsealed(&mut self, now: Instant, from: SocketAddr, header: &Header, datagram: &[u8], body: &[u8]) {
+        match header.suite {
+            SUITE_ANNOUNCE => self.handle_announce(now, from, header, body),
+            SUITE_HS_INIT => self.handle_init(now, from, header, datagram),
+            SUITE_HS_RESP => self.handle_resp(now, from, header, datagram),
+            SUITE_COOKIE => self.handle_cookie(now, header, body),
+            _ => self.stats.handshakes_failed += 1,
+        }
+    }
+
     fn handle_announce(&mut self, now: Instant, from: SocketAddr, header: &Header, body: &[u8]) {
         let Some(state) = self.identity.as_mut() else { return };
         if body.len() != ANNOUNCE_LEN {
-            self.stats.drop_malformed += 1;
+            self.stats.handshakes_failed += 1;
             return;
         }
         let key = PublicKey(body[..32].try_into().expect("32 bytes"));
         let epoch = u32::from_be_bytes(body[32..36].try_into().expect("4 bytes"));
         if key.node_id() != header.sender {
-            self.stats.drop_malformed += 1;
+            self.stats.handshakes_failed += 1;
             return;
         }
         if state.list.get(&key).is_none() {
-            self.stats.drop_unknown_key += 1;
+            self.stats.unknown_keys += 1;
             return;
         }
         let p = state.peers.entry(header.sender).or_insert_with(|| IdPeer::new(key, from));
@@ -422,7 +459,7 @@ impl Node {
         let me = state.me.node_id();
         // Cheap checks first: length, addressee, mac1 (one BLAKE2s). No Diffie-Hellman yet.
         if datagram.len() != HEADER_LEN + 8 + MSG1_LEN + 2 * MAC_LEN {
-            self.stats.drop_malformed += 1;
+            self.stats.handshakes_failed += 1;
             return;
         }
         let mac2_at = datagram.len() - MAC_LEN;
@@ -430,7 +467,7 @@ impl Node {
         let Some((to, _)) = take_id(&datagram[HEADER_LEN..]) else { return };
         let mac1: [u8; MAC_LEN] = datagram[mac1_at..mac2_at].try_into().expect("16 bytes");
         if to != me || noise::mac1(&state.me.public(), &datagram[..mac1_at]) != mac1 {
-            self.stats.drop_auth += 1;
+            self.stats.handshakes_failed += 1;
             return;
         }
         // Under load (the bucket is empty) only messages proving their source address go on,
@@ -469,7 +506,7 @@ impl Node {
             return;
         };
         let Some(entry) = state.list.get(&resp.remote) else {
-            self.stats.drop_unknown_key += 1;
+            self.stats.unknown_keys += 1;
             return;
         };
         if resp.remote.node_id() != header.sender || resp.payload.len() != 4 {
@@ -484,12 +521,10 @@ impl Node {
         let their_epoch = u32::from_be_bytes(resp.payload[..4].try_into().expect("4 bytes"));
         let mut payload = Vec::with_capacity(4 + GROUP_KEY_LEN);
         payload.extend_from_slice(&epoch.to_be_bytes());
+        push_key(&mut payload, &state.group.disc, self.next_pn);
         let my_perms = state.list.get(&state.me.public()).map(|e| &e.permissions);
         if my_perms.is_some_and(|mine| entry.permissions.may_read_from(mine)) {
-            let g = &state.group;
-            payload.push(g.tag);
-            payload.extend_from_slice(&g.raw);
-            payload.extend_from_slice(&self.next_pn.to_be_bytes());
+            push_key(&mut payload, &state.group.data, self.next_pn);
         }
         let mut msg = frame(SUITE_HS_RESP, state.net_tag, me, 8 + MSG2_MAX + MAC_LEN);
         msg.extend_from_slice(&header.sender.to_bytes());
@@ -515,13 +550,13 @@ impl Node {
         let Some(state) = self.identity.as_mut() else { return };
         let me = state.me.node_id();
         if datagram.len() < HEADER_LEN + 8 + MAC_LEN || datagram.len() > HEADER_LEN + 8 + MSG2_MAX + MAC_LEN {
-            self.stats.drop_malformed += 1;
+            self.stats.handshakes_failed += 1;
             return;
         }
         let mac1_at = datagram.len() - MAC_LEN;
         let Some((to, _)) = take_id(&datagram[HEADER_LEN..]) else { return };
         if to != me || noise::mac1(&state.me.public(), &datagram[..mac1_at]) != datagram[mac1_at..] {
-            self.stats.drop_auth += 1;
+            self.stats.handshakes_failed += 1;
             return;
         }
         let Some(p) = state.peers.get_mut(&header.sender) else {
@@ -537,7 +572,7 @@ impl Node {
             self.stats.handshakes_failed += 1;
             return;
         };
-        if (payload.len() != 4 && payload.len() != 4 + GROUP_KEY_LEN) || p.tag_in_use(keys.hash[0]) {
+        if payload.len() < 4 || (payload.len() - 4) % GROUP_KEY_LEN != 0 || p.tag_in_use(keys.hash[0]) {
             self.stats.handshakes_failed += 1;
             return;
         }
@@ -545,8 +580,7 @@ impl Node {
         p.install(Session::new(&keys, now, true));
         p.pending = None;
         p.addr = from;
-        if payload.len() == 4 + GROUP_KEY_LEN {
-            let g = &payload[4..];
+        for g in payload[4..].chunks_exact(GROUP_KEY_LEN) {
             let key: [u8; 32] = g[1..33].try_into().expect("32 bytes");
             let floor = u64::from_be_bytes(g[33..41].try_into().expect("8 bytes"));
             install_group(p, g[0], key, floor);
@@ -554,8 +588,8 @@ impl Node {
         self.stats.handshakes_completed += 1;
         let id = header.sender;
         self.session_up(now, id, from, their_epoch);
-        // Our first frame confirms the session to the responder, and carries our key if allowed.
-        self.send_group_key_or_request(id);
+        // Our first frame confirms the session to the responder, and carries our keys.
+        self.send_group_keys(id);
     }
 
     fn handle_cookie(&mut self, now: Instant, header: &Header, body: &[u8]) {
@@ -572,7 +606,7 @@ impl Node {
                 // Try again soon, now able to prove our address.
                 hs.next_at = hs.next_at.min(now + Duration::from_millis(20));
             }
-            None => self.stats.drop_auth += 1,
+            None => self.stats.handshakes_failed += 1,
         }
     }
 
@@ -639,7 +673,7 @@ impl Node {
                 }
             }
         } else {
-            match p.groups.iter_mut().flatten().find(|g| g.tag == header.net_tag) {
+            match p.groups.iter_mut().find(|g| g.tag == header.net_tag) {
                 Some(g) => (&g.key, &mut g.replay, g.floor),
                 None => {
                     self.stats.drop_no_key += 1;
@@ -663,7 +697,10 @@ impl Node {
             self.stats.drop_auth += 1;
             return false;
         }
-        if !super::records_valid(&self.scratch[HEADER_LEN..self.scratch.len() - TAG_LEN]) {
+        let body = &self.scratch[HEADER_LEN..self.scratch.len() - TAG_LEN];
+        // Under a multicast key, only its class of records: a member holding someone's discovery
+        // key cannot pass off publications under it.
+        if !super::records_valid(body) || (!unicast && !records_fit_key(header.net_tag, body)) {
             self.stats.drop_malformed += 1;
             return false;
         }
@@ -696,18 +733,14 @@ impl Node {
         let Some(p) = state.peers.get_mut(&header.sender) else { return };
         match record {
             Record::GroupKey { tag, key, floor } => install_group(p, tag, key, floor),
-            Record::KeyRequest => self.send_group_key_or_request_inner(header.sender, false),
+            Record::KeyRequest => self.send_group_keys(header.sender),
             _ => {}
         }
     }
 
-    fn send_group_key_or_request(&mut self, id: NodeId) {
-        self.send_group_key_or_request_inner(id, true);
-    }
-
-    /// Sends our multicast key to `id` if its permissions let it read ours; otherwise, when
-    /// `confirm` is set, a key request (any sealed frame confirms a fresh session).
-    fn send_group_key_or_request_inner(&mut self, id: NodeId, confirm: bool) {
+    /// Sends our multicast keys to `id`: the discovery key always, the data key if its
+    /// permissions let it read what we may publish.
+    fn send_group_keys(&mut self, id: NodeId) {
         let next_pn = self.next_pn;
         let Some(state) = self.identity.as_ref() else { return };
         let Some(p) = state.peers.get(&id) else { return };
@@ -715,14 +748,15 @@ impl Node {
             (Some(them), Some(me)) => them.permissions.may_read_from(&me.permissions),
             _ => false,
         };
-        let keys: Vec<OwnGroupKey> =
-            core::iter::once(state.group.clone()).chain(state.next_group.as_ref().map(|(g, _)| g.clone())).collect();
-        if allowed {
-            for g in keys {
-                self.enqueue_to_peer(id, &Record::GroupKey { tag: g.tag, key: g.raw, floor: next_pn });
+        let mut keys: Vec<OwnGroupKey> = Vec::with_capacity(4);
+        for k in core::iter::once(&state.group).chain(state.next_group.as_ref().map(|(k, _)| k)) {
+            keys.push(k.disc.clone());
+            if allowed {
+                keys.push(k.data.clone());
             }
-        } else if confirm {
-            self.enqueue_to_peer(id, &Record::KeyRequest);
+        }
+        for g in keys {
+            self.enqueue_to_peer(id, &Record::GroupKey { tag: g.tag, key: g.raw, floor: next_pn });
         }
     }
 
@@ -738,9 +772,7 @@ impl Node {
     /// first and used a second later.
     fn rotate_group_key(&mut self, now: Instant, at_once: bool) {
         let Some(state) = self.identity.as_mut() else { return };
-        let avoid = Some(state.group.tag);
-        let g = new_group_key(&mut self.rng, avoid);
-        let state = self.identity.as_mut().expect("checked above");
+        let g = new_keys(&mut self.rng, Some(&state.group));
         state.group_rotate_at = now + self.config.identity.group_key_rotation;
         if at_once {
             state.group = g;
@@ -751,7 +783,7 @@ impl Node {
         self.stats.group_key_rotations += 1;
         let ids: Vec<NodeId> = state.peers.iter().filter(|(_, p)| p.current.is_some()).map(|(id, _)| *id).collect();
         for id in ids {
-            self.send_group_key_or_request_inner(id, false);
+            self.send_group_keys(id);
         }
     }
 
@@ -778,10 +810,18 @@ impl Node {
 
     /// The suite, tag and key that seal a frame to `destination`, or `None` when no session
     /// exists yet (then a handshake is started, and the records are dropped: streams resend).
-    pub(super) fn identity_sealer(&mut self, now: Instant, destination: Destination) -> Option<(u8, u8, SenderKey)> {
+    pub(super) fn identity_sealer(
+        &mut self,
+        now: Instant,
+        destination: Destination,
+        data: bool,
+    ) -> Option<(u8, u8, SenderKey)> {
         let state = self.identity.as_mut()?;
         match destination {
-            Destination::Multicast => Some((SUITE_MULTICAST, state.group.tag, state.group.key.clone())),
+            Destination::Multicast => {
+                let g = if data { &state.group.data } else { &state.group.disc };
+                Some((SUITE_MULTICAST, g.tag, g.key.clone()))
+            }
             Destination::Unicast(addr) => {
                 let found = state.peers.iter_mut().find(|(_, p)| p.addr == addr && p.current.is_some());
                 match found {
@@ -901,10 +941,24 @@ impl Node {
 }
 
 fn install_group(p: &mut IdPeer, tag: u8, key: [u8; 32], floor: u64) {
-    if p.groups[0].as_ref().is_some_and(|g| g.tag == tag) {
+    if p.groups.iter().any(|g| g.tag == tag) {
         return; // already have it; keep its replay window
     }
-    let g = RxGroup { tag, key: SenderKey::from_raw(key), floor, replay: ReplayWindow::new() };
-    p.groups[1] = p.groups[0].take();
-    p.groups[0] = Some(g);
+    let class = tag & DISCOVERY_TAG;
+    if p.groups.iter().filter(|g| g.tag & DISCOVERY_TAG == class).count() >= 2 {
+        let oldest = p.groups.iter().position(|g| g.tag & DISCOVERY_TAG == class).expect("two exist");
+        p.groups.remove(oldest);
+    }
+    p.groups.push(RxGroup { tag, key: SenderKey::from_raw(key), floor, replay: ReplayWindow::new() });
+}
+
+/// Whether every record of an opened multicast body may travel under a key of this tag's class.
+pub(super) fn records_fit_key(tag: u8, body: &[u8]) -> bool {
+    let data = tag & DISCOVERY_TAG == 0;
+    crate::wire::RecordIter::new(body).all(|r| r.is_ok_and(|r| is_data_record(r.kind()) == data))
+}
+
+/// Whether an encoded record goes under the data key.
+pub(super) fn is_data(record: &[u8]) -> bool {
+    record.first().is_some_and(|&k| is_data_record(k))
 }

@@ -217,8 +217,10 @@ pub struct Stats {
     pub gaps: u64,
     /// Incomplete best-effort messages dropped (a fragment never came, or room ran out).
     pub fragments_lost: u64,
-    /// Identity mode: dropped, a key that is not on the allowlist (announce or handshake).
-    pub drop_unknown_key: u64,
+    /// Identity mode: announcements, handshakes and cookies received (not sealed frames).
+    pub rx_unsealed: u64,
+    /// Identity mode: of those, from keys that are not on the allowlist.
+    pub unknown_keys: u64,
     /// Identity mode: dropped, a unicast frame for no session this node holds.
     pub drop_no_session: u64,
     /// Identity mode: dropped, a multicast frame under a key this node was not given.
@@ -229,7 +231,7 @@ pub struct Stats {
     pub handshakes_sent: u64,
     /// Identity mode: sessions established or confirmed.
     pub handshakes_completed: u64,
-    /// Identity mode: handshake messages that failed (bad, replayed, unexpected).
+    /// Identity mode: unsealed frames refused: malformed, bad mac1, failed Noise, replayed, unexpected.
     pub handshakes_failed: u64,
     /// Identity mode: handshakes refused by the per-address rate limit under load.
     pub handshakes_rate_limited: u64,
@@ -245,7 +247,7 @@ pub struct Stats {
 
 impl Stats {
     /// Every counter with its name, for printing.
-    pub fn fields(&self) -> [(&'static str, u64); 38] {
+    pub fn fields(&self) -> [(&'static str, u64); 39] {
         [
             ("rx_datagrams", self.rx_datagrams),
             ("rx_accepted", self.rx_accepted),
@@ -273,7 +275,8 @@ impl Stats {
             ("drop_stream", self.drop_stream),
             ("gaps", self.gaps),
             ("fragments_lost", self.fragments_lost),
-            ("drop_unknown_key", self.drop_unknown_key),
+            ("rx_unsealed", self.rx_unsealed),
+            ("unknown_keys", self.unknown_keys),
             ("drop_no_session", self.drop_no_session),
             ("drop_no_key", self.drop_no_key),
             ("denied", self.denied),
@@ -299,7 +302,6 @@ impl Stats {
             + self.drop_malformed
             + self.drop_peer_table_full
             + self.drop_unverified
-            + self.drop_unknown_key
             + self.drop_no_session
             + self.drop_no_key
     }
@@ -886,6 +888,9 @@ impl Node {
                 return Ok(None);
             };
             let destination = first.destination;
+            // Identity mode seals publications and discovery under different multicast keys.
+            let split = self.identity.is_some() && destination == Destination::Multicast;
+            let data = split && identity::is_data(&first.record);
             if self.next_pn >= self.lease_end {
                 self.stats.lease_stalls += 1;
                 self.request_lease();
@@ -893,7 +898,10 @@ impl Node {
             }
             let mut len = HEADER_LEN;
             while let Some(q) = self.queue.front() {
-                if q.destination != destination || len + q.record.len() + wire::TAG_LEN > max {
+                if q.destination != destination
+                    || len + q.record.len() + wire::TAG_LEN > max
+                    || (split && identity::is_data(&q.record) != data)
+                {
                     break;
                 }
                 let q = self.queue.pop_front().expect("front exists");
@@ -909,7 +917,7 @@ impl Node {
                 continue;
             }
             let identity = if self.identity.is_some() {
-                match self.identity_sealer(now, destination) {
+                match self.identity_sealer(now, destination, data) {
                     Some(sealer) => Some(sealer),
                     None => continue, // no session yet: dropped, a handshake is under way
                 }
