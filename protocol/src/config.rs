@@ -59,7 +59,7 @@ pub struct Config {
     pub identity: IdentityConfig,
 }
 
-/// Identity mode's knobs (PROTOCOL.md §6).
+/// Identity mode's knobs (PROTOCOL.md §11).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdentityConfig {
     /// A session is renewed by a new handshake after this long (WireGuard uses 2 minutes).

@@ -1,4 +1,4 @@
-//! Identity mode: per-device X25519 keys and the network allowlist (PROTOCOL.md §6).
+//! Identity mode: per-device X25519 keys and the network allowlist (PROTOCOL.md §11).
 //!
 //! Each device holds a static key pair; the network's allowlist names every public key that may
 //! join, with what it may publish, subscribe to and call. The allowlist is plain data here: the

@@ -1,4 +1,4 @@
-//! Identity-mode handshakes (PROTOCOL.md §6.2): Noise `IK` through `snow`, with randomness
+//! Identity-mode handshakes (PROTOCOL.md §11.3): Noise `IK` through `snow`, with randomness
 //! injected by the node, plus WireGuard-style `mac1`/`mac2` fields and cookies that let a node
 //! under load refuse handshakes before paying for any Diffie-Hellman.
 

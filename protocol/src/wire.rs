@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 pub const VERSION: u8 = 1;
 /// Security suite in the low nibble of byte 0: 0 is PSK mode (PROTOCOL.md §3).
 pub const SUITE_PSK: u8 = 0;
-/// Identity mode (PROTOCOL.md §6): an unsealed announcement of a node's public key and epoch.
+/// Identity mode (PROTOCOL.md §11): an unsealed announcement of a node's public key and epoch.
 pub const SUITE_ANNOUNCE: u8 = 1;
 /// Identity mode: first Noise IK handshake message.
 pub const SUITE_HS_INIT: u8 = 2;
@@ -323,7 +323,7 @@ pub enum Record<'a> {
         /// The sender's packet number of a freshness window ago: older frames may be replays.
         floor: u64,
     },
-    /// Identity mode, unicast only: the sender's multicast key (PROTOCOL.md §6.4).
+    /// Identity mode, unicast only: the sender's multicast key (PROTOCOL.md §11.4).
     GroupKey {
         /// The key's tag, carried in byte 1 of the frames it seals.
         tag: u8,

@@ -1,4 +1,4 @@
-//! Identity mode in simulation (PROTOCOL.md §6): sessions, authorization, forgery, revocation,
+//! Identity mode in simulation (PROTOCOL.md §11): sessions, authorization, forgery, revocation,
 //! replays and handshake floods, all in virtual time.
 
 mod common;

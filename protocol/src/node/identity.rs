@@ -1,4 +1,4 @@
-//! Identity mode inside the node (PROTOCOL.md §6): announcements, Noise IK sessions with every
+//! Identity mode inside the node (PROTOCOL.md §11): announcements, Noise IK sessions with every
 //! allowlisted peer, per-sender multicast keys handed out over those sessions, authorization,
 //! revocation, and handshake rate limiting with cookies.
 //!

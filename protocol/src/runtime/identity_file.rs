@@ -1,4 +1,4 @@
-//! Identity and allowlist files (PROTOCOL.md §6.6): small TOML files a person can read and edit.
+//! Identity and allowlist files (PROTOCOL.md §11.7): small TOML files a person can read and edit.
 //!
 //! Errors name the file, the line and the fix; an identity file that others can read is
 //! reported so the caller can warn.
@@ -184,7 +184,7 @@ struct MemberToml {
 /// The network name used when an allowlist gives none.
 pub const DEFAULT_NETWORK: &str = "starling";
 
-/// Parses an allowlist file's text (format in PROTOCOL.md §6.6).
+/// Parses an allowlist file's text (format in PROTOCOL.md §11.7).
 pub fn parse_allowlist(text: &str) -> Result<Allowlist, FileError> {
     let t: AllowlistToml = toml::from_str(text).map_err(|e| toml_error(text, e))?;
     let mut entries: Vec<AllowEntry> = Vec::with_capacity(t.member.len());

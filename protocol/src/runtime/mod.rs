@@ -230,7 +230,7 @@ impl NodeBuilder {
         Self::with(Security::Psk(key))
     }
 
-    /// A builder for a node in identity mode (PROTOCOL.md §6): its key pair and the network's
+    /// A builder for a node in identity mode (PROTOCOL.md §11): its key pair and the network's
     /// allowlist, which must list it.
     pub fn identity(identity: Identity, allowlist: Allowlist) -> Self {
         Self::with(Security::Identity { identity, allowlist, file: None })
