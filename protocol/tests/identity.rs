@@ -427,3 +427,39 @@ fn handshake_flood_does_not_starve_legitimate_calls() {
     assert!((s.handshakes_failed as f64) <= budget, "{} Noise attempts in {elapsed:.1} s", s.handshakes_failed);
     assert!(s.cookies_sent > 0, "under load the target answers with cookies");
 }
+
+#[test]
+fn truncated_and_small_order_handshakes_are_refused_and_counted() {
+    let mut sim = Sim::new(48);
+    let list = allowlist(2, |_| everything());
+    let nodes = mesh(&mut sim, 2, &list);
+    wait_for_mesh(&mut sim, &nodes);
+    let target = identity(1).public();
+    let frame = |body: &[u8]| {
+        let mut f = vec![0u8; 16];
+        Header { suite: SUITE_HS_INIT, net_tag: list.net_tag(), sender: sim.id(0), pn: 0 }.emit(&mut f);
+        f.extend_from_slice(&sim.id(1).to_bytes());
+        f.extend_from_slice(body);
+        let mac1 = starling::noise::mac1(&target, &f);
+        f.extend_from_slice(&mac1);
+        f.extend_from_slice(&[0; 16]);
+        f
+    };
+    // An ephemeral key of order 8 (a canonical small-order encoding), the rest of message 1 random.
+    let mut small = vec![0u8; 100];
+    small[..32].copy_from_slice(&[
+        0xe0, 0xeb, 0x7a, 0x7c, 0x3b, 0x41, 0xb8, 0xae, 0x16, 0x56, 0xe3, 0xfa, 0xf1, 0x9f, 0xc4, 0x6a, 0xda, 0x09,
+        0x8d, 0xeb, 0x9c, 0x32, 0xb1, 0xfd, 0x86, 0x62, 0x05, 0x16, 0x5f, 0x49, 0xb8, 0x00,
+    ]);
+    let cases = [frame(&small), frame(&[7u8; 60]), frame(&[])];
+    let before = sim.stats(1);
+    for f in &cases {
+        sim.inject(1, sim.addr(0), f, sim.now());
+    }
+    sim.run_for(Duration::from_millis(10));
+    let after = sim.stats(1);
+    assert_eq!(after.handshakes_failed - before.handshakes_failed, cases.len() as u64, "{after:?}");
+    assert_eq!(after.rx_unsealed - before.rx_unsealed, cases.len() as u64);
+    assert!(counters_add_up(&after));
+    assert!(all_see_each_other(&sim, &nodes), "the live session is undisturbed");
+}

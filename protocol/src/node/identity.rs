@@ -501,6 +501,10 @@ impl Node {
             }
         }
         let msg1 = &datagram[HEADER_LEN + 8..mac1_at];
+        if low_order_ephemeral(msg1) {
+            self.stats.handshakes_failed += 1;
+            return;
+        }
         let Ok(resp) = Responder::read(&state.me, &state.prologue, seed, msg1) else {
             self.stats.handshakes_failed += 1;
             return;
@@ -568,7 +572,12 @@ impl Node {
             self.stats.handshakes_failed += 1;
             return;
         };
-        let Ok((keys, payload)) = hs.init.finish(&datagram[HEADER_LEN + 8..mac1_at]) else {
+        let msg2 = &datagram[HEADER_LEN + 8..mac1_at];
+        if low_order_ephemeral(msg2) {
+            self.stats.handshakes_failed += 1;
+            return;
+        }
+        let Ok((keys, payload)) = hs.init.finish(msg2) else {
             self.stats.handshakes_failed += 1;
             return;
         };
@@ -938,6 +947,12 @@ impl Node {
         }
         Some(state.list.by_id(id).map(|e| &e.permissions))
     }
+}
+
+/// A handshake message whose ephemeral key (its first 32 bytes) is a small-order point: refused
+/// before any Diffie-Hellman with it.
+fn low_order_ephemeral(msg: &[u8]) -> bool {
+    msg.first_chunk::<32>().is_none_or(|e| PublicKey(*e).is_low_order())
 }
 
 fn install_group(p: &mut IdPeer, tag: u8, key: [u8; 32], floor: u64) {
