@@ -841,7 +841,13 @@ impl Node {
                     }
                     None => {
                         self.stats.tx_no_session += 1;
-                        let id = state.peers.iter().find(|(_, p)| p.addr == addr).map(|(id, _)| *id);
+                        // A peer whose handshake we answered confirms it with its next frame: no
+                        // second handshake for that.
+                        let id = state
+                            .peers
+                            .iter()
+                            .find(|(_, p)| p.addr == addr && p.pending.is_none())
+                            .map(|(id, _)| *id);
                         if let Some(id) = id {
                             self.initiate(now, id);
                         }
