@@ -98,6 +98,7 @@ fn ten_nodes_discover_publish_reliably_and_call_like_psk_mode() {
         let s = sim.stats(i);
         assert!(counters_add_up(&s), "node {i}: {s:?}");
         assert_eq!(s.denied, 0);
+        assert!(s.handshakes_completed <= 30, "node {i}: one session per peer, not a churn: {s:?}");
     }
 }
 
@@ -462,4 +463,57 @@ fn truncated_and_small_order_handshakes_are_refused_and_counted() {
     assert_eq!(after.rx_unsealed - before.rx_unsealed, cases.len() as u64);
     assert!(counters_add_up(&after));
     assert!(all_see_each_other(&sim, &nodes), "the live session is undisturbed");
+}
+
+#[test]
+fn sessions_renew_on_time_and_frame_budgets_without_interrupting_calls() {
+    let mut sim = Sim::new(49);
+    sim.link.loss = 0.05;
+    let list = allowlist(2, |_| everything());
+    let nodes: Vec<usize> = (0..2)
+        .map(|i| {
+            let opts = NodeOpts::new().identity(identity(i), list.clone()).config(|c| {
+                c.identity.rekey_after = Duration::from_secs(30);
+                c.identity.rekey_after_frames = 64;
+                c.identity.group_key_rotation = Duration::from_secs(45);
+            });
+            let n = sim.add_node_with(&format!("n{i}"), opts);
+            sim.start(n);
+            n
+        })
+        .collect();
+    wait_for_mesh(&mut sim, &nodes);
+    sim.serve(1, &["echo"], |r| Some(Ok(r.payload.to_vec())));
+    sim.subscribe(1, "t");
+    let mut calls = Vec::new();
+    for k in 0..200u32 {
+        calls.push(sim.call(0, sim.id(1), "echo", &k.to_be_bytes(), Duration::from_secs(5)));
+        sim.publish_reliable(0, "t", &k.to_be_bytes(), None);
+        sim.run_for(Duration::from_millis(1000));
+    }
+    sim.run_for(Duration::from_secs(10));
+    let results = sim.call_results(0);
+    let ok = calls.iter().filter(|id| results.iter().any(|(_, c, r)| c == *id && r.is_ok())).count();
+    assert_eq!(ok, calls.len(), "every call across renewals succeeded");
+    let got: Vec<u32> =
+        sim.messages(1).iter().map(|(_, p, _)| u32::from_be_bytes(p[..4].try_into().unwrap())).collect();
+    let missing: Vec<u32> = (0..200).filter(|k| !got.contains(k)).collect();
+    let gaps: Vec<_> = sim.events(1).iter().filter(|l| matches!(l.event, Event::Gap { .. })).collect();
+    let done: Vec<_> =
+        sim.events(0).iter().filter(|l| matches!(&l.event, Event::PublishDone { result: Err(_), .. })).collect();
+    assert!(
+        missing.is_empty(),
+        "missing {missing:?}, gaps {gaps:?}, failed publishes {done:?}, stats {:?} {:?}",
+        sim.stats(0),
+        sim.stats(1)
+    );
+    for i in 0..2 {
+        let s = sim.stats(i);
+        assert!(s.handshakes_completed >= 6, "node {i}: sessions renewed: {s:?}");
+        // Renewal follows the budgets, not every announcement: about one per 30 s or 64 frames.
+        assert!(s.handshakes_completed <= 60, "node {i}: handshake churn: {s:?}");
+        assert_eq!(s.drop_auth, 0, "node {i}: no key confusion: {s:?}");
+        assert!(s.group_key_rotations >= 4, "node {i}: multicast keys rotated: {s:?}");
+        assert!(counters_add_up(&s));
+    }
 }

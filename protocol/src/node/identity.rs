@@ -222,13 +222,12 @@ fn random32(rng: &mut impl RngCore) -> [u8; 32] {
     b
 }
 
-fn new_group_key(rng: &mut impl RngCore, class: u8, avoid: Option<u8>) -> OwnGroupKey {
+/// A new key of `class`. Tags count up from a random start, so the last 127 keys of a class all
+/// have different tags and a receiver never mistakes a new key for one it still holds.
+fn new_group_key(rng: &mut impl RngCore, class: u8, previous: Option<u8>) -> OwnGroupKey {
     let raw = random32(rng);
-    let mut tag = class | (rng.next_u32() & 0x7f) as u8;
-    if Some(tag) == avoid {
-        tag = class | (tag.wrapping_add(1) & 0x7f);
-    }
-    OwnGroupKey { tag, raw, key: SenderKey::from_raw(raw) }
+    let start = previous.unwrap_or((rng.next_u32() & 0x7f) as u8).wrapping_add(1);
+    OwnGroupKey { tag: class | (start & 0x7f), raw, key: SenderKey::from_raw(raw) }
 }
 
 fn new_keys(rng: &mut impl RngCore, old: Option<&OwnKeys>) -> OwnKeys {
@@ -586,6 +585,7 @@ impl Node {
             return;
         }
         let their_epoch = u32::from_be_bytes(payload[..4].try_into().expect("4 bytes"));
+        p.epoch = their_epoch;
         p.install(Session::new(&keys, now, true));
         p.pending = None;
         p.addr = from;
@@ -704,6 +704,14 @@ impl Node {
         self.scratch.extend_from_slice(datagram);
         if key.open(header.pn, &mut self.scratch, HEADER_LEN).is_err() {
             self.stats.drop_auth += 1;
+            // A multicast key that fails may be stale (its replacement was lost): ask again.
+            let ask = !unicast
+                && p.current.is_some()
+                && p.last_key_request.is_none_or(|t| now.saturating_duration_since(t) >= KEY_REQUEST_GAP);
+            if ask {
+                p.last_key_request = Some(now);
+                self.enqueue_to_peer(header.sender, &Record::KeyRequest);
+            }
             return false;
         }
         let body = &self.scratch[HEADER_LEN..self.scratch.len() - TAG_LEN];
@@ -825,6 +833,7 @@ impl Node {
         destination: Destination,
         data: bool,
     ) -> Option<(u8, u8, SenderKey)> {
+        let rekey_frames = self.config.identity.rekey_after_frames;
         let state = self.identity.as_mut()?;
         match destination {
             Destination::Multicast => {
@@ -834,20 +843,24 @@ impl Node {
             Destination::Unicast(addr) => {
                 let found = state.peers.iter_mut().find(|(_, p)| p.addr == addr && p.current.is_some());
                 match found {
-                    Some((_, p)) => {
+                    Some((id, p)) => {
                         let s = p.current.as_mut().expect("filtered");
                         s.sent += 1;
-                        Some((SUITE_UNICAST, s.tag, s.send.clone()))
+                        let sealer = (SUITE_UNICAST, s.tag, s.send.clone());
+                        // The frame budget is checked as frames go; the time budget by the timer.
+                        let renew = s.initiator && s.sent >= rekey_frames && p.handshake.is_none();
+                        let id = *id;
+                        if renew {
+                            self.initiate(now, id);
+                        }
+                        Some(sealer)
                     }
                     None => {
                         self.stats.tx_no_session += 1;
                         // A peer whose handshake we answered confirms it with its next frame: no
                         // second handshake for that.
-                        let id = state
-                            .peers
-                            .iter()
-                            .find(|(_, p)| p.addr == addr && p.pending.is_none())
-                            .map(|(id, _)| *id);
+                        let id =
+                            state.peers.iter().find(|(_, p)| p.addr == addr && p.pending.is_none()).map(|(id, _)| *id);
                         if let Some(id) = id {
                             self.initiate(now, id);
                         }
@@ -867,7 +880,8 @@ impl Node {
         let peers = state.peers.values().flat_map(|p| {
             [
                 p.handshake.as_ref().map(|h| h.next_at),
-                p.current.as_ref().filter(|s| s.initiator).map(|s| s.created + rekey),
+                // While the renewal is under way its retry time (above) is the deadline.
+                p.current.as_ref().filter(|s| s.initiator && p.handshake.is_none()).map(|s| s.created + rekey),
                 p.previous.as_ref().map(|s| s.created + rekey * 3),
             ]
         });

@@ -181,6 +181,9 @@ pub struct Stats {
     pub drop_replay: u64,
     /// Dropped: authenticated but its content is malformed.
     pub drop_malformed: u64,
+    /// Messages of an accepted frame (a stream message or reassembled fragment) that did not parse:
+    /// dropped and counted here, apart from whole frames, so each datagram is counted once.
+    pub malformed_messages: u64,
     /// Dropped: a new sender while the peer table is full of live peers.
     pub drop_peer_table_full: u64,
     /// Dropped: frames of a sender that has not proved freshness, beyond what may wait, or that
@@ -247,7 +250,7 @@ pub struct Stats {
 
 impl Stats {
     /// Every counter with its name, for printing.
-    pub fn fields(&self) -> [(&'static str, u64); 39] {
+    pub fn fields(&self) -> [(&'static str, u64); 40] {
         [
             ("rx_datagrams", self.rx_datagrams),
             ("rx_accepted", self.rx_accepted),
@@ -258,6 +261,7 @@ impl Stats {
             ("drop_auth", self.drop_auth),
             ("drop_replay", self.drop_replay),
             ("drop_malformed", self.drop_malformed),
+            ("malformed_messages", self.malformed_messages),
             ("drop_peer_table_full", self.drop_peer_table_full),
             ("drop_unverified", self.drop_unverified),
             ("rx_after_challenge", self.rx_after_challenge),
