@@ -6,9 +6,11 @@
 //! - [`args`]: parsing of keys, payloads and durations with errors that say what to do.
 //! - [`bridge`]: the MQTT bridge.
 //! - [`own_broker`]: the broker the gateway runs when none is configured.
+//! - [`provision`]: `starling provision`, the provisioning blob for devices.
 #![warn(missing_docs)]
 
 pub mod args;
 pub mod bridge;
 pub mod own_broker;
+pub mod provision;
 pub mod render;

@@ -43,6 +43,8 @@ enum Command {
     ServeEcho(ServeArgs),
     /// Bridge the mesh to an MQTT broker: mesh topic a/b is MQTT topic PREFIX/a/b, both ways.
     Gateway(GatewayArgs),
+    /// Write a device's provisioning blob (Wi-Fi, key, name, intervals) for flashing, or --check one.
+    Provision(starling_gateway::provision::ProvisionArgs),
 }
 
 #[derive(Args)]
@@ -247,6 +249,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Call(a) => call(a).await,
         Command::ServeEcho(a) => serve_echo(a).await,
         Command::Gateway(a) => gateway(a).await,
+        Command::Provision(a) => starling_gateway::provision::run(a),
     }
 }
 
