@@ -7,6 +7,7 @@
 //! - [`bridge`]: the MQTT bridge.
 //! - [`own_broker`]: the broker the gateway runs when none is configured.
 //! - [`provision`]: `starling provision`, the provisioning blob for devices.
+//! - [`twin`]: `starling twin`, the firmware's application on the host.
 #![warn(missing_docs)]
 
 pub mod args;
@@ -14,3 +15,4 @@ pub mod bridge;
 pub mod own_broker;
 pub mod provision;
 pub mod render;
+pub mod twin;

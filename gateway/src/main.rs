@@ -45,6 +45,8 @@ enum Command {
     Gateway(GatewayArgs),
     /// Write a device's provisioning blob (Wi-Fi, key, name, intervals) for flashing, or --check one.
     Provision(starling_gateway::provision::ProvisionArgs),
+    /// Run the ESP32-C3 firmware's application on this host from its provisioning blob (a twin).
+    Twin(starling_gateway::twin::TwinArgs),
 }
 
 #[derive(Args)]
@@ -250,6 +252,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::ServeEcho(a) => serve_echo(a).await,
         Command::Gateway(a) => gateway(a).await,
         Command::Provision(a) => starling_gateway::provision::run(a),
+        Command::Twin(a) => starling_gateway::twin::run(a).await,
     }
 }
 
