@@ -14,7 +14,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::Write;
 use core::time::Duration;
-use starling::{Instant, Stats};
+use starling::{Config, Instant, Stats};
 
 use crate::provision::{GpioPin, Provisioning};
 
@@ -27,6 +27,18 @@ pub const STATS_METHOD: &str = "$stats";
 pub const REBOOT_DELAY: Duration = Duration::from_secs(1);
 /// Firmware identification reported by `info`.
 pub const FIRMWARE: &str = concat!("starling-device ", env!("CARGO_PKG_VERSION"));
+
+/// The core's configuration on a device: [`Config::embedded`] with a smaller response cache and
+/// event queue, so that the core's heap stays within 32 KiB with 16 peers (`tests/core_heap.rs`).
+/// Calls older than the last 8 may run again if retransmitted late; the device's methods are
+/// idempotent.
+pub fn core_config(name: &str, rng_seed: [u8; 32], beacon_interval: Duration) -> Config {
+    let mut c = Config::embedded(name, rng_seed);
+    c.beacon_interval = beacon_interval;
+    c.response_cache_entries = 8;
+    c.max_events = 16;
+    c
+}
 
 /// What the hardware (or its simulation) supplies. Every reading is optional: a board that
 /// cannot measure something leaves it out, it is not published.

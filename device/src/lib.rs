@@ -17,5 +17,5 @@ pub mod app;
 pub mod lease;
 pub mod provision;
 
-pub use app::{Board, Device, Reading, METHODS};
+pub use app::{core_config, Board, Device, Reading, METHODS};
 pub use provision::{ProvisionError, Provisioning};

@@ -1,7 +1,7 @@
 //! `starling twin`: the ESP32-C3 firmware's application, run on the host over real UDP.
 //!
 //! It reads the same provisioning blob, runs the same [`Device`] logic (readings, `info`,
-//! `gpio.set`, `config.get`, `reboot`) with the same core bounds ([`Config::embedded`]) and
+//! `gpio.set`, `config.get`, `reboot`) with the same core bounds ([`starling_device::core_config`]) and
 //! lease block, over a simulated board, so tests exercise the firmware's behaviour against host
 //! nodes, the CLI and the gateway. The packet-number lease goes to a state file (the firmware
 //! keeps it in flash with `starling_device::lease`). A `reboot` call restarts the node in
@@ -67,8 +67,9 @@ impl Board for SimBoard {
 
 /// The firmware's core bounds on top of the runtime's defaults.
 fn embedded_bounds(c: &mut Config) {
-    let e = Config::embedded(c.name.clone(), c.rng_seed);
+    let e = starling_device::core_config(&c.name, c.rng_seed, c.beacon_interval);
     c.max_peers = e.max_peers;
+    c.response_cache_lifetime = e.response_cache_lifetime;
     c.max_subscriptions = e.max_subscriptions;
     c.max_events = e.max_events;
     c.max_queued_bytes = e.max_queued_bytes;

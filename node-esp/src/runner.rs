@@ -14,10 +14,10 @@ use esp_hal::rng::Trng;
 use esp_storage::FlashStorage;
 use log::{error, info, warn};
 use starling::wire::MAX_DATAGRAM;
-use starling::{Boot, Config, Destination, Event, Instant, Node, NodeId, PersistedState};
+use starling::{Boot, Destination, Event, Instant, Node, NodeId, PersistedState};
 use starling_device::app::{stats_text, STATS_METHOD};
 use starling_device::lease::LeaseLog;
-use starling_device::{Device, METHODS};
+use starling_device::{core_config, Device, METHODS};
 
 use crate::backoff;
 use crate::board::EspBoard;
@@ -43,8 +43,7 @@ pub async fn run(
     seed: [u8; 32],
 ) -> ! {
     let prov = device.provisioning().clone();
-    let mut config = Config::embedded(prov.name.clone(), seed);
-    config.beacon_interval = prov.beacon_interval;
+    let config = core_config(&prov.name, seed, prov.beacon_interval);
     let fresh_id = NodeId::from_u64(u64::from(trng.random()) << 32 | u64::from(trng.random()));
     let boot = start_boot(&mut lease, prev, fresh_id, config.lease_block);
 
