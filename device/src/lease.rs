@@ -67,10 +67,10 @@ impl<F: NorFlash> LeaseLog<F> {
 
     /// Scans the region and returns the log with the newest valid record, if any.
     pub fn open(flash: F, base: u32) -> Result<(Self, Option<PersistedState>), LeaseError> {
-        if F::ERASE_SIZE < 2 * SLOT || F::ERASE_SIZE % SLOT != 0 || SLOT % F::WRITE_SIZE != 0 {
+        if F::ERASE_SIZE < 2 * SLOT || !F::ERASE_SIZE.is_multiple_of(SLOT) || !SLOT.is_multiple_of(F::WRITE_SIZE) {
             return Err(LeaseError::Geometry("sectors must hold whole 32-byte records, written in whole units"));
         }
-        if base % F::ERASE_SIZE as u32 != 0 {
+        if !base.is_multiple_of(F::ERASE_SIZE as u32) {
             return Err(LeaseError::Geometry("the region must start on a sector boundary"));
         }
         let mut log = LeaseLog { flash, base, active: 0, next_slot: 0 };

@@ -74,7 +74,9 @@ async fn main(spawner: Spawner) -> ! {
     let net_config = embassy_net::Config::dhcpv4(Default::default());
     let (stack, net_runner) = embassy_net::new(sta, net_config, resources, net_seed);
     spawner.spawn(net_task(net_runner).expect("net task spawns once"));
-    spawner.spawn(wifi_task(controller, prov.wifi_ssid.clone(), prov.wifi_password.clone()).expect("wifi task spawns once"));
+    spawner.spawn(
+        wifi_task(controller, prov.wifi_ssid.clone(), prov.wifi_password.clone()).expect("wifi task spawns once"),
+    );
 
     let board = board::EspBoard::new(peripherals.TSENS, prov.gpio);
     let (lease, prev) = match LeaseLog::open(flash, layout::LEASE_OFFSET) {
@@ -135,7 +137,11 @@ async fn net_task(mut runner: Runner<'static, Interface>) -> ! {
 /// Keeps the station connected: wrong credentials or a vanished access point are logged and
 /// retried with backoff; the RSSI reading is refreshed while connected.
 #[embassy_executor::task]
-async fn wifi_task(mut controller: WifiController<'static>, ssid: alloc::string::String, password: alloc::string::String) {
+async fn wifi_task(
+    mut controller: WifiController<'static>,
+    ssid: alloc::string::String,
+    password: alloc::string::String,
+) {
     let auth = if password.is_empty() {
         AuthenticationMethodConfig::Open
     } else {
@@ -167,11 +173,9 @@ async fn wifi_task(mut controller: WifiController<'static>, ssid: alloc::string:
                     if let Ok(r) = controller.rssi() {
                         board::RSSI.store(r, core::sync::atomic::Ordering::Relaxed);
                     }
-                    let disconnected = embassy_futures::select::select(
-                        controller.wait_for_disconnect_async(),
-                        Timer::after_secs(5),
-                    )
-                    .await;
+                    let disconnected =
+                        embassy_futures::select::select(controller.wait_for_disconnect_async(), Timer::after_secs(5))
+                            .await;
                     if let embassy_futures::select::Either::First(d) = disconnected {
                         warn!("Wi-Fi: disconnected ({d:?})");
                         board::RSSI.store(i32::MIN, core::sync::atomic::Ordering::Relaxed);
