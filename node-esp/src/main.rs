@@ -129,6 +129,14 @@ async fn loop_until_ok<T, E: core::fmt::Debug>(what: &str, mut f: impl FnMut() -
     }
 }
 
+/// A state the device cannot leave without new provisioning: says so every minute, forever.
+async fn stuck(why: &str) {
+    loop {
+        error!("{why}");
+        Timer::after_secs(60).await;
+    }
+}
+
 #[embassy_executor::task]
 async fn net_task(mut runner: Runner<'static, Interface>) -> ! {
     runner.run().await
@@ -154,13 +162,12 @@ async fn wifi_task(
         }
     };
     let Ok(ssid_cfg) = ssid.as_str().try_into() else {
-        error!("Wi-Fi SSID {ssid:?} rejected by the driver; reprovision the device");
-        return;
+        return stuck("the Wi-Fi SSID was rejected by the driver; reprovision the device").await;
     };
     let config = WifiConfig::Station(StationConfig::default().with_ssid(ssid_cfg).with_authentication(auth));
     if let Err(e) = controller.set_config(&config) {
-        error!("Wi-Fi configuration refused: {e:?}; reprovision the device");
-        return;
+        error!("Wi-Fi configuration refused: {e:?}");
+        return stuck("the Wi-Fi configuration was refused; reprovision the device").await;
     }
     let mut attempt = 0;
     loop {

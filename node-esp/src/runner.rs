@@ -48,7 +48,11 @@ pub async fn run(
     let boot = start_boot(&mut lease, prev, fresh_id, config.lease_block);
 
     info!("waiting for an IPv4 address (DHCP)");
-    stack.wait_config_up().await;
+    let mut waited = 0u32;
+    while let Either::Second(()) = select(stack.wait_config_up(), Timer::after_secs(30)).await {
+        waited += 30;
+        warn!("still no IPv4 address after {waited} s (Wi-Fi down, or no DHCP server on this network)");
+    }
     if let Some(c) = stack.config_v4() {
         info!("address {}", c.address);
     }
