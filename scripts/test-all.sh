@@ -32,6 +32,10 @@ step "the ESP32-C3 firmware (node-esp/) builds; its flash and RAM use per sectio
 bash scripts/firmware-size.sh
 (cd node-esp && cargo fmt -- --check && cargo clippy --release --locked -- -D warnings)
 
+step "the core and device logic on an emulated RV32IMC core (qemu-system-riscv32 -machine virt)"
+bash scripts/qemu-rv32.sh
+(cd qemu-rv32 && cargo fmt -- --check && cargo clippy --release --locked -- -D warnings)
+
 step "docs build without warnings"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 
