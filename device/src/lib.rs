@@ -8,6 +8,7 @@
 //! - [`app`]: the [`Device`] state machine: which readings to publish when, and the RPC methods
 //!   (`info`, `gpio.set`, `config.get`, `reboot`), over a [`Board`] that supplies the readings.
 //! - [`lease`]: the packet-number lease log on NOR flash, so nonces are never reused across reboots.
+//! - [`retry`]: the backoff between retries of what failed.
 #![no_std]
 #![warn(missing_docs)]
 
@@ -16,6 +17,7 @@ extern crate alloc;
 pub mod app;
 pub mod lease;
 pub mod provision;
+pub mod retry;
 
 pub use app::{core_config, Board, Device, Reading, METHODS};
 pub use provision::{ProvisionError, Provisioning};

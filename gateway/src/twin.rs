@@ -16,7 +16,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use starling::runtime::{self, NodeBuilder, PeerEvent, Request};
 use starling::Config;
-use starling_device::provision::GpioPin;
+use starling_device::provision::{GpioPin, ProvisionError};
+use starling_device::retry::backoff;
 use starling_device::{Board, Device, Provisioning, METHODS};
 
 /// Arguments of `starling twin`.
@@ -82,14 +83,36 @@ fn embedded_bounds(c: &mut Config) {
 
 /// Runs the twin until interrupted.
 pub async fn run(a: TwinArgs) -> Result<()> {
-    let bytes = std::fs::read(&a.blob).with_context(|| format!("reading {}", a.blob.display()))?;
-    let prov = Provisioning::decode(&bytes).with_context(|| format!("{} is refused", a.blob.display()))?;
+    let prov = tokio::select! {
+        p = read_provisioning(&a.blob) => p,
+        _ = tokio::signal::ctrl_c() => return Ok(()),
+    };
     let board = Arc::new(Mutex::new(SimBoard::default()));
     loop {
         match boot(&a, &prov, &board).await? {
             Exit::Reboot => println!("twin: rebooting"),
             Exit::Interrupted => return Ok(()),
         }
+    }
+}
+
+/// As the firmware does: while the blob is missing or refused, says why on stderr and reads it
+/// again with growing pauses (0.5 s up to 10 s here, 5 s up to 60 s on the board).
+async fn read_provisioning(path: &std::path::Path) -> Provisioning {
+    let mut attempt = 0;
+    loop {
+        let why = match std::fs::read(path) {
+            Ok(bytes) => match Provisioning::decode(&bytes) {
+                Ok(p) => return p,
+                Err(e) => e.to_string(),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => ProvisionError::Missing.to_string(),
+            Err(e) => format!("cannot read it: {e}"),
+        };
+        let wait = backoff(attempt, Duration::from_millis(500), Duration::from_secs(10));
+        eprintln!("twin: provisioning {}: {why}; reading it again in {} ms", path.display(), wait.as_millis());
+        attempt += 1;
+        tokio::time::sleep(wait).await;
     }
 }
 

@@ -335,3 +335,42 @@ async fn twin_readings_reach_an_mqtt_subscriber_through_the_gateway() {
     let _ = broker.kill();
     let _ = broker.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twin_without_provisioning_says_why_and_starts_once_a_blob_arrives() {
+    let dir = TempDir::new("noprov");
+    let key = random_key();
+    let mesh = isolated_mesh();
+    let key_file = write_key(&dir.0, &key);
+    let good = provision(&dir.0, &key_file, mesh);
+    let blob = dir.0.join("later.prov");
+    let mut child =
+        Command::new(BIN).arg("twin").arg(&blob).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let err = BufReader::new(child.stderr.take().unwrap());
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let e = errors.clone();
+    std::thread::spawn(move || {
+        for line in err.lines().map_while(Result::ok) {
+            e.lock().unwrap().push(line);
+        }
+    });
+    let saw = |what: &'static str| {
+        let errors = errors.clone();
+        move || {
+            let found = errors.lock().unwrap().iter().any(|l| l.contains(what));
+            async move { found }
+        }
+    };
+    assert!(eventually(Duration::from_secs(5), saw("no provisioning blob")).await, "{:?}", errors.lock().unwrap());
+    // A corrupted blob: refused with the reason, still waiting.
+    let mut bytes = std::fs::read(&good).unwrap();
+    bytes[30] ^= 0x40;
+    std::fs::write(&blob, &bytes).unwrap();
+    assert!(eventually(Duration::from_secs(15), saw("checksum mismatch")).await, "{:?}", errors.lock().unwrap());
+    // A good one: it comes up.
+    std::fs::copy(&good, &blob).unwrap();
+    let host = host_node(&key, mesh, "host").await;
+    assert!(eventually(Duration::from_secs(20), || async { twin_id(&host).await.is_some() }).await);
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -35,10 +35,7 @@ use starling_device::{Device, Provisioning};
 
 esp_bootloader_esp_idf::esp_app_desc!();
 
-/// Waits with exponential backoff: `attempt` 0 waits `first`, doubling up to `max`.
-pub(crate) fn backoff(attempt: u32, first: Duration, max: Duration) -> Duration {
-    first.saturating_mul(1u32 << attempt.min(16)).min(max)
-}
+pub(crate) use starling_device::retry::backoff;
 
 #[esp_rtos::main]
 async fn main(spawner: Spawner) -> ! {
