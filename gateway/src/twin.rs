@@ -176,7 +176,10 @@ async fn boot(a: &TwinArgs, prov: &Provisioning, board: &Arc<Mutex<SimBoard>>) -
                 }
                 let readings = device.lock().expect("device lock").poll_readings(t, &mut *board.lock().expect("board lock"));
                 for r in readings {
-                    node.publish(&r.topic, r.payload).await.context("publishing")?;
+                    // As on the board: a reading that cannot go out is reported, the rest goes on.
+                    if let Err(e) = node.publish(&r.topic, r.payload).await {
+                        eprintln!("twin: publishing {}: {e}", r.topic);
+                    }
                 }
             }
             Ok(e) = events.recv() => match e {

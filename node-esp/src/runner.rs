@@ -98,6 +98,8 @@ pub async fn run(
     let mut lease_retry_at = Instant::ZERO;
     let mut lonely_warn_at = now() + Duration::from_secs(30);
     let mut lonely_attempt = 0u32;
+    let mut send_failures = 0u64;
+    let mut send_warn_at = Instant::ZERO;
     loop {
         let t = now();
         for r in device.poll_readings(t, &mut board) {
@@ -140,7 +142,12 @@ pub async fn run(
                     }
                 };
                 if let Err(e) = socket.send_to(&tx[..transmit.len], to).await {
-                    warn!("sending {} bytes to {to}: {e:?}", transmit.len);
+                    // While Wi-Fi is down every send fails: say so once per 30 s, with a count.
+                    send_failures += 1;
+                    if t >= send_warn_at {
+                        warn!("sending to {to} failed: {e:?} ({send_failures} sends failed so far)");
+                        send_warn_at = t + Duration::from_secs(30);
+                    }
                 }
             }
             let mut had_event = false;
