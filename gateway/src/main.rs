@@ -112,7 +112,7 @@ struct CallArgs {
     node: String,
     /// Method name.
     method: String,
-    /// Request payload as text.
+    /// Request payload as text (none given: an empty request).
     #[arg(conflicts_with_all = ["file", "hex", "empty"])]
     payload: Option<String>,
     #[command(flatten)]
@@ -550,7 +550,9 @@ async fn find_peer(node: &Node, who: &str, limit: Duration) -> Result<starling::
 }
 
 async fn call(a: CallArgs) -> Result<()> {
-    let request = payload(a.payload.as_ref(), &a.source)?;
+    // Many methods take no argument (`info`): no payload at all means an empty request.
+    let given = a.payload.is_some() || a.source.file.is_some() || a.source.hex.is_some();
+    let request = if given { payload(a.payload.as_ref(), &a.source)? } else { Vec::new() };
     let node = open(&a.mesh, "call").await?;
     let started = tokio::time::Instant::now();
     let peer = find_peer(&node, &a.node, a.timeout).await?;

@@ -223,7 +223,7 @@ async fn twin_joins_answers_reboots_and_never_reuses_a_nonce() {
     let config = call(&b, id, "config.get", b"").await.unwrap();
     assert!(config.contains("\"wifi_ssid\":\"home\"") && !config.contains("correct horse"), "{config}");
     let out = Command::new(BIN)
-        .args(["call", "--group", &mesh.0.to_string(), "--port", &mesh.1.to_string(), NAME, "info", "--empty"])
+        .args(["call", "--group", &mesh.0.to_string(), "--port", &mesh.1.to_string(), NAME, "info"])
         .arg("--key")
         .arg(&key_file)
         .env_remove("STARLING_KEY")
