@@ -7,10 +7,14 @@
 //! - [`bridge`]: the MQTT bridge.
 //! - [`identity_cmd`]: device key pairs and allowlist editing (identity mode).
 //! - [`own_broker`]: the broker the gateway runs when none is configured.
+//! - [`provision`]: `starling provision`, the provisioning blob for devices.
+//! - [`twin`]: `starling twin`, the firmware's application on the host.
 #![warn(missing_docs)]
 
 pub mod args;
 pub mod bridge;
 pub mod identity_cmd;
 pub mod own_broker;
+pub mod provision;
 pub mod render;
+pub mod twin;

@@ -43,6 +43,10 @@ enum Command {
     ServeEcho(ServeArgs),
     /// Bridge the mesh to an MQTT broker: mesh topic a/b is MQTT topic PREFIX/a/b, both ways.
     Gateway(GatewayArgs),
+    /// Write a device's provisioning blob (Wi-Fi, key, name, intervals) for flashing, or --check one.
+    Provision(starling_gateway::provision::ProvisionArgs),
+    /// Run the ESP32-C3 firmware's application on this host from its provisioning blob (a twin).
+    Twin(starling_gateway::twin::TwinArgs),
     /// Identity mode: make a device key pair, or show an identity file's public key.
     #[command(subcommand)]
     Identity(IdentityCommand),
@@ -173,7 +177,7 @@ struct CallArgs {
     node: String,
     /// Method name.
     method: String,
-    /// Request payload as text.
+    /// Request payload as text (none given: an empty request).
     #[arg(conflicts_with_all = ["file", "hex", "empty"])]
     payload: Option<String>,
     #[command(flatten)]
@@ -321,6 +325,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Gateway(a) => gateway(a).await,
         Command::Identity(c) => identity(c),
         Command::Allow(c) => allow(c),
+        Command::Provision(a) => starling_gateway::provision::run(a),
+        Command::Twin(a) => starling_gateway::twin::run(a).await,
     }
 }
 
@@ -707,7 +713,9 @@ async fn find_peer(node: &Node, who: &str, limit: Duration) -> Result<starling::
 }
 
 async fn call(a: CallArgs) -> Result<()> {
-    let request = payload(a.payload.as_ref(), &a.source)?;
+    // Many methods take no argument (`info`): no payload at all means an empty request.
+    let given = a.payload.is_some() || a.source.file.is_some() || a.source.hex.is_some();
+    let request = if given { payload(a.payload.as_ref(), &a.source)? } else { Vec::new() };
     let node = open(&a.mesh, "call").await?;
     let started = tokio::time::Instant::now();
     let peer = find_peer(&node, &a.node, a.timeout).await?;

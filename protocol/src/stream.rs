@@ -332,6 +332,11 @@ impl OutStream {
         }
         if self.messages.is_empty() {
             self.heartbeat_at = None;
+            // An idle stream holds no heap (a microcontroller has one per RPC peer).
+            self.messages = VecDeque::new();
+        }
+        if self.chunks.is_empty() {
+            self.chunks = VecDeque::new();
         }
         // Acks matter only for live receivers and those a message still waits for; `live` is
         // sorted (it comes from an ordered map), so this stays cheap.
@@ -547,6 +552,11 @@ impl InStream {
 
     fn deliver(&mut self, now: Instant, out: &mut Vec<Delivery>) {
         loop {
+            if self.pending.is_empty() {
+                // An empty B-tree keeps its root node: drop it, idle streams hold no heap.
+                self.pending = BTreeMap::new();
+                return;
+            }
             let Some(first) = self.pending.get(&self.next) else { return };
             if first.index != 0 {
                 // A chunk that is not a message start at the head: the stream is inconsistent.

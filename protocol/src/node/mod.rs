@@ -511,7 +511,9 @@ pub struct Node {
     lease_end: u64,
     lease_request: Option<PersistedState>,
     lease_requested_end: Option<u64>,
-    peers: BTreeMap<NodeId, Peer>,
+    /// Boxed: a `Peer` is about 850 bytes and B-tree nodes hold 11 slots, so unboxed a mesh of
+    /// 16 peers would reserve room for 33 (28 KiB instead of 14 KiB on a microcontroller).
+    peers: BTreeMap<NodeId, alloc::boxed::Box<Peer>>,
     subs: Vec<(SubscriptionId, TopicFilter)>,
     next_sub: u64,
     queue: VecDeque<Queued>,
@@ -1036,7 +1038,7 @@ impl Node {
     fn insert_peer(&mut self, now: Instant, from: SocketAddr, id: NodeId, key: Option<SenderKey>) {
         self.peers.insert(
             id,
-            Peer {
+            alloc::boxed::Box::new(Peer {
                 name: String::new(),
                 addr: from,
                 epoch: 0,
@@ -1053,7 +1055,7 @@ impl Node {
                 rtt: RttEstimator::new(self.config.initial_rto, Duration::from_millis(20), Duration::from_secs(5)),
                 floor: 0,
                 verify: None,
-            },
+            }),
         );
     }
 
