@@ -16,7 +16,7 @@ use starling::wire::{DataHeader, Inner, Record, RecordIter};
 use starling::{Boot, Config, Destination, Event, Instant, Node, NodeId};
 use starling_fuzz::harness::{peer_addr, victim_config};
 use starling_fuzz::psk::Psk;
-use starling_fuzz::{put_long, AppOp, Driver, Mode, Op, PnChoice, NETWORK_KEY, PEER_A, VICTIM};
+use starling_fuzz::{put_long, put_short, AppOp, Driver, Mode, Op, PnChoice, NETWORK_KEY, PEER_A, VICTIM};
 
 /// Hex vectors of PROTOCOL.md §10 by name.
 fn vectors() -> BTreeMap<String, Vec<u8>> {
@@ -330,6 +330,26 @@ fn main() {
         .map(|(i, (n, f))| (format!("pair_{i}"), [n.as_bytes(), &[0xff], f.as_bytes()].concat()))
         .collect();
     write("topic", &topic_seeds);
+
+    // Replay window: in order, a reorder inside the window, a duplicate, a jump past the window
+    // and a number that fell out of it (op byte, then its operand; see fuzz_targets/replay.rs).
+    let mut replay = Vec::new();
+    for (op, arg) in [(0u8, 1u16), (0, 5), (1, 2), (1, 2), (0, 2000), (1, 1024), (1, 1023), (4, 0)] {
+        replay.push(op);
+        replay.extend_from_slice(&arg.to_le_bytes());
+    }
+    write("replay", &[("window".into(), replay)]);
+
+    // Reassembly: limits, then a three-fragment message out of order with a duplicate, an
+    // expiry pass and a single-fragment message (see fuzz_targets/reassembly.rs).
+    let mut re = vec![0x00, 0x10, 4, 0x00, 0x10];
+    for (index, chunk) in [(2u8, &b"c"[..]), (0, b"aa"), (0, b"aa"), (1, b"bb")] {
+        re.extend_from_slice(&[2, 1, 1, 7, 3, index]);
+        put_short(&mut re, chunk);
+    }
+    re.extend_from_slice(&[0, 250]);
+    re.extend_from_slice(&[2, 0, 2, 8, 1, 0, 2, b'h', b'i']);
+    write("reassembly", &[("three_fragments".into(), re)]);
 
     let vector_frames: Vec<&[u8]> = frames.iter().map(|n| &v[*n][..]).collect();
     let mut raw: Vec<(String, Vec<u8>)> = vec![("vector_frames".into(), raw_program(&vector_frames))];
