@@ -10,6 +10,7 @@
 //! - [`psk`]: the PSK [`Mode`].
 
 pub mod harness;
+pub mod identity;
 pub mod ops;
 pub mod psk;
 
