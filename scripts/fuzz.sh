@@ -25,7 +25,8 @@ fi
 if [ "$#" -gt 0 ]; then
     targets=("$@")
 else
-    mapfile -t targets < <(cargo +nightly fuzz list)
+    # gen-corpus is the seed generator, a plain binary of the same package, not a target.
+    mapfile -t targets < <(cargo +nightly fuzz list | grep -vx gen-corpus)
 fi
 
 # Single-datagram decoders need no more than a datagram (and a bit, to see oversize refused);
