@@ -189,7 +189,13 @@ impl Pair {
             let t = t.max(self.now);
             if last == Some((t, i)) {
                 spins += 1;
-                assert!(spins < MAX_SPIN, "livelock: node {i}'s handle_timeout({t:?}) leaves its timer there");
+                assert!(
+                    spins < MAX_SPIN,
+                    "livelock: node {i}'s handle_timeout({t:?}) leaves its timer there; pending calls {}, held {}, {:?}",
+                    self.nodes[i].pending_calls(),
+                    self.nodes[i].held_frames(),
+                    self.nodes[i].stats()
+                );
             } else {
                 spins = 0;
             }
