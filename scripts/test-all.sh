@@ -41,3 +41,6 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 
 step "tests"
 cargo test --workspace
+
+step "fuzzing: every target of fuzz/ for ${STARLING_FUZZ_SECONDS:-60}s (nightly; installs cargo-fuzz if missing)"
+bash scripts/fuzz.sh "${STARLING_FUZZ_SECONDS:-60}"
