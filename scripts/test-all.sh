@@ -29,6 +29,14 @@ step "the protocol core builds no_std for the ESP32-C3 target"
 cargo build -p starling --no-default-features --target riscv32imc-unknown-none-elf
 cargo build -p starling --no-default-features --target riscv32imc-unknown-none-elf --release
 
+step "the ESP32-C3 firmware (node-esp/) builds; its flash and RAM use per section and the core's heap against the budget"
+bash scripts/firmware-size.sh
+(cd node-esp && cargo fmt -- --check && cargo clippy --release --locked -- -D warnings)
+
+step "the core and device logic on an emulated RV32IMC core (qemu-system-riscv32 -machine virt)"
+bash scripts/qemu-rv32.sh
+(cd qemu-rv32 && cargo fmt -- --check && cargo clippy --release --locked -- -D warnings)
+
 step "docs build without warnings"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 
@@ -37,3 +45,5 @@ cargo test --workspace
 
 step "starling watch (--plain and full-screen) under 50 000 messages per second (optimized build; prints rate, memory, key latency)"
 cargo test --release -p starling-gateway --test watch_load -- --ignored --nocapture
+step "fuzzing: every target of fuzz/ for ${STARLING_FUZZ_SECONDS:-60}s (nightly; installs cargo-fuzz if missing)"
+bash scripts/fuzz.sh "${STARLING_FUZZ_SECONDS:-60}"

@@ -238,6 +238,9 @@ impl Driver {
             Command::Stats(reply) => {
                 let _ = reply.send(self.stats());
             }
+            Command::SetAllowlist(list, reply) => {
+                let _ = reply.send(self.node.set_allowlist(self.now(), list));
+            }
             Command::Close(_) => unreachable!("handled in run"),
         }
     }
