@@ -373,7 +373,8 @@ impl NodeBuilder {
         let sockets = socket::Sockets::open(self.group, self.port, self.interface, self.ttl)?;
         let local_addr = sockets.local_addr();
         let origin = std::time::Instant::now();
-        if boot.node_id != fresh_id {
+        // Identity mode only: PSK nodes resume whatever id their state file holds.
+        if matches!(self.security, Security::Identity { .. }) && boot.node_id != fresh_id {
             if let Persistence::File(path) = &self.persistence {
                 return Err(Error::StateFile {
                     path: path.clone(),
