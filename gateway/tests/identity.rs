@@ -141,7 +141,7 @@ fn members_publish_subscribe_and_call_within_their_rights_and_outsiders_get_noth
     let (gw_sub, gw_lines) = env.sub("gw", "net.allow", &["home/#", "--timeout", "12s"]);
     let (out_sub, out_lines) = env.sub("outsider", "out.allow", &["#", "--timeout", "12s"]);
     let mut echo =
-        env.cmd("serve-echo", "gw", "net.allow").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        env.cmd("serve-echo", "echo", "net.allow").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
 
     let publish = |who: &str, list: &str, topic: &str, text: &str| {
         let out = env.cmd("pub", who, list).args([topic, text]).output().unwrap();
@@ -164,7 +164,7 @@ fn members_publish_subscribe_and_call_within_their_rights_and_outsiders_get_noth
     );
     let stranger =
         env.cmd("call", "outsider", "out.allow").args(["echo", "echo", "hi", "--timeout", "2s"]).output().unwrap();
-    assert!(!stranger.status.success(), "the outsider reached gw");
+    assert!(!stranger.status.success(), "the outsider reached the echo node");
 
     wait_exit(gw_sub, Duration::from_secs(20));
     wait_exit(out_sub, Duration::from_secs(20));
