@@ -122,7 +122,10 @@ fn members_publish_subscribe_and_call_within_their_rights_and_outsiders_get_noth
     let gw = env.identity("gw");
     let kitchen = env.identity("kitchen");
     let outsider = env.identity("outsider");
+    let echo_id = env.identity("echo");
     env.allow("net.allow", &gw, "gw", &["--publish", "#", "--subscribe", "#", "--call", "*"]);
+    // A separate device serves echo: one identity file belongs to one running node.
+    env.allow("net.allow", &echo_id, "echo", &["--publish", "#", "--subscribe", "#"]);
     env.allow(
         "net.allow",
         &kitchen,
@@ -138,7 +141,7 @@ fn members_publish_subscribe_and_call_within_their_rights_and_outsiders_get_noth
     let (gw_sub, gw_lines) = env.sub("gw", "net.allow", &["home/#", "--timeout", "12s"]);
     let (out_sub, out_lines) = env.sub("outsider", "out.allow", &["#", "--timeout", "12s"]);
     let mut echo =
-        env.cmd("serve-echo", "gw", "net.allow").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        env.cmd("serve-echo", "echo", "net.allow").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
 
     let publish = |who: &str, list: &str, topic: &str, text: &str| {
         let out = env.cmd("pub", who, list).args([topic, text]).output().unwrap();
@@ -148,10 +151,11 @@ fn members_publish_subscribe_and_call_within_their_rights_and_outsiders_get_noth
     publish("kitchen", "net.allow", "home/kitchen/temp", "21.5");
     publish("outsider", "out.allow", "home/kitchen/temp", "forged");
 
-    let ok = env.cmd("call", "kitchen", "net.allow").args(["gw", "echo", "hi", "--timeout", "5s"]).output().unwrap();
+    let ok = env.cmd("call", "kitchen", "net.allow").args(["echo", "echo", "hi", "--timeout", "5s"]).output().unwrap();
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "hi");
-    let denied = env.cmd("call", "kitchen", "net.allow").args(["gw", "fail", "x", "--timeout", "5s"]).output().unwrap();
+    let denied =
+        env.cmd("call", "kitchen", "net.allow").args(["echo", "fail", "x", "--timeout", "5s"]).output().unwrap();
     assert!(!denied.status.success());
     assert!(
         String::from_utf8_lossy(&denied.stderr).to_lowercase().contains("denied"),
@@ -159,8 +163,8 @@ fn members_publish_subscribe_and_call_within_their_rights_and_outsiders_get_noth
         String::from_utf8_lossy(&denied.stderr)
     );
     let stranger =
-        env.cmd("call", "outsider", "out.allow").args(["gw", "echo", "hi", "--timeout", "2s"]).output().unwrap();
-    assert!(!stranger.status.success(), "the outsider reached gw");
+        env.cmd("call", "outsider", "out.allow").args(["echo", "echo", "hi", "--timeout", "2s"]).output().unwrap();
+    assert!(!stranger.status.success(), "the outsider reached the echo node");
 
     wait_exit(gw_sub, Duration::from_secs(20));
     wait_exit(out_sub, Duration::from_secs(20));

@@ -517,3 +517,37 @@ fn sessions_renew_on_time_and_frame_budgets_without_interrupting_calls() {
         assert!(counters_add_up(&s));
     }
 }
+
+#[test]
+fn a_member_without_storage_that_leaves_and_comes_back_is_a_new_incarnation() {
+    // Ids are bound to keys, so a device without stable storage comes back with the same id and
+    // packet numbers from zero: its old Leave must not make its new frames look stale.
+    let mut sim = Sim::new(50);
+    let list = allowlist(2, |_| everything());
+    let nodes: Vec<usize> = (0..2)
+        .map(|i| {
+            let n =
+                sim.add_node_with(&format!("n{i}"), NodeOpts::new().ephemeral().identity(identity(i), list.clone()));
+            sim.start(n);
+            n
+        })
+        .collect();
+    wait_for_mesh(&mut sim, &nodes);
+    sim.serve(0, &["ping"], |_| Some(Ok(b"pong".to_vec())));
+    for round in 0..3 {
+        sim.close(1);
+        sim.run_for(Duration::from_secs(1));
+        assert!(sim.peers(0).is_empty(), "round {round}: the leave was seen");
+        sim.start(1);
+        wait_for_mesh(&mut sim, &nodes);
+        let c = sim.call(1, sim.id(0), "ping", b"", Duration::from_secs(3));
+        sim.run_for(Duration::from_secs(1));
+        assert!(
+            sim.call_results(1).iter().any(|(_, id, r)| *id == c && r.as_deref() == Ok(&b"pong"[..])),
+            "round {round}: {:?}",
+            sim.call_results(1)
+        );
+    }
+    let ups = sim.events(0).iter().filter(|l| matches!(l.event, Event::PeerUp(_))).count();
+    assert_eq!(ups, 4, "up at first and after each return");
+}

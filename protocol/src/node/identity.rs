@@ -635,11 +635,21 @@ impl Node {
             }
             self.insert_peer(now, from, id, None);
         }
-        let restarted = self.peers.get(&id).is_some_and(|p| p.status == PeerStatus::Up && p.epoch != epoch);
+        // Ids are bound to keys, so a device that restarts keeps its id: a new epoch in the
+        // (authenticated) handshake is a new incarnation, whatever state the old one left.
+        let new_incarnation = self.peers.get(&id).is_some_and(|p| p.epoch != epoch);
+        let restarted = new_incarnation && self.peers.get(&id).is_some_and(|p| p.status == PeerStatus::Up);
         if let Some(p) = self.peers.get_mut(&id) {
             p.epoch = epoch;
             p.addr = from;
-            if restarted {
+            if new_incarnation {
+                // Its packet numbers start afresh: the old incarnation's Leave says nothing now.
+                p.left_pn = None;
+                if p.status == PeerStatus::Down {
+                    p.status = PeerStatus::Unannounced;
+                }
+            }
+            if new_incarnation {
                 // Our stream to it goes on; what it held for the old incarnation is gone.
                 p.in_mcast = None;
                 p.in_ucast = None;
@@ -651,9 +661,11 @@ impl Node {
                 p.name = name.name.clone();
             }
         }
-        if restarted {
+        if new_incarnation {
             self.reassembly.forget(id);
             self.cache.forget(id);
+        }
+        if restarted {
             let info = self.peers[&id].info(id);
             self.push_event(Event::PeerRestarted(info));
             self.resend_calls(now, id);

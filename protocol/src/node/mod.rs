@@ -1132,7 +1132,10 @@ impl Node {
 
     fn handle_beacon(&mut self, now: Instant, sender: NodeId, b: Beacon<'_>) {
         let Some(p) = self.peers.get_mut(&sender) else { return };
-        p.name = b.name.to_string();
+        // Identity mode names peers from the allowlist, never from what they announce.
+        if self.identity.is_none() {
+            p.name = b.name.to_string();
+        }
         p.interval = Duration::from_millis(u64::from(b.interval_ms.max(10)));
         let event = match p.status {
             PeerStatus::Up if b.epoch > p.epoch => {
