@@ -16,7 +16,7 @@ use core::fmt::Write;
 use core::time::Duration;
 use starling::{Config, Instant, Stats};
 
-use crate::provision::{GpioPin, Provisioning};
+use crate::provision::{GpioPin, Membership, Provisioning};
 
 /// The methods a device serves.
 pub const METHODS: [&str; 4] = ["info", "gpio.set", "config.get", "reboot"];
@@ -204,12 +204,22 @@ impl Device {
         s
     }
 
-    /// The provisioning without its secrets (Wi-Fi password, network key), as JSON.
+    /// The provisioning without its secrets (Wi-Fi password, network key, identity secret), as
+    /// JSON. In identity mode it shows the public key, the network name and the member count.
     pub fn config_json(&self) -> String {
         let p = &self.prov;
         let mut s = String::new();
         s.push('{');
         json_field(&mut s, "name", &json_str(&p.name));
+        match &p.membership {
+            Membership::Psk(_) => json_field(&mut s, "membership", "\"psk\""),
+            Membership::Identity { identity, allowlist } => {
+                json_field(&mut s, "membership", "\"identity\"");
+                json_field(&mut s, "public_key", &json_str(&format!("{}", identity.public())));
+                json_field(&mut s, "network", &json_str(&allowlist.network));
+                json_field(&mut s, "members", &format!("{}", allowlist.entries.len()));
+            }
+        }
         json_field(&mut s, "wifi_ssid", &json_str(&p.wifi_ssid));
         json_field(&mut s, "publish_interval_ms", &format!("{}", p.publish_interval.as_millis()));
         json_field(&mut s, "beacon_interval_ms", &format!("{}", p.beacon_interval.as_millis()));
@@ -335,6 +345,7 @@ mod tests {
         let cfg = String::from_utf8(d.handle_request(now, "config.get", b"", &mut b).unwrap()).unwrap();
         assert!(cfg.contains("\"publish_interval_ms\":2000") && cfg.contains("\"gpio_pin\":8"), "{cfg}");
         assert!(cfg.contains("\"group\":\"239.255.83.76\",\"port\":4783}"), "{cfg}");
+        assert!(cfg.contains("\"membership\":\"psk\",") && !cfg.contains("key"), "{cfg}");
         assert!(d.handle_request(now, "nope", b"", &mut b).is_err());
         assert!(!d.reboot_due(now));
         assert!(d.handle_request(now, "reboot", b"", &mut b).is_ok());
@@ -350,6 +361,28 @@ mod tests {
         let mut d = device(false);
         let e = d.handle_request(Instant::ZERO, "gpio.set", b"1", &mut FakeBoard::default()).unwrap_err();
         assert!(String::from_utf8(e).unwrap().contains("--gpio PIN"));
+    }
+
+    #[test]
+    fn config_of_an_identity_device_shows_its_public_key_never_its_secret() {
+        use starling::identity::{AllowEntry, Allowlist, Identity, Permissions};
+        use starling::TopicFilter;
+        let identity = Identity::from_secret([5; 32]);
+        let public = identity.public();
+        let permissions = Permissions { publish: alloc::vec![TopicFilter::new("#").unwrap()], ..Default::default() };
+        let allowlist = Allowlist {
+            network: "home".into(),
+            entries: alloc::vec![AllowEntry { name: "d".into(), key: public, permissions }],
+        };
+        let p = Provisioning::with_membership("d", "home", "", Membership::Identity { identity, allowlist });
+        let cfg = Device::new(p, Instant::ZERO).config_json();
+        assert!(
+            cfg.contains(&format!(
+                "\"membership\":\"identity\",\"public_key\":\"{public}\",\"network\":\"home\",\"members\":1,"
+            )),
+            "{cfg}"
+        );
+        assert!(!cfg.contains("0505"), "{cfg}");
     }
 
     #[test]

@@ -12,7 +12,7 @@
 use core::fmt;
 use embedded_storage::nor_flash::{NorFlash, NorFlashError, NorFlashErrorKind};
 use starling::state::STATE_LEN;
-use starling::PersistedState;
+use starling::{Boot, NodeId, PersistedState, StateError};
 
 const SLOT: usize = STATE_LEN;
 
@@ -138,6 +138,37 @@ impl<F: NorFlash> LeaseLog<F> {
     }
 }
 
+/// The boot of a device whose newest stored state is `prev`, and the state to store before the
+/// node is created ([`Boot::resume`]).
+///
+/// `fixed_id` is the node id identity mode derives from the device's key
+/// ([`Membership::fixed_node_id`](crate::provision::Membership::fixed_node_id)): it replaces
+/// the stored id, while the epoch and packet numbers go on from the stored state, so a device
+/// reprovisioned from a network key to an identity (or to another identity) still never repeats
+/// a packet number or an epoch. In PSK mode (`None`) the stored id is kept, or `fresh_id` is
+/// used on the first boot.
+pub fn resume_boot(
+    prev: Option<PersistedState>,
+    fixed_id: Option<NodeId>,
+    fresh_id: NodeId,
+    block: u64,
+) -> Result<(Boot, PersistedState), StateError> {
+    match fixed_id {
+        Some(id) => Boot::resume(prev.map(|p| PersistedState { node_id: id, ..p }), id, block),
+        None => Boot::resume(prev, fresh_id, block),
+    }
+}
+
+/// The boot of a device that cannot use its lease log. PSK mode takes a fresh random id (a new
+/// key, so nonce-safe). Identity mode must keep the id its key fixes; its keys are fresh every
+/// boot (PROTOCOL.md §11.1), and a random odd epoch (`random | 1`) shows peers it restarted.
+pub fn ephemeral_boot(fixed_id: Option<NodeId>, fresh_id: NodeId, random: u32) -> Boot {
+    match fixed_id {
+        Some(id) => Boot { epoch: random | 1, ..Boot::ephemeral(id) },
+        None => Boot::ephemeral(fresh_id),
+    }
+}
+
 /// A NOR flash in RAM with NOR semantics (writes only clear bits, erase sets a sector to `0xff`)
 /// and injectable faults: for tests of the log and of drivers on the host.
 #[derive(Debug, Clone)]
@@ -216,7 +247,28 @@ impl NorFlash for RamFlash {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use starling::{Boot, NodeId};
+
+    #[test]
+    fn identity_mode_keeps_its_id_and_counts_on_from_any_stored_state() {
+        let fixed = NodeId::from_u64(7);
+        let fresh = NodeId::from_u64(9);
+        // First boot.
+        let (b, s) = resume_boot(None, Some(fixed), fresh, 100).unwrap();
+        assert_eq!((b.node_id, b.epoch, b.first_pn, s.lease_end), (fixed, 1, 0, 100));
+        // State left by a PSK boot with another id: the id is replaced, epoch and pn go on.
+        let prev = PersistedState { node_id: NodeId::from_u64(42), epoch: 3, lease_end: 500 };
+        let (b, s) = resume_boot(Some(prev), Some(fixed), fresh, 100).unwrap();
+        assert_eq!((b.node_id, b.epoch, b.first_pn, s.lease_end, s.node_id), (fixed, 4, 500, 600, fixed));
+        // PSK mode keeps the stored id.
+        let (b, _) = resume_boot(Some(prev), None, fresh, 100).unwrap();
+        assert_eq!((b.node_id, b.epoch), (NodeId::from_u64(42), 4));
+        assert_eq!(resume_boot(None, None, fresh, 100).unwrap().0.node_id, fresh);
+        // Without a log.
+        let e = ephemeral_boot(Some(fixed), fresh, 0x1234);
+        assert_eq!((e.node_id, e.epoch), (fixed, 0x1235));
+        assert_eq!(ephemeral_boot(Some(fixed), fresh, 0).epoch, 1);
+        assert_eq!(ephemeral_boot(None, fresh, 6), Boot::ephemeral(fresh));
+    }
 
     type Log = LeaseLog<RamFlash>;
 

@@ -3,28 +3,31 @@
 //! call it, for a minute of virtual time. Every allocation made while the measured node (or its
 //! `Device`) runs is counted; the peak of live bytes must stay within 32 KiB.
 //!
-//! Print the number: `cargo test -p starling-device --test core_heap -- --nocapture`.
+//! The same run in identity mode (PROTOCOL.md §11: a 17-member allowlist, Noise sessions with
+//! every peer, multicast keys) is measured and printed too, against its own budget.
+//!
+//! Print the numbers: `cargo test -p starling-device --test core_heap -- --nocapture`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
-use starling::{Boot, Config, Destination, Event, Instant, NetworkKey, Node, NodeId};
+use starling::identity::{AllowEntry, Allowlist, Identity, MethodPattern, Permissions};
+use starling::{Boot, Config, Destination, Event, Instant, NetworkKey, Node, NodeId, TopicFilter};
 use starling_device::provision::GpioPin;
-use starling_device::{core_config, Board, Device, Provisioning, METHODS};
+use starling_device::{core_config, Board, Device, Membership, Provisioning, METHODS};
 
 const BUDGET: isize = 32 * 1024;
 const PEERS: usize = 16;
 
 struct Counting;
 
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-static PEAK: AtomicIsize = AtomicIsize::new(0);
-
+// Per thread, so that the PSK and identity runs (two tests, two threads) count apart.
 thread_local! {
     static TRACK: Cell<bool> = const { Cell::new(false) };
+    static LIVE: Cell<isize> = const { Cell::new(0) };
+    static PEAK: Cell<isize> = const { Cell::new(0) };
 }
 
 fn tracking() -> bool {
@@ -32,8 +35,11 @@ fn tracking() -> bool {
 }
 
 fn add(n: isize) {
-    let live = LIVE.fetch_add(n, Ordering::Relaxed) + n;
-    PEAK.fetch_max(live, Ordering::Relaxed);
+    let live = LIVE.with(|l| {
+        l.set(l.get() + n);
+        l.get()
+    });
+    PEAK.with(|p| p.set(p.get().max(live)));
 }
 
 // SAFETY: every call is forwarded to the system allocator unchanged; only counters are kept.
@@ -108,26 +114,82 @@ fn addr(i: usize) -> SocketAddr {
 
 #[test]
 fn core_heap_with_16_peers_stays_within_32_kib() {
+    let peak = simulate(false);
+    assert!(peak <= BUDGET, "the core's heap peaked at {peak} bytes, over the {BUDGET}-byte budget");
+}
+
+/// Identity mode keeps much more per peer (Noise sessions and up to four multicast keys, each
+/// with its own replay window) and the allowlist. Measured at about 107 KiB with 16 peers: far
+/// over the 32 KiB of PSK mode, and more than the firmware's heap leaves beside Wi-Fi
+/// (node-esp/README.md, "Memory"). This bound only catches regressions; it is not a budget the
+/// board meets.
+const IDENTITY_BUDGET: isize = 112 * 1024;
+
+#[test]
+fn core_heap_in_identity_mode_with_16_peers() {
+    let peak = simulate(true);
+    assert!(peak <= IDENTITY_BUDGET, "identity mode: the core's heap peaked at {peak} bytes, over {IDENTITY_BUDGET}");
+}
+
+fn member(name: &str, identity: &Identity, publish: &str, subscribe: &str, call: &str) -> AllowEntry {
+    let list = |s: &str| s.split_whitespace().map(|f| TopicFilter::new(f).unwrap()).collect();
+    AllowEntry {
+        name: name.into(),
+        key: identity.public(),
+        permissions: Permissions {
+            publish: list(publish),
+            subscribe: list(subscribe),
+            call: call.split_whitespace().map(|m| MethodPattern::new(m).unwrap()).collect(),
+        },
+    }
+}
+
+/// Runs the device among 16 peers for a minute of virtual time; returns the device's peak heap.
+fn simulate(identity_mode: bool) -> isize {
     let key = NetworkKey::from_bytes([0x33; 32]);
-    let mut prov = Provisioning::new("kitchen-sensor", "home", "", key.clone());
+    let ids: Vec<Identity> = (0..=PEERS).map(|i| Identity::from_secret([i as u8 + 0x40; 32])).collect();
+    let mut list = Allowlist {
+        network: "home".into(),
+        entries: vec![member("kitchen-sensor", &ids[0], "kitchen-sensor/#", "", "")],
+    };
+    for (i, id) in ids.iter().enumerate().skip(1) {
+        list.entries.push(member(&format!("peer-{i}"), id, "", "kitchen-sensor/#", "info $stats"));
+    }
+    let membership = if identity_mode {
+        Membership::Identity { identity: ids[0].clone(), allowlist: list.clone() }
+    } else {
+        Membership::Psk(key.clone())
+    };
+    let device_id = if identity_mode { ids[0].node_id() } else { NodeId::from_u64(1000) };
+    let mut prov = Provisioning::with_membership("kitchen-sensor", "home", "", membership);
     prov.publish_interval = Duration::from_secs(1);
     prov.beacon_interval = Duration::from_secs(1);
     prov.gpio = Some(GpioPin { pin: 8, active_low: false });
+    prov.validate().unwrap();
 
     // Node 0 is the device; nodes 1..=16 are host peers.
     let (mut device, mut nodes) = measured(|| {
         let config = core_config(&prov.name, [1; 32], prov.beacon_interval);
-        let boot = Boot::resume(None, NodeId::from_u64(1000), config.lease_block).unwrap().0;
-        let mut node = Node::new(config, &key, boot, Instant::ZERO).unwrap();
+        let boot = Boot::resume(None, device_id, config.lease_block).unwrap().0;
+        let mut node = match &prov.membership {
+            Membership::Psk(key) => Node::new(config, key, boot, Instant::ZERO).unwrap(),
+            Membership::Identity { identity, allowlist } => {
+                Node::new_identity(config, identity.clone(), allowlist.clone(), boot, Instant::ZERO).unwrap()
+            }
+        };
         for m in METHODS.iter().chain([&"$stats"]) {
             node.serve(m).unwrap();
         }
         (Device::new(prov.clone(), Instant::ZERO), vec![node])
     });
-    for i in 1..=PEERS {
+    for (i, id) in ids.iter().enumerate().skip(1) {
         let mut c = Config::new(format!("peer-{i}"), [i as u8 + 1; 32]);
         c.beacon_interval = Duration::from_secs(1);
-        let mut n = Node::new(c, &key, Boot::ephemeral(NodeId::from_u64(i as u64)), Instant::ZERO).unwrap();
+        let mut n = if identity_mode {
+            Node::new_identity(c, id.clone(), list.clone(), Boot::ephemeral(id.node_id()), Instant::ZERO).unwrap()
+        } else {
+            Node::new(c, &key, Boot::ephemeral(NodeId::from_u64(i as u64)), Instant::ZERO).unwrap()
+        };
         n.subscribe("kitchen-sensor/#").unwrap();
         nodes.push(n);
     }
@@ -141,7 +203,7 @@ fn core_heap_with_16_peers_stays_within_32_kib() {
     for tick in 0..6000u32 {
         now += step;
         if std::env::var("HEAP_TRACE").is_ok() && tick % 500 == 0 {
-            eprintln!("tick {tick}: live {} peers {}", LIVE.load(Ordering::Relaxed), nodes[0].peers().count());
+            eprintln!("tick {tick}: live {} peers {}", LIVE.with(Cell::get), nodes[0].peers().count());
         }
         let mut inflight: Vec<(usize, Destination, Vec<u8>)> = Vec::new();
         for (i, n) in nodes.iter_mut().enumerate() {
@@ -160,7 +222,7 @@ fn core_heap_with_16_peers_stays_within_32_kib() {
             }
             // Every peer calls the device every 5 s, staggered.
             if !dev && tick % 500 == (i as u32 * 29) % 500 && tick > 300 {
-                let _ = n.call(now, NodeId::from_u64(1000), "info", b"", Duration::from_secs(2));
+                let _ = n.call(now, device_id, "info", b"", Duration::from_secs(2));
             }
             // Lease, transmits, events: for the device inside the measured scope, except the
             // harness's copies of the datagrams, made outside it.
@@ -206,16 +268,17 @@ fn core_heap_with_16_peers_stays_within_32_kib() {
         }
     }
     let peers_seen = nodes[0].peers().count();
-    let peak = PEAK.load(Ordering::Relaxed);
-    let live = LIVE.load(Ordering::Relaxed);
+    let peak = PEAK.with(Cell::get);
+    let live = LIVE.with(Cell::get);
+    let mode = if identity_mode { "identity mode" } else { "PSK mode" };
     println!(
-        "core heap with {PEERS} peers (core_config, 60 s, {answered} calls answered, {delivered} readings \
+        "{mode}: core heap with {PEERS} peers (core_config, 60 s, {answered} calls answered, {delivered} readings \
          delivered): peak {peak} bytes ({:.1} KiB), {live} live at the end; budget {} KiB",
         peak as f64 / 1024.0,
-        BUDGET / 1024
+        if identity_mode { IDENTITY_BUDGET } else { BUDGET } / 1024
     );
     assert_eq!(peers_seen, PEERS, "the device must know every peer for the number to mean anything");
     assert!(answered >= 100, "peers must have called the device ({answered} answered)");
     assert!(delivered >= 16 * 50 * 4, "peers must have received the readings ({delivered})");
-    assert!(peak <= BUDGET, "the core's heap peaked at {peak} bytes, over the {BUDGET}-byte budget");
+    peak
 }

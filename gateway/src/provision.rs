@@ -1,5 +1,6 @@
 //! `starling provision`: writes the provisioning blob a device reads from flash (Wi-Fi, network
-//! key, name, intervals), or checks one. The format is `starling_device::provision`'s.
+//! key or identity and allowlist, name, intervals), or checks one. The format is
+//! `starling_device::provision`'s.
 
 use std::io::{IsTerminal, Write};
 use std::net::Ipv4Addr;
@@ -8,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use starling_device::provision::{GpioPin, Provisioning, DEFAULT_GROUP, DEFAULT_PORT};
+use starling::runtime::identity_file::{read_allowlist, read_identity};
+use starling_device::provision::{GpioPin, Membership, Provisioning, DEFAULT_GROUP, DEFAULT_PORT};
 
 use crate::args::{parse_duration, resolve_key};
 
@@ -22,8 +24,16 @@ pub struct ProvisionArgs {
     #[arg(long, env = "STARLING_WIFI_PASS", value_name = "PASS", hide_env_values = true)]
     pub wifi_pass: Option<String>,
     /// Network key file, as written by `starling keygen` (or the key text in STARLING_KEY).
-    #[arg(short, long, env = "STARLING_KEY_FILE", value_name = "FILE")]
+    #[arg(short, long, env = "STARLING_KEY_FILE", value_name = "FILE", conflicts_with = "identity")]
     pub key: Option<PathBuf>,
+    /// Identity mode: the device's identity file (`starling identity new`); its secret goes into
+    /// the blob. Needs --allowlist; no network key then.
+    #[arg(long, value_name = "FILE", requires = "allowlist")]
+    pub identity: Option<PathBuf>,
+    /// Identity mode: the network's allowlist file, copied into the blob. It must list the
+    /// device's public key with a publish filter covering its readings (`NAME/#`).
+    #[arg(long, value_name = "FILE", requires = "identity")]
+    pub allowlist: Option<PathBuf>,
     /// The device's node name; its readings go to NAME/temperature, NAME/uptime, ...
     #[arg(short, long, required_unless_present = "check")]
     pub name: Option<String>,
@@ -50,7 +60,7 @@ pub struct ProvisionArgs {
     pub out: Option<PathBuf>,
     /// Instead of writing a blob, check FILE (or a flash dump) and print what it holds, secrets
     /// left out, or why a device would refuse it.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["wifi_ssid", "name", "out"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["wifi_ssid", "name", "out", "identity"])]
     pub check: Option<PathBuf>,
 }
 
@@ -59,14 +69,33 @@ pub fn run(a: ProvisionArgs) -> Result<()> {
     if let Some(path) = &a.check {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let p = Provisioning::decode(&bytes).with_context(|| format!("{} is refused", path.display()))?;
+        // Debug leaves the secrets out; in identity mode it shows the public key, network name
+        // and member count.
         println!("{p:#?}");
+        if let Membership::Identity { identity, allowlist } = &p.membership {
+            println!("node id: {}", identity.node_id());
+            for e in &allowlist.entries {
+                let me = if e.key == identity.public() { " (this device)" } else { "" };
+                println!("member {:?} {}{me}", e.name, e.key);
+            }
+        }
         return Ok(());
     }
-    let key = resolve_key(a.key.as_deref(), std::env::var("STARLING_KEY").ok().as_deref())?;
     let (Some(name), Some(ssid)) = (a.name.as_deref(), a.wifi_ssid.as_deref()) else {
         bail!("--name and --wifi-ssid are required");
     };
-    let mut p = Provisioning::new(name, ssid, a.wifi_pass.as_deref().unwrap_or(""), key);
+    let membership = match (&a.identity, &a.allowlist) {
+        (Some(id_path), Some(list_path)) => {
+            let (file, warning) = read_identity(id_path)?;
+            if let Some(w) = warning {
+                eprintln!("warning: {w}");
+            }
+            let allowlist = read_allowlist(list_path)?;
+            Membership::Identity { identity: file.identity, allowlist }
+        }
+        _ => Membership::Psk(resolve_key(a.key.as_deref(), std::env::var("STARLING_KEY").ok().as_deref())?),
+    };
+    let mut p = Provisioning::with_membership(name, ssid, a.wifi_pass.as_deref().unwrap_or(""), membership);
     p.publish_interval = a.interval;
     p.beacon_interval = a.beacon_interval;
     p.gpio = a.gpio.map(|pin| GpioPin { pin, active_low: a.gpio_active_low });

@@ -1,6 +1,6 @@
 //! `starling twin`: the ESP32-C3 firmware's application, run on the host over real UDP.
 //!
-//! It reads the same provisioning blob, runs the same [`Device`] logic (readings, `info`,
+//! It reads the same provisioning blob (network key or identity and allowlist), runs the same [`Device`] logic (readings, `info`,
 //! `gpio.set`, `config.get`, `reboot`) with the same core bounds ([`starling_device::core_config`]) and
 //! lease block, over a simulated board, so tests exercise the firmware's behaviour against host
 //! nodes, the CLI and the gateway. The packet-number lease goes to a state file (the firmware
@@ -18,7 +18,7 @@ use starling::runtime::{self, NodeBuilder, PeerEvent, Request};
 use starling::Config;
 use starling_device::provision::{GpioPin, ProvisionError};
 use starling_device::retry::backoff;
-use starling_device::{Board, Device, Provisioning, METHODS};
+use starling_device::{Board, Device, Membership, Provisioning, METHODS};
 
 /// Arguments of `starling twin`.
 #[derive(Args, Debug)]
@@ -122,7 +122,13 @@ enum Exit {
 }
 
 async fn boot(a: &TwinArgs, prov: &Provisioning, board: &Arc<Mutex<SimBoard>>) -> Result<Exit> {
-    let mut builder = NodeBuilder::new(prov.key.clone())
+    // As the firmware: a network key, or the device's identity and allowlist (the node id then
+    // derives from the public key, and the state file must hold that id).
+    let builder = match &prov.membership {
+        Membership::Psk(key) => NodeBuilder::new(key.clone()),
+        Membership::Identity { identity, allowlist } => NodeBuilder::identity(identity.clone(), allowlist.clone()),
+    };
+    let mut builder = builder
         .name(&prov.name)
         .group(prov.group)
         .port(prov.port)

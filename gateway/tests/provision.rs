@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use starling_device::provision::{GpioPin, ProvisionError, Provisioning, CHECKSUM_LEN};
+use starling_device::provision::{GpioPin, Membership, ProvisionError, Provisioning, CHECKSUM_LEN};
 
 const BIN: &str = env!("CARGO_BIN_EXE_starling");
 
@@ -83,7 +83,8 @@ fn provision_output_is_read_by_the_firmware_parser() {
     assert_eq!(p.name, "kitchen-sensor");
     assert_eq!(p.wifi_ssid, "Home Net");
     assert_eq!(p.wifi_password, "hunter2hunter2");
-    assert_eq!(p.key.as_bytes()[..4], [0x00, 0x11, 0x22, 0x33]);
+    let Membership::Psk(key) = &p.membership else { panic!("a --key blob is PSK: {p:?}") };
+    assert_eq!(key.as_bytes()[..4], [0x00, 0x11, 0x22, 0x33]);
     assert_eq!(p.publish_interval, Duration::from_secs(30));
     assert_eq!(p.beacon_interval, Duration::from_secs(2));
     assert_eq!(p.gpio, Some(GpioPin { pin: 7, active_low: true }));

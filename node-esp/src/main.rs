@@ -91,8 +91,9 @@ async fn main(spawner: Spawner) -> ! {
 /// log with growing pauses and tries again (the device never boot-loops silently).
 async fn read_provisioning(flash: &mut FlashStorage<'_>) -> Provisioning {
     let mut attempt = 0;
+    // One flash sector (4 KiB): on the heap, not on the main task's stack.
+    let mut blob = alloc::vec![0u8; starling_device::provision::MAX_BLOB_LEN];
     loop {
-        let mut blob = [0u8; starling_device::provision::MAX_BLOB_LEN];
         match flash.read(layout::PROV_OFFSET, &mut blob) {
             Ok(()) => match Provisioning::decode(&blob) {
                 Ok(p) => return p,

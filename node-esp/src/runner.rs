@@ -16,8 +16,8 @@ use log::{error, info, warn};
 use starling::wire::MAX_DATAGRAM;
 use starling::{Boot, Destination, Event, Instant, Node, NodeId, PersistedState};
 use starling_device::app::{stats_text, STATS_METHOD};
-use starling_device::lease::LeaseLog;
-use starling_device::{core_config, Device, METHODS};
+use starling_device::lease::{ephemeral_boot, resume_boot, LeaseLog};
+use starling_device::{core_config, Device, Membership, METHODS};
 
 use crate::backoff;
 use crate::board::EspBoard;
@@ -45,7 +45,9 @@ pub async fn run(
     let prov = device.provisioning().clone();
     let config = core_config(&prov.name, seed, prov.beacon_interval);
     let fresh_id = NodeId::from_u64(u64::from(trng.random()) << 32 | u64::from(trng.random()));
-    let boot = start_boot(&mut lease, prev, fresh_id, config.lease_block);
+    // Identity mode fixes the node id (derived from the public key); PSK mode keeps the stored one.
+    let ids = BootIds { fixed: prov.membership.fixed_node_id(), fresh: fresh_id, random_epoch: trng.random() };
+    let boot = start_boot(&mut lease, prev, ids, config.lease_block);
 
     info!("waiting for an IPv4 address (DHCP)");
     let mut waited = 0u32;
@@ -75,7 +77,14 @@ pub async fn run(
         esp_hal::system::software_reset();
     }
 
-    let mut node = match Node::new(config, &prov.key, boot, now()) {
+    let created = match &prov.membership {
+        Membership::Psk(key) => Node::new(config, key, boot, now()),
+        Membership::Identity { identity, allowlist } => {
+            info!("identity mode: public key {}, network {:?}", identity.public(), allowlist.network);
+            Node::new_identity(config, identity.clone(), allowlist.clone(), boot, now())
+        }
+    };
+    let mut node = match created {
         Ok(n) => n,
         Err(e) => {
             // Cannot happen with a validated blob; say so instead of looping silently.
@@ -193,28 +202,40 @@ pub async fn run(
     }
 }
 
+/// The ids a boot may take: the one identity mode fixes, else a fresh random one; and a random
+/// epoch for an identity that boots without its lease log.
+struct BootIds {
+    fixed: Option<NodeId>,
+    fresh: NodeId,
+    random_epoch: u32,
+}
+
 fn start_boot(
     lease: &mut Option<LeaseLog<FlashStorage<'static>>>,
     prev: Option<PersistedState>,
-    fresh_id: NodeId,
+    ids: BootIds,
     block: u64,
 ) -> Boot {
+    let ephemeral = || ephemeral_boot(ids.fixed, ids.fresh, ids.random_epoch);
     let Some(log) = lease.as_mut() else {
-        return Boot::ephemeral(fresh_id);
+        return ephemeral();
     };
-    match Boot::resume(prev, fresh_id, block) {
+    match resume_boot(prev, ids.fixed, ids.fresh, block) {
         Ok((boot, state)) => match log.store(&state) {
             Ok(()) => boot,
             Err(e) => {
-                error!("storing the boot lease failed: {e}; running with a fresh node id (safe, peers see a new node)");
+                error!(
+                    "storing the boot lease failed: {e}; running without stored state (safe: a fresh node id, or \
+                     fresh identity-mode keys; peers see a restart)"
+                );
                 *lease = None;
-                Boot::ephemeral(fresh_id)
+                ephemeral()
             }
         },
         Err(e) => {
-            error!("stored state unusable: {e}; running with a fresh node id");
+            error!("stored state unusable: {e}; running without stored state");
             *lease = None;
-            Boot::ephemeral(fresh_id)
+            ephemeral()
         }
     }
 }
