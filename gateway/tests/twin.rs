@@ -374,3 +374,141 @@ async fn twin_without_provisioning_says_why_and_starts_once_a_blob_arrives() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `starling identity new NAME > NAME.id` (mode 0600) and the identity's public key.
+fn new_identity(dir: &Path, name: &str) -> PathBuf {
+    let out = Command::new(BIN).args(["identity", "new", name]).output().unwrap();
+    assert!(out.status.success(), "identity new: {}", String::from_utf8_lossy(&out.stderr));
+    let path = dir.join(format!("{name}.id"));
+    std::fs::write(&path, &out.stdout).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+fn allow(list: &Path, id: &Path, name: &str, rights: &[&str]) {
+    let out = Command::new(BIN)
+        .args(["allow", "add"])
+        .arg(id)
+        .args(["--name", name, "--network", "home", "--allowlist"])
+        .arg(list)
+        .args(rights)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "allow add {name}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A CLI command of the mesh as the holder of `id`, with the allowlist `list`.
+fn as_member(sub: &str, id: &Path, list: &Path, mesh: (Ipv4Addr, u16)) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg(sub)
+        .arg("--identity")
+        .arg(id)
+        .arg("--allowlist")
+        .arg(list)
+        .args(["--group", &mesh.0.to_string(), "--port", &mesh.1.to_string()])
+        .env_remove("STARLING_KEY")
+        .env_remove("STARLING_KEY_FILE");
+    c
+}
+
+fn stat(stats: &str, name: &str) -> u64 {
+    stats.lines().filter_map(|l| l.split_once(' ')).find(|(k, _)| *k == name).map_or(0, |(_, v)| v.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twin_in_identity_mode_serves_members_and_gives_outsiders_nothing() {
+    let dir = TempDir::new("identity");
+    let d = &dir.0;
+    let mesh = isolated_mesh();
+    let kitchen = new_identity(d, NAME);
+    let laptop = new_identity(d, "laptop");
+    let host = new_identity(d, "host-a");
+    let outsider = new_identity(d, "outsider");
+    let list = d.join("net.allow");
+    allow(&list, &kitchen, NAME, &["--publish", "kitchen-sensor/#"]);
+    allow(&list, &laptop, "laptop", &["--subscribe", "#", "--call", "*"]);
+    allow(&list, &host, "host-a", &["--subscribe", "kitchen-sensor/#", "--call", "info", "--call", "$stats"]);
+    // The outsider believes it is a member; the twin's allowlist does not list it.
+    let outsider_list = d.join("outsider.allow");
+    std::fs::copy(&list, &outsider_list).unwrap();
+    allow(&outsider_list, &outsider, "outsider", &["--subscribe", "#", "--call", "*"]);
+
+    let blob = d.join("kitchen.prov");
+    let out = Command::new(BIN)
+        .args(["provision", "--wifi-ssid", "home", "--name", NAME, "--interval", "1s", "--beacon-interval", "1s"])
+        .args(["--group", &mesh.0.to_string(), "--port", &mesh.1.to_string(), "--identity"])
+        .arg(&kitchen)
+        .arg("--allowlist")
+        .arg(&list)
+        .arg("--out")
+        .arg(&blob)
+        .env_remove("STARLING_KEY")
+        .env_remove("STARLING_KEY_FILE")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "provision: {}", String::from_utf8_lossy(&out.stderr));
+    let check = Command::new(BIN).args(["provision", "--check"]).arg(&blob).output().unwrap();
+    let shown = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success() && shown.contains("members: 3") && shown.contains("network: \"home\""), "{shown}");
+    let expected_id = starling::runtime::identity_file::read_identity(&kitchen).unwrap().0.identity.node_id();
+    assert!(shown.contains(&format!("node id: {expected_id}")), "{shown}");
+
+    let _twin = Twin::start(&blob, &d.join("kitchen.state"));
+
+    // A host node of the network (in process) gets the readings and sees the id the key fixes.
+    let identity = starling::runtime::identity_file::read_identity(&host).unwrap().0.identity;
+    let allowlist = starling::runtime::identity_file::read_allowlist(&list).unwrap();
+    let a = NodeBuilder::identity(identity, allowlist)
+        .group(mesh.0)
+        .port(mesh.1)
+        .beacon_interval(Duration::from_millis(500))
+        .open()
+        .await
+        .unwrap();
+    let mut sub = a.subscribe(&format!("{NAME}/#")).await.unwrap();
+    let r = readings(&mut sub, Duration::from_secs(15)).await;
+    assert_eq!(r.keys().collect::<Vec<_>>(), ["heap", "rssi", "temperature", "uptime"], "{r:?}");
+    let (id, _) = twin_id(&a).await.expect("the twin is a peer of host-a");
+    assert_eq!(id, expected_id);
+    let info = call(&a, id, "info", b"").await.unwrap();
+    assert!(info.contains("\"platform\":\"host-twin\""), "{info}");
+    // host-a may call `info` and `$stats` only: the twin refuses the rest.
+    assert!(call(&a, id, "gpio.set", b"on").await.is_err());
+
+    // The CLI as the laptop: `sub` and `call` with --identity/--allowlist.
+    let out = as_member("sub", &laptop, &list, mesh)
+        .args(["--count", "2", "--timeout", "15s", "kitchen-sensor/uptime"])
+        .output()
+        .unwrap();
+    let lines = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && lines.lines().count() == 2,
+        "sub: {lines} / {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = as_member("call", &laptop, &list, mesh).args([NAME, "info"]).output().unwrap();
+    let info = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "call: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        info.contains("\"firmware\":\"starling-device") && info.contains(&format!("\"name\":\"{NAME}\"")),
+        "{info}"
+    );
+    let out = as_member("call", &laptop, &list, mesh).args([NAME, "config.get"]).output().unwrap();
+    let config = String::from_utf8_lossy(&out.stdout);
+    assert!(config.contains("\"membership\":\"identity\"") && config.contains("\"members\":3"), "{config}");
+
+    // The outsider: no readings, no answer.
+    let out = as_member("sub", &outsider, &outsider_list, mesh)
+        .args(["--timeout", "4s", "kitchen-sensor/#"])
+        .output()
+        .unwrap();
+    assert!(out.stdout.is_empty(), "the outsider received: {}", String::from_utf8_lossy(&out.stdout));
+    let out =
+        as_member("call", &outsider, &outsider_list, mesh).args(["--timeout", "3s", NAME, "info"]).output().unwrap();
+    assert!(!out.status.success() && out.stdout.is_empty(), "the outsider got an answer: {out:?}");
+    // ... because the twin refused its handshakes (the counter proves the outsider tried).
+    let stats = call(&a, id, "$stats", b"").await.unwrap();
+    assert!(stat(&stats, "unknown_keys") > 0, "{stats}");
+    assert_eq!(stat(&stats, "drop_auth") + stat(&stats, "drop_replay"), 0, "{stats}");
+}
