@@ -149,3 +149,125 @@ fn corrupt_truncated_wrong_version_and_missing_blobs_are_refused_with_a_reason()
         assert!(!out.status.success() && out.stdout.is_empty() && stderr.contains(field), "{args:?}: {stderr}");
     }
 }
+
+/// Makes the checksum of a tampered blob valid again.
+fn reseal(blob: &mut [u8]) {
+    use blake2::digest::{Update, VariableOutput};
+    let end = blob.len() - CHECKSUM_LEN;
+    let mut h = blake2::Blake2sVar::new(CHECKSUM_LEN).unwrap();
+    h.update(&blob[..end]);
+    h.finalize_variable(&mut blob[end..]).unwrap();
+}
+
+/// `starling` without a network key in the environment.
+fn run(args: &[&str], dir: &Path) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("STARLING_KEY")
+        .env_remove("STARLING_KEY_FILE")
+        .env_remove("STARLING_WIFI_PASS")
+        .output()
+        .unwrap()
+}
+
+/// `starling identity new NAME > NAME.id` (mode 0600).
+fn identity_file(dir: &Path, name: &str) -> PathBuf {
+    let out = run(&["identity", "new", name], dir);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let path = dir.join(format!("{name}.id"));
+    std::fs::write(&path, &out.stdout).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+fn allow_add(dir: &Path, list: &str, id: &str, name: &str, rights: &[&str]) {
+    let mut args = vec!["allow", "add", id, "--name", name, "--network", "home", "--allowlist", list];
+    args.extend_from_slice(rights);
+    let out = run(&args, dir);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn identity_blobs_round_trip_and_bad_ones_are_refused_with_a_reason() {
+    let dir = temp_dir();
+    let d = &dir.0;
+    let kitchen = identity_file(d, "kitchen-sensor");
+    identity_file(d, "laptop");
+    allow_add(d, "net.allow", "kitchen-sensor.id", "kitchen-sensor", &["--publish", "kitchen-sensor/#"]);
+    allow_add(d, "net.allow", "laptop.id", "laptop", &["--subscribe", "#", "--subscribe", "home/+/cmd", "--call", "*"]);
+    let base = ["provision", "--wifi-ssid", "home", "--name", "kitchen-sensor", "--gpio", "4"];
+    let mut args = base.to_vec();
+    args.extend_from_slice(&["--identity", "kitchen-sensor.id", "--allowlist", "net.allow"]);
+    let out = run(&args, d);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // The firmware's parser reads exactly the identity and allowlist the host files hold.
+    let p = Provisioning::decode(&out.stdout).expect("the firmware's parser reads the blob");
+    assert_eq!(out.stdout[4], 2, "identity blobs are version 2");
+    let (id_file, _) = starling::runtime::identity_file::read_identity(&kitchen).unwrap();
+    let list = starling::runtime::identity_file::read_allowlist(&d.join("net.allow")).unwrap();
+    let Membership::Identity { identity, allowlist } = &p.membership else { panic!("identity blob: {p:?}") };
+    assert_eq!(identity.secret(), id_file.identity.secret());
+    assert_eq!(allowlist, &list);
+    assert_eq!(allowlist.entries[1].permissions.subscribe.len(), 2);
+    assert_eq!(p.membership.fixed_node_id(), Some(id_file.identity.node_id()));
+
+    // --check shows the public key, node id, network and members, never the secret.
+    let path = d.join("kitchen.prov");
+    std::fs::write(&path, &out.stdout).unwrap();
+    let shown = check(&path);
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.status.success(), "{}", String::from_utf8_lossy(&shown.stderr));
+    let public = id_file.identity.public().to_string();
+    let secret: String = id_file.identity.secret().iter().map(|b| format!("{b:02x}")).collect();
+    assert!(text.contains(&public) && text.contains("network: \"home\"") && text.contains("members: 2"), "{text}");
+    assert!(text.contains(&format!("node id: {}", id_file.identity.node_id())), "{text}");
+    assert!(!text.contains(&secret) && !text.contains(&secret[..16]), "the secret leaked: {text}");
+
+    // Corruption anywhere is refused; so is a sealed blob whose allowlist is bad.
+    let mut corrupt = out.stdout.clone();
+    corrupt[60] ^= 0x10;
+    std::fs::write(&path, &corrupt).unwrap();
+    let refused = check(&path);
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("checksum mismatch"));
+    // The laptop's key replaced by the device's, checksum made valid: a duplicate key.
+    let laptop = starling::runtime::identity_file::read_identity(&d.join("laptop.id")).unwrap().0.identity.public();
+    let mut dup = out.stdout.clone();
+    let at = dup.windows(32).position(|w| w == laptop.0).unwrap();
+    dup[at..at + 32].copy_from_slice(&id_file.identity.public().0);
+    reseal(&mut dup);
+    assert!(matches!(Provisioning::decode(&dup), Err(ProvisionError::Member { entry: 1, field: "key", .. })));
+    std::fs::write(&path, &dup).unwrap();
+    let refused = check(&path);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("member 2 `key`") && stderr.contains("twice"), "{stderr}");
+
+    // The CLI refuses an allowlist without the device, or one that does not let it publish.
+    identity_file(d, "stranger");
+    allow_add(d, "other.allow", "laptop.id", "laptop", &["--subscribe", "#"]);
+    let mut args = base.to_vec();
+    args.extend_from_slice(&["--identity", "stranger.id", "--allowlist", "net.allow", "--out", "x.prov"]);
+    let out = run(&args, d);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("`identity`") && stderr.contains("not on the allowlist"),
+        "{stderr}"
+    );
+    allow_add(d, "mute.allow", "kitchen-sensor.id", "kitchen-sensor", &["--publish", "elsewhere/#"]);
+    let mut args = base.to_vec();
+    args.extend_from_slice(&["--identity", "kitchen-sensor.id", "--allowlist", "mute.allow", "--out", "x.prov"]);
+    let out = run(&args, d);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("publish its readings"), "{stderr}");
+    assert!(!d.join("x.prov").exists(), "nothing is written for a refused blob");
+    // --identity and --key exclude each other; --identity needs --allowlist.
+    let mut args = base.to_vec();
+    args.extend_from_slice(&["--identity", "kitchen-sensor.id", "--allowlist", "net.allow", "--key", "net.key"]);
+    let out = run(&args, d);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
+    let mut args = base.to_vec();
+    args.extend_from_slice(&["--identity", "kitchen-sensor.id"]);
+    assert!(String::from_utf8_lossy(&run(&args, d).stderr).contains("--allowlist"));
+}
