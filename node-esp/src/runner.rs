@@ -42,11 +42,15 @@ pub async fn run(
     trng: Trng,
     seed: [u8; 32],
 ) -> ! {
-    let prov = device.provisioning().clone();
-    let config = core_config(&prov.name, seed, prov.beacon_interval);
+    // Only the small fields are copied: in identity mode the allowlist exists twice on the heap
+    // (the device's provisioning and the core's), not three times.
+    let prov = device.provisioning();
+    let (name, group, port) = (prov.name.clone(), prov.group, prov.port);
+    let membership = prov.membership.clone();
+    let config = core_config(&name, seed, prov.beacon_interval);
     let fresh_id = NodeId::from_u64(u64::from(trng.random()) << 32 | u64::from(trng.random()));
     // Identity mode fixes the node id (derived from the public key); PSK mode keeps the stored one.
-    let ids = BootIds { fixed: prov.membership.fixed_node_id(), fresh: fresh_id, random_epoch: trng.random() };
+    let ids = BootIds { fixed: membership.fixed_node_id(), fresh: fresh_id, random_epoch: trng.random() };
     let boot = start_boot(&mut lease, prev, ids, config.lease_block);
 
     info!("waiting for an IPv4 address (DHCP)");
@@ -59,9 +63,9 @@ pub async fn run(
         info!("address {}", c.address);
     }
     let mut attempt = 0;
-    while let Err(e) = stack.join_multicast_group(IpAddress::Ipv4(prov.group)) {
+    while let Err(e) = stack.join_multicast_group(IpAddress::Ipv4(group)) {
         let wait = backoff(attempt, Duration::from_secs(1), Duration::from_secs(60));
-        error!("joining multicast group {} failed: {e:?}; retrying in {} s", prov.group, wait.as_secs());
+        error!("joining multicast group {} failed: {e:?}; retrying in {} s", group, wait.as_secs());
         attempt += 1;
         Timer::after_millis(wait.as_millis() as u64).await;
     }
@@ -71,17 +75,17 @@ pub async fn run(
     let rx_buf = vec![0u8; 4 * 1536].leak();
     let tx_buf = vec![0u8; 2 * 1536].leak();
     let mut socket = UdpSocket::new(stack, rx_meta, rx_buf, tx_meta, tx_buf);
-    if let Err(e) = socket.bind(prov.port) {
-        error!("binding UDP port {}: {e:?}; restarting in 10 s", prov.port);
+    if let Err(e) = socket.bind(port) {
+        error!("binding UDP port {}: {e:?}; restarting in 10 s", port);
         Timer::after_secs(10).await;
         esp_hal::system::software_reset();
     }
 
-    let created = match &prov.membership {
-        Membership::Psk(key) => Node::new(config, key, boot, now()),
+    let created = match membership {
+        Membership::Psk(key) => Node::new(config, &key, boot, now()),
         Membership::Identity { identity, allowlist } => {
             info!("identity mode: public key {}, network {:?}", identity.public(), allowlist.network);
-            Node::new_identity(config, identity.clone(), allowlist.clone(), boot, now())
+            Node::new_identity(config, identity, allowlist, boot, now())
         }
     };
     let mut node = match created {
@@ -98,9 +102,10 @@ pub async fn run(
             error!("serving {m}: {e}");
         }
     }
-    info!("on the mesh as {} ({}), epoch {}", prov.name, node.id(), node.epoch());
+    info!("on the mesh as {} ({}), epoch {}", name, node.id(), node.epoch());
 
-    let group = IpEndpoint::new(IpAddress::Ipv4(prov.group), prov.port);
+    let group_addr = group;
+    let group = IpEndpoint::new(IpAddress::Ipv4(group_addr), port);
     let mut rx = vec![0u8; 1536];
     let mut tx = vec![0u8; MAX_DATAGRAM];
     let mut lease_attempt = 0u32;
@@ -178,7 +183,7 @@ pub async fn run(
                 warn!(
                     "no other node heard on {}:{}: is multicast blocked on this Wi-Fi (client isolation, \
                      IGMP snooping) or is no other node up? Still publishing and serving.",
-                    prov.group, prov.port
+                    group_addr, port
                 );
             }
             lonely_attempt += 1;
