@@ -49,6 +49,8 @@ pub struct Plan {
     pub lossy_messages: usize,
     /// Longest a single throughput run may take.
     pub run_limit: Duration,
+    /// Only the parts whose name contains this (`rtt`, `one-way`, `throughput`, `loss`, `core`).
+    pub only: Option<&'static str>,
 }
 
 impl Plan {
@@ -63,6 +65,7 @@ impl Plan {
                 byte_budget: 256 * 1024,
                 lossy_messages: 20,
                 run_limit: Duration::from_secs(10),
+                only: None,
             },
             Mode::Quick => Plan {
                 mode,
@@ -70,8 +73,9 @@ impl Plan {
                 iterations: 300,
                 messages: 20_000,
                 byte_budget: 32 << 20,
-                lossy_messages: 1_000,
+                lossy_messages: 300,
                 run_limit: Duration::from_secs(15),
+                only: None,
             },
             Mode::Full => Plan {
                 mode,
@@ -81,8 +85,14 @@ impl Plan {
                 byte_budget: 256 << 20,
                 lossy_messages: 5_000,
                 run_limit: Duration::from_secs(60),
+                only: None,
             },
         }
+    }
+
+    /// True when the part `name` is to be measured.
+    pub fn wants(&self, name: &str) -> bool {
+        self.only.is_none_or(|o| name.contains(o))
     }
 
     /// Messages per throughput run for payloads of `size` bytes.
@@ -101,33 +111,39 @@ pub fn run(plan: Plan) -> Report {
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
 
-    eprintln!("[bench] request/response round trips");
-    report.extend(raw::rtt_std(&plan));
-    report.extend(rt.block_on(raw::rtt_tokio(&plan)));
-    report.extend(rt.block_on(star::rtt(&plan)));
-    report.extend(star::identity_rows());
-    report.extend(rt.block_on(mqtt::rtt(&plan, broker.as_ref())));
-
-    eprintln!("[bench] publish to subscriber, one way");
-    report.extend(rt.block_on(star::one_way(&plan)));
-    report.extend(rt.block_on(mqtt::one_way(&plan, broker.as_ref())));
-
-    eprintln!("[bench] throughput");
-    for subs in [1, 3] {
-        report.extend(raw::throughput(&plan, subs));
-        report.extend(rt.block_on(star::throughput(&plan, subs)));
-        report.extend(rt.block_on(mqtt::throughput(&plan, broker.as_ref(), subs)));
+    if plan.wants("rtt") {
+        eprintln!("[bench] request/response round trips");
+        report.extend(raw::rtt_std(&plan));
+        report.extend(rt.block_on(raw::rtt_tokio(&plan)));
+        report.extend(rt.block_on(star::rtt(&plan)));
+        report.extend(star::identity_rows());
+        report.extend(rt.block_on(mqtt::rtt(&plan, broker.as_ref())));
     }
-
-    eprintln!("[bench] reliable under injected loss");
-    report.extend(rt.block_on(star::lossy(&plan)));
-
-    eprintln!("[bench] wire bytes, sealing, heap");
-    report.extend(core::frame_overhead());
-    report.extend(rt.block_on(star::wire_bytes(&plan)));
-    report.extend(rt.block_on(mqtt::wire_bytes(&plan, broker.as_ref())));
-    report.extend(core::seal_cost(&plan));
-    report.extend(core::heap_rows());
+    if plan.wants("one-way") {
+        eprintln!("[bench] publish to subscriber, one way");
+        report.extend(rt.block_on(star::one_way(&plan)));
+        report.extend(rt.block_on(mqtt::one_way(&plan, broker.as_ref())));
+    }
+    if plan.wants("throughput") {
+        eprintln!("[bench] throughput");
+        for subs in [1, 3] {
+            report.extend(raw::throughput(&plan, subs));
+            report.extend(rt.block_on(star::throughput(&plan, subs)));
+            report.extend(rt.block_on(mqtt::throughput(&plan, broker.as_ref(), subs)));
+        }
+    }
+    if plan.wants("loss") {
+        eprintln!("[bench] reliable under injected loss");
+        report.extend(rt.block_on(star::lossy(&plan)));
+    }
+    if plan.wants("core") {
+        eprintln!("[bench] wire bytes, sealing, heap");
+        report.extend(core::frame_overhead());
+        report.extend(rt.block_on(star::wire_bytes(&plan)));
+        report.extend(rt.block_on(mqtt::wire_bytes(&plan, broker.as_ref())));
+        report.extend(core::seal_cost(&plan));
+        report.extend(core::heap_rows());
+    }
 
     drop(rt);
     report.finish(started.elapsed());

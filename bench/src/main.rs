@@ -1,7 +1,8 @@
 //! `starling-bench`: Starling against raw UDP and MQTT through Mosquitto, on this machine, now.
 //!
 //! `--quick` (about a minute), `--smoke` (seconds, for tests), default full; `--json PATH`
-//! chooses where the JSON goes (default `target/starling-bench/<mode>.json`).
+//! chooses where the JSON goes (default `target/starling-bench/<mode>.json`); `--only PART`
+//! measures one part (`rtt`, `one-way`, `throughput`, `loss`, `core`).
 
 use std::path::PathBuf;
 
@@ -10,6 +11,7 @@ use starling_bench::{Mode, Plan};
 fn main() -> anyhow::Result<()> {
     let mut mode = Mode::Full;
     let mut json: Option<PathBuf> = None;
+    let mut only: Option<&'static str> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -17,14 +19,18 @@ fn main() -> anyhow::Result<()> {
             "--smoke" => mode = Mode::Smoke,
             "--full" => mode = Mode::Full,
             "--json" => json = Some(args.next().ok_or_else(|| anyhow::anyhow!("--json needs a path"))?.into()),
+            "--only" => {
+                let part = args.next().ok_or_else(|| anyhow::anyhow!("--only needs a part"))?;
+                only = Some(Box::leak(part.into_boxed_str()));
+            }
             "-h" | "--help" => {
-                println!("usage: starling-bench [--quick | --smoke | --full] [--json PATH]");
+                println!("usage: starling-bench [--quick | --smoke | --full] [--json PATH] [--only rtt|one-way|throughput|loss|core]");
                 return Ok(());
             }
             other => anyhow::bail!("unknown argument {other:?}; try --help"),
         }
     }
-    let report = starling_bench::run(Plan::new(mode));
+    let report = starling_bench::run(Plan { only, ..Plan::new(mode) });
     let path = json.unwrap_or_else(|| PathBuf::from(format!("target/starling-bench/{}.json", report.mode)));
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;

@@ -57,9 +57,12 @@ pub async fn mesh(count: usize, loss: u8) -> Vec<Node> {
     nodes
 }
 
+/// Closes every node, all at once (each may linger up to a second for acknowledgements).
 async fn close(nodes: Vec<Node>) {
-    for n in nodes {
-        let _ = tokio::time::timeout(Duration::from_secs(2), n.close()).await;
+    let closing: Vec<_> =
+        nodes.into_iter().map(|n| tokio::spawn(tokio::time::timeout(Duration::from_secs(2), n.close()))).collect();
+    for c in closing {
+        let _ = c.await;
     }
 }
 
@@ -150,12 +153,18 @@ pub async fn one_way(plan: &Plan) -> Vec<Row> {
 
 /// Counts what a subscription receives until `n` arrived or it stays quiet for a while.
 /// Returns the count and when the last one came.
-fn counter(mut sub: Subscription, n: usize, limit: Duration) -> tokio::task::JoinHandle<(usize, Instant)> {
+/// Reliable runs wait longer in silence: repairs may follow the longest heartbeat interval.
+fn counter(
+    mut sub: Subscription,
+    n: usize,
+    limit: Duration,
+    quiet: Duration,
+) -> tokio::task::JoinHandle<(usize, Instant)> {
     tokio::spawn(async move {
         let (mut got, mut last) = (0, Instant::now());
         let end = Instant::now() + limit;
         while got < n && Instant::now() < end {
-            match tokio::time::timeout(Duration::from_millis(500), sub.recv()).await {
+            match tokio::time::timeout(quiet, sub.recv()).await {
                 Ok(Some(_)) => {
                     got += 1;
                     last = Instant::now();
@@ -195,7 +204,8 @@ pub async fn run_once(n: usize, size: usize, subs: usize, reliable: bool, loss: 
     let tx_before = tx_bytes(&nodes).await;
     let cpu_before = crate::process_cpu();
     let start = Instant::now();
-    let counters: Vec<_> = subscriptions.into_iter().map(|s| counter(s, n, limit)).collect();
+    let quiet = Duration::from_millis(if reliable { 3000 } else { 500 });
+    let counters: Vec<_> = subscriptions.into_iter().map(|s| counter(s, n, limit, quiet)).collect();
     let mut in_flight = VecDeque::new();
     let end = start + limit;
     for i in 0..n {
