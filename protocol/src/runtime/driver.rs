@@ -265,6 +265,17 @@ impl Driver {
 
     /// Moves every output of the core to where it belongs: storage, socket, application.
     async fn flush(&mut self) {
+        self.send_leased().await;
+        while let Some(event) = self.node.poll_event() {
+            self.event(event);
+        }
+        // Handlers that answered at once queued their responses: send them now, not at the next
+        // wake-up.
+        self.send_leased().await;
+    }
+
+    /// Sends everything queued, storing a new lease when sending asks for one.
+    async fn send_leased(&mut self) {
         // Sending may ask for a new lease; store it and send again, at most twice per flush so a
         // failing disk cannot spin the loop.
         for _ in 0..2 {
@@ -275,9 +286,6 @@ impl Driver {
             if !self.node.has_lease_request() {
                 break;
             }
-        }
-        while let Some(event) = self.node.poll_event() {
-            self.event(event);
         }
     }
 
