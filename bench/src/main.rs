@@ -2,7 +2,8 @@
 //!
 //! `--quick` (about a minute), `--smoke` (seconds, for tests), default full; `--json PATH`
 //! chooses where the JSON goes (default `target/starling-bench/<mode>.json`); `--only PART`
-//! measures one part (`rtt`, `one-way`, `throughput`, `loss`, `core`).
+//! measures one part (`rtt`, `one-way`, `throughput`, `loss`, `core`). `--profile KIND N` does
+//! N operations and nothing else, for `valgrind --tool=callgrind` instruction counts.
 
 use std::path::PathBuf;
 
@@ -23,8 +24,14 @@ fn main() -> anyhow::Result<()> {
                 let part = args.next().ok_or_else(|| anyhow::anyhow!("--only needs a part"))?;
                 only = Some(Box::leak(part.into_boxed_str()));
             }
+            "--profile" => {
+                let kind = args.next().ok_or_else(|| anyhow::anyhow!("--profile needs rpc|publish|reliable"))?;
+                let n: usize = args.next().ok_or_else(|| anyhow::anyhow!("--profile needs a count"))?.parse()?;
+                let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+                return rt.block_on(starling_bench::star::profile(&kind, n)).map_err(anyhow::Error::msg);
+            }
             "-h" | "--help" => {
-                println!("usage: starling-bench [--quick | --smoke | --full] [--json PATH] [--only rtt|one-way|throughput|loss|core]");
+                println!("usage: starling-bench [--quick | --smoke | --full] [--json PATH] [--only rtt|one-way|throughput|loss|core] | --profile rpc|publish|reliable N");
                 return Ok(());
             }
             other => anyhow::bail!("unknown argument {other:?}; try --help"),

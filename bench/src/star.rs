@@ -327,3 +327,35 @@ pub async fn wire_bytes(plan: &Plan) -> Vec<Row> {
     }
     rows
 }
+
+/// A fixed amount of one kind of work, for counting instructions with callgrind: run it with
+/// `n` and with 0 and divide the difference by `n`. `kind` is `rpc` (64 B calls), `publish`
+/// (64 B best-effort messages to one subscriber) or `reliable` (the same, reliable).
+pub async fn profile(kind: &str, n: usize) -> Result<(), String> {
+    let nodes = mesh(2, 0).await;
+    match kind {
+        "rpc" => {
+            nodes[1].serve("echo", |req| async move { Ok(req.payload) }).await.map_err(|e| e.to_string())?;
+            let peer = nodes[1].id();
+            for _ in 0..n {
+                nodes[0]
+                    .call(peer, "echo", crate::payload(64, 0), Duration::from_secs(2))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        "publish" | "reliable" => {
+            let mut subs = vec![nodes[1].subscribe(TOPIC).await.map_err(|e| e.to_string())?];
+            warm_up(&nodes[0], &mut subs).await;
+            for i in 0..n {
+                let p = nodes[0].publish(TOPIC, crate::payload(64, i as u64));
+                let h = if kind == "reliable" { p.reliable() } else { p }.submit().await.map_err(|e| e.to_string())?;
+                subs[0].recv().await.ok_or("subscription ended")?;
+                h.await.map_err(|e| e.to_string())?;
+            }
+        }
+        other => return Err(format!("unknown profile {other:?}: rpc, publish or reliable")),
+    }
+    close(nodes).await;
+    Ok(())
+}
