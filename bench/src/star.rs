@@ -330,8 +330,13 @@ pub async fn wire_bytes(plan: &Plan) -> Vec<Row> {
 
 /// A fixed amount of one kind of work, for counting instructions with callgrind: run it with
 /// `n` and with 0 and divide the difference by `n`. `kind` is `rpc` (64 B calls), `publish`
-/// (64 B best-effort messages to one subscriber) or `reliable` (the same, reliable).
+/// (64 B best-effort messages to one subscriber, one at a time), `reliable` (the same, reliable),
+/// or `burst` / `reliable-burst` (as fast as the API takes them, as the throughput rows do).
 pub async fn profile(kind: &str, n: usize) -> Result<(), String> {
+    if kind == "burst" || kind == "reliable-burst" {
+        let r = run_once(n, 64, 1, kind == "reliable-burst", 0, Duration::from_secs(600)).await;
+        return if r.delivered >= 100.0 || n == 0 { Ok(()) } else { Err(format!("only {:.1}% arrived", r.delivered)) };
+    }
     let nodes = mesh(2, 0).await;
     match kind {
         "rpc" => {
@@ -354,7 +359,7 @@ pub async fn profile(kind: &str, n: usize) -> Result<(), String> {
                 h.await.map_err(|e| e.to_string())?;
             }
         }
-        other => return Err(format!("unknown profile {other:?}: rpc, publish or reliable")),
+        other => return Err(format!("unknown profile {other:?}: rpc, publish, reliable, burst or reliable-burst")),
     }
     close(nodes).await;
     Ok(())
