@@ -117,6 +117,11 @@ pub struct OutStream {
     repaired_at: BTreeMap<u64, Instant>,
     heartbeat_at: Option<Instant>,
     heartbeat_interval: Duration,
+    /// Set when acks or waiting sets changed, or a message needs nobody: only then can a
+    /// retained message have completed, so `collect` need not look at every one each time.
+    completions_due: bool,
+    /// Retained messages with a time to live: without any, no expiry needs finding.
+    expiring: usize,
 }
 
 impl OutStream {
@@ -134,6 +139,8 @@ impl OutStream {
             repaired_at: BTreeMap::new(),
             heartbeat_at: None,
             heartbeat_interval: Duration::ZERO,
+            completions_due: false,
+            expiring: 0,
         }
     }
 
@@ -195,6 +202,8 @@ impl OutStream {
             self.chunks.push_back(Chunk { seq, index, count, bytes, sent_at: now, sends: 1 });
         }
         let expires = ttl.map(|t| now + t);
+        self.completions_due |= waiting.is_empty();
+        self.expiring += usize::from(expires.is_some());
         self.messages.push_back(OutMessage {
             id,
             first,
@@ -252,6 +261,7 @@ impl OutStream {
     /// Drops the oldest message; its completion, unless already reported.
     fn pop_message(&mut self, failure: Option<Failure>) -> Option<Option<Completion>> {
         let m = self.messages.pop_front()?;
+        self.expiring -= usize::from(m.expires.is_some());
         while self.chunks.front().is_some_and(|c| c.seq < m.end) {
             let c = self.chunks.pop_front().expect("front exists");
             self.bytes -= c.bytes.len();
@@ -282,6 +292,7 @@ impl OutStream {
                 }
             }
             self.acks.insert(from, ack.next);
+            self.completions_due = true;
         }
         for &(start, len) in &ack.missing {
             for seq in start.max(self.low())..start.saturating_add(u64::from(len)).min(self.next_seq) {
@@ -297,6 +308,7 @@ impl OutStream {
     /// Forgets a receiver (it went down): messages it had not acknowledged fail for it.
     pub fn receiver_gone(&mut self, who: NodeId) {
         let acked = self.acks.remove(&who).unwrap_or(0);
+        self.completions_due = true;
         for m in self.messages.iter_mut() {
             if let Some(i) = m.waiting.iter().position(|&r| r == who) {
                 m.waiting.swap_remove(i);
@@ -313,11 +325,13 @@ impl OutStream {
     pub fn collect(&mut self, now: Instant, live: &[NodeId], limits: &StreamLimits) -> Vec<Completion> {
         let mut done = Vec::new();
         // Completed messages are reported at once, even if retained longer for other receivers.
-        for m in self.messages.iter_mut() {
-            if !m.reported && m.waiting.iter().all(|r| self.acks.get(r).is_some_and(|&a| a >= m.end)) {
-                let failure = (!m.gone.is_empty()).then_some(Failure::ReceiverGone);
-                done.push(Completion { id: m.id, missing: m.gone.clone(), failure });
-                m.reported = true;
+        if core::mem::take(&mut self.completions_due) {
+            for m in self.messages.iter_mut() {
+                if !m.reported && m.waiting.iter().all(|r| self.acks.get(r).is_some_and(|&a| a >= m.end)) {
+                    let failure = (!m.gone.is_empty()).then_some(Failure::ReceiverGone);
+                    done.push(Completion { id: m.id, missing: m.gone.clone(), failure });
+                    m.reported = true;
+                }
             }
         }
         while let Some(m) = self.messages.front() {
@@ -386,7 +400,8 @@ impl OutStream {
             let aged = m.created + limits.max_retained_age;
             m.expires.map_or(aged, |e| e.min(aged))
         });
-        let soonest_expiry = self.messages.iter().filter_map(|m| m.expires).min();
+        let soonest_expiry =
+            if self.expiring == 0 { None } else { self.messages.iter().filter_map(|m| m.expires).min() };
         [self.heartbeat_at, m, soonest_expiry].into_iter().flatten().min()
     }
 }
