@@ -461,7 +461,15 @@ pub struct InStream {
     ack_due: Option<Instant>,
     nack_due: Option<Instant>,
     nack_round: u32,
+    /// `next` as last acknowledged: a long run of new chunks is acknowledged without waiting
+    /// for `ack_delay`, so a fast sender's window keeps moving.
+    acked: u64,
 }
+
+/// Chunks delivered since the last acknowledgement that make the next one go at once: a
+/// quarter of the default retention (1024 messages), so a sender in a burst never stalls on
+/// `ack_delay` with its retention full.
+const ACK_EVERY: u64 = 256;
 
 impl InStream {
     /// Starts receiving `sender`'s stream `kind` of `epoch` at sequence number `start`.
@@ -477,6 +485,7 @@ impl InStream {
             ack_due: None,
             nack_due: None,
             nack_round: 0,
+            acked: start,
         }
     }
 
@@ -546,6 +555,9 @@ impl InStream {
         self.pending.insert(h.seq, Pending { index: h.index, count: h.count, expires, bytes: chunk.to_vec() });
         self.highest = self.highest.max(h.seq + 1);
         self.deliver(now, &mut out);
+        if self.next.saturating_sub(self.acked) >= ACK_EVERY {
+            Self::schedule(&mut self.ack_due, now);
+        }
         if self.has_holes() {
             self.schedule_nack(now, limits, jitter);
         } else {
@@ -657,11 +669,13 @@ impl InStream {
                 // Back off while repairs do not arrive, so a dead sender is not flooded.
                 self.nack_due = Some(now + limits.repair_wait * (1 << (self.nack_round - 1)));
                 self.ack_due = None;
+                self.acked = self.next;
                 return Some(Feedback::Nack(self.ack(missing)));
             }
         }
         if self.ack_due.is_some_and(|t| t <= now) {
             self.ack_due = None;
+            self.acked = self.next;
             return Some(Feedback::Ack(self.ack(Vec::new())));
         }
         None
