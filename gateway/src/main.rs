@@ -43,6 +43,133 @@ enum Command {
     ServeEcho(ServeArgs),
     /// Bridge the mesh to an MQTT broker: mesh topic a/b is MQTT topic PREFIX/a/b, both ways.
     Gateway(GatewayArgs),
+    /// Live monitor: topic tree with rates, payloads as hex beside text, nodes; publish, call, save.
+    ///
+    /// Keys: arrows select, Tab switches topics/nodes, [ ] older/newer message, d decoding
+    /// (text, UTF-8, JSON, CBOR, postcard), v diff, p publish, c call, space pause, / filter,
+    /// s save, q quit. `--plain` prints the same as lines instead.
+    Watch(WatchArgs),
+    /// Re-publish messages saved by `watch` (JSON lines with base64 payloads), or print them.
+    Replay(ReplayArgs),
+    /// Write a device's provisioning blob (Wi-Fi, key, name, intervals) for flashing, or --check one.
+    Provision(starling_gateway::provision::ProvisionArgs),
+    /// Run the ESP32-C3 firmware's application on this host from its provisioning blob (a twin).
+    Twin(starling_gateway::twin::TwinArgs),
+    /// Identity mode: make a device key pair, or show an identity file's public key.
+    #[command(subcommand)]
+    Identity(IdentityCommand),
+    /// Identity mode: add, remove or list the members of an allowlist file.
+    #[command(subcommand)]
+    Allow(AllowCommand),
+}
+
+#[derive(Args)]
+struct WatchArgs {
+    #[command(flatten)]
+    mesh: MeshArgs,
+    /// Print lines (a report per --tick) instead of the full-screen UI: for logs and scripts.
+    #[arg(long)]
+    plain: bool,
+    /// Messages kept per topic.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    history: usize,
+    /// Topics tracked; the one heard from least recently is forgotten first.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    max_topics: usize,
+    /// Payload bytes kept in all histories together, in MiB.
+    #[arg(long, default_value_t = 32, value_name = "MIB")]
+    max_mib: usize,
+    /// Redraw (UI) or report (--plain) period.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    tick: Option<Duration>,
+    /// Show only topics containing this text, or matching this MQTT filter (with + or #).
+    #[arg(long, value_name = "PATTERN")]
+    filter: Option<String>,
+    /// Exit after this long.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    duration: Option<Duration>,
+    /// On exit, save the captured messages to FILE (JSON lines, base64 payloads).
+    #[arg(long, value_name = "FILE")]
+    save: Option<PathBuf>,
+    /// Messages buffered between the node and the monitor; beyond it they are dropped and counted.
+    #[arg(long, default_value_t = 16384, value_name = "N")]
+    buffer: usize,
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    #[command(flatten)]
+    mesh: MeshArgs,
+    /// A file saved by `starling watch` (`s` key or --save).
+    file: PathBuf,
+    /// Print the messages instead of publishing them.
+    #[arg(long)]
+    dry_run: bool,
+    /// Publish back to back instead of keeping the recorded gaps between messages.
+    #[arg(long)]
+    no_timing: bool,
+    /// Longest pause kept between two messages.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    max_gap: Duration,
+}
+
+#[derive(Subcommand)]
+enum IdentityCommand {
+    /// Print a new identity file (save it, chmod 600); its public key goes to stderr.
+    New {
+        /// The device's name (the default for its --name).
+        name: String,
+    },
+    /// Print the public key of an identity file (save it as NAME.pub for `allow add`).
+    Show {
+        /// The identity file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct AllowFile {
+    /// The allowlist file to edit (created by the first `allow add`).
+    #[arg(short, long, env = "STARLING_ALLOWLIST", default_value = "net.allow", value_name = "FILE")]
+    allowlist: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum AllowCommand {
+    /// Add a member: its public key (64 hex digits, a .pub file or an identity file) and rights.
+    Add {
+        /// Public key, .pub file or identity file.
+        key: String,
+        /// Unique name shown for this member.
+        #[arg(long)]
+        name: String,
+        /// Topic filter it may publish on (repeatable).
+        #[arg(long)]
+        publish: Vec<String>,
+        /// Topic filter it may receive (repeatable).
+        #[arg(long)]
+        subscribe: Vec<String>,
+        /// Method it may call: exact, `*`, or a prefix such as `relay.*` (repeatable).
+        #[arg(long)]
+        call: Vec<String>,
+        /// Network name for a new allowlist (binds handshakes to it).
+        #[arg(long)]
+        network: Option<String>,
+        #[command(flatten)]
+        file: AllowFile,
+    },
+    /// Remove a member by name or key: running nodes that watch the file cut it off in seconds.
+    Remove {
+        /// Its name (or key).
+        name: String,
+        #[command(flatten)]
+        file: AllowFile,
+    },
+    /// List the members.
+    List {
+        #[command(flatten)]
+        file: AllowFile,
+    },
 }
 
 #[derive(Args)]
@@ -108,7 +235,7 @@ struct CallArgs {
     node: String,
     /// Method name.
     method: String,
-    /// Request payload as text.
+    /// Request payload as text (none given: an empty request).
     #[arg(conflicts_with_all = ["file", "hex", "empty"])]
     payload: Option<String>,
     #[command(flatten)]
@@ -154,6 +281,13 @@ struct MeshArgs {
     /// is a new node with a random id.
     #[arg(long, env = "STARLING_STATE", value_name = "FILE")]
     state: Option<PathBuf>,
+    /// Identity mode: this device's identity file (from `starling identity new`). Needs
+    /// --allowlist; no network key then.
+    #[arg(long, env = "STARLING_IDENTITY", value_name = "FILE", requires = "allowlist")]
+    identity: Option<PathBuf>,
+    /// Identity mode: the network's allowlist file, reloaded whenever it changes.
+    #[arg(long, env = "STARLING_ALLOWLIST", value_name = "FILE", requires = "identity")]
+    allowlist: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -174,8 +308,8 @@ struct PubArgs {
     /// With --reliable: never deliver or repair the message after this long.
     #[arg(long, value_parser = parse_duration, value_name = "DURATION", requires = "reliable")]
     ttl: Option<Duration>,
-    /// With --reliable: how long to listen for subscribers before publishing (a new node learns
-    /// the mesh in a fraction of a second).
+    /// With --reliable or --identity: how long to listen for the mesh before publishing (a new
+    /// node learns it, and gets its sessions, in a fraction of a second).
     #[arg(long, default_value = "500ms", value_parser = parse_duration, value_name = "DURATION")]
     discover: Duration,
     /// Publish this many times.
@@ -247,7 +381,58 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Call(a) => call(a).await,
         Command::ServeEcho(a) => serve_echo(a).await,
         Command::Gateway(a) => gateway(a).await,
+        Command::Watch(a) => watch(a).await,
+        Command::Replay(a) => replay(a).await,
+        Command::Identity(c) => identity(c),
+        Command::Allow(c) => allow(c),
+        Command::Provision(a) => starling_gateway::provision::run(a),
+        Command::Twin(a) => starling_gateway::twin::run(a).await,
     }
+}
+
+fn identity(c: IdentityCommand) -> Result<()> {
+    use starling_gateway::identity_cmd;
+    match c {
+        IdentityCommand::New { name } => {
+            if name.is_empty() || name.len() > starling::wire::MAX_NAME_LEN {
+                bail!("the name must be 1 to 32 bytes");
+            }
+            let (text, public) = identity_cmd::new_identity(&name)?;
+            print!("{text}");
+            eprintln!("public key of {name}: {public}");
+            eprintln!(
+                "add it with: starling allow add {public} --name {name} --publish ... --subscribe ... --call ..."
+            );
+            Ok(())
+        }
+        IdentityCommand::Show { file } => {
+            let (id, warning) = starling::runtime::identity_file::read_identity(&file)?;
+            if let Some(w) = warning {
+                eprintln!("warning: {w}");
+            }
+            println!("# public key of {:?}", id.name);
+            println!("{}", id.identity.public());
+            Ok(())
+        }
+    }
+}
+
+fn allow(c: AllowCommand) -> Result<()> {
+    use starling_gateway::identity_cmd::{self, Member};
+    match c {
+        AllowCommand::Add { key, name, publish, subscribe, call, network, file } => {
+            let key = identity_cmd::resolve_public_key(&key)?;
+            let member = Member { name: name.clone(), publish, subscribe, call };
+            identity_cmd::allow_add(&file.allowlist, &key, &member, network.as_deref())?;
+            eprintln!("added {name} ({key}) to {}", file.allowlist.display());
+        }
+        AllowCommand::Remove { name, file } => {
+            let key = identity_cmd::allow_remove(&file.allowlist, &name)?;
+            eprintln!("removed {name} ({key}) from {}; nodes watching the file cut it off", file.allowlist.display());
+        }
+        AllowCommand::List { file } => print!("{}", identity_cmd::allow_list(&file.allowlist)?),
+    }
+    Ok(())
 }
 
 fn keygen() -> Result<()> {
@@ -258,21 +443,68 @@ fn keygen() -> Result<()> {
     Ok(())
 }
 
+/// PSK mode's key, or identity mode's key pair and allowlist, as the mesh flags say.
+enum Membership {
+    Psk(starling::NetworkKey),
+    Identity {
+        file: starling::runtime::identity_file::IdentityFile,
+        allowlist: PathBuf,
+        list: starling::identity::Allowlist,
+    },
+}
+
+fn membership(mesh: &MeshArgs) -> Result<Membership> {
+    use starling::runtime::identity_file;
+    match (&mesh.identity, &mesh.allowlist) {
+        (Some(id), Some(list)) => {
+            if mesh.key.is_some() {
+                bail!("--key and --identity exclude each other: a network is either PSK or identity mode");
+            }
+            let (file, warning) = identity_file::read_identity(id)?;
+            if let Some(w) = warning {
+                eprintln!("warning: {w}");
+            }
+            let allow = identity_file::read_allowlist(list)?;
+            if allow.get(&file.identity.public()).is_none() {
+                bail!(
+                    "{}: this identity ({}) is not on the allowlist; add it with `starling allow add {} --name NAME ...`",
+                    list.display(),
+                    file.identity.public(),
+                    id.display()
+                );
+            }
+            Ok(Membership::Identity { file, allowlist: list.clone(), list: allow })
+        }
+        _ => Ok(Membership::Psk(resolve_key(mesh.key.as_deref(), std::env::var("STARLING_KEY").ok().as_deref())?)),
+    }
+}
+
 async fn open(mesh: &MeshArgs, command: &str) -> Result<Node> {
-    let key = resolve_key(mesh.key.as_deref(), std::env::var("STARLING_KEY").ok().as_deref())?;
+    builder(mesh, command)?.open().await.context("cannot start the node")
+}
+
+fn builder(mesh: &MeshArgs, command: &str) -> Result<NodeBuilder> {
+    let membership = membership(mesh)?;
     let interface = runtime::resolve_interface(&mesh.interface).map_err(anyhow::Error::msg).context("--interface")?;
-    let name = match &mesh.name {
-        Some(n) => n.clone(),
-        None => default_name(command),
+    let name = match (&mesh.name, &membership) {
+        (Some(n), _) => n.clone(),
+        (None, Membership::Identity { file, .. }) if !file.name.is_empty() => file.name.clone(),
+        (None, _) => default_name(command),
     };
     if name.len() > starling::wire::MAX_NAME_LEN {
         bail!("--name '{name}' is {} bytes; node names are at most 32 bytes", name.len());
     }
-    let mut b = NodeBuilder::new(key).name(name).group(mesh.group).port(mesh.port).interface(interface);
+    let b = match membership {
+        Membership::Psk(key) => NodeBuilder::new(key),
+        Membership::Identity { file, allowlist, list } => {
+            NodeBuilder::identity(file.identity, list).allowlist_file(allowlist)
+        }
+    };
+    let mut b = b.name(name).group(mesh.group).port(mesh.port).interface(interface);
     if let Some(path) = &mesh.state {
         b = b.state_file(path);
     }
-    b.open().await.context("cannot start the node")
+    Ok(b)
 }
 
 fn default_name(command: &str) -> String {
@@ -313,8 +545,9 @@ async fn publish(a: PubArgs) -> Result<()> {
     starling::Topic::new(&a.topic).with_context(|| format!("topic '{}'", a.topic))?;
     let payload = payload(a.payload.as_ref(), &a.source)?;
     let node = open(&a.mesh, "pub").await?;
-    if a.reliable {
-        // Learn the subscribers first: a reliable publication waits for those known when sent.
+    if a.reliable || a.mesh.identity.is_some() {
+        // Learn the subscribers first: a reliable publication waits for those known when sent,
+        // and in identity mode receivers can read us only once a session gave them our key.
         tokio::time::sleep(a.discover).await;
     }
     let mut result = Ok(());
@@ -544,7 +777,9 @@ async fn find_peer(node: &Node, who: &str, limit: Duration) -> Result<starling::
 }
 
 async fn call(a: CallArgs) -> Result<()> {
-    let request = payload(a.payload.as_ref(), &a.source)?;
+    // Many methods take no argument (`info`): no payload at all means an empty request.
+    let given = a.payload.is_some() || a.source.file.is_some() || a.source.hex.is_some();
+    let request = if given { payload(a.payload.as_ref(), &a.source)? } else { Vec::new() };
     let node = open(&a.mesh, "call").await?;
     let started = tokio::time::Instant::now();
     let peer = find_peer(&node, &a.node, a.timeout).await?;
@@ -675,7 +910,7 @@ async fn gateway(mut a: GatewayArgs) -> Result<()> {
         a.mesh.name = file.name.clone();
     }
     if a.check_config {
-        resolve_key(a.mesh.key.as_deref(), std::env::var("STARLING_KEY").ok().as_deref())?;
+        membership(&a.mesh)?;
         let whose = if own_broker { " (its own Mosquitto)" } else { "" };
         println!(
             "config OK: broker {}:{}{whose}, prefix '{}', out {:?}, in {:?}, retain {}",
@@ -707,6 +942,65 @@ async fn gateway(mut a: GatewayArgs) -> Result<()> {
     }
     node.close().await?;
     Ok(()) // its own broker, if any, ends here too
+}
+
+async fn watch(a: WatchArgs) -> Result<()> {
+    use starling_gateway::watch::{self, model::Limits, model::Pattern, WatchConfig};
+    if a.history == 0 || a.max_topics == 0 || a.max_mib == 0 || a.buffer == 0 {
+        bail!("--history, --max-topics, --max-mib and --buffer must each be at least 1");
+    }
+    let pattern = Pattern::parse(a.filter.as_deref().unwrap_or("")).map_err(anyhow::Error::msg).context("--filter")?;
+    let config = WatchConfig {
+        limits: Limits { history: a.history, max_topics: a.max_topics, max_bytes: a.max_mib << 20 },
+        plain: a.plain,
+        tick: a.tick.unwrap_or(if a.plain { Duration::from_secs(1) } else { Duration::from_millis(200) }),
+        duration: a.duration,
+        pattern,
+        save: a.save,
+    };
+    if config.tick < Duration::from_millis(20) {
+        bail!("--tick {:?} is too short; at least 20ms", config.tick);
+    }
+    let node =
+        builder(&a.mesh, "watch")?.subscription_capacity(a.buffer).open().await.context("cannot start the node")?;
+    if a.plain {
+        eprintln!("watching {}:{} as {}; Ctrl-C to stop", a.mesh.group, a.mesh.port, node.id());
+    }
+    watch::run(node, config).await
+}
+
+async fn replay(a: ReplayArgs) -> Result<()> {
+    let messages = starling_gateway::watch::load(&a.file)?;
+    for (i, m) in messages.iter().enumerate() {
+        starling::Topic::new(&m.topic)
+            .with_context(|| format!("{} message {}: topic '{}'", a.file.display(), i + 1, m.topic))?;
+    }
+    if a.dry_run {
+        for m in &messages {
+            let shown = Shown {
+                topic: &m.topic,
+                from: m.from.clone(),
+                name: m.name.as_deref(),
+                payload: &m.payload,
+                seq: m.seq,
+            };
+            println!("{}", shown.line());
+        }
+        return Ok(());
+    }
+    let node = open(&a.mesh, "replay").await?;
+    let mut previous: Option<u64> = None;
+    for m in &messages {
+        if let (false, Some(p)) = (a.no_timing, previous) {
+            let gap = Duration::from_millis(m.at_ms.saturating_sub(p)).min(a.max_gap);
+            tokio::time::sleep(gap).await;
+        }
+        previous = Some(m.at_ms);
+        node.publish(&m.topic, m.payload.clone()).await.with_context(|| format!("publishing on '{}'", m.topic))?;
+    }
+    eprintln!("replayed {} message(s) from {}", messages.len(), a.file.display());
+    node.close().await?;
+    Ok(())
 }
 
 /// Ctrl-C or SIGTERM (what service managers send): time to leave cleanly.

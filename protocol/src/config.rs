@@ -55,6 +55,35 @@ pub struct Config {
     pub require_fresh: bool,
     /// How old a held frame may be and still be accepted once its sender proved freshness.
     pub freshness_window: Duration,
+    /// Identity mode's session and handshake knobs (ignored in PSK mode).
+    pub identity: IdentityConfig,
+}
+
+/// Identity mode's knobs (PROTOCOL.md §11).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityConfig {
+    /// A session is renewed by a new handshake after this long (WireGuard uses 2 minutes).
+    pub rekey_after: Duration,
+    /// ... or after this many frames sealed with it.
+    pub rekey_after_frames: u64,
+    /// A node's multicast key is replaced this often, and at once when the allowlist changes.
+    pub group_key_rotation: Duration,
+    /// Handshake messages processed per second before the node asks for cookies (under load).
+    pub handshakes_per_second: u32,
+    /// First retry of an unanswered handshake; later ones back off to 8 times this.
+    pub handshake_retry: Duration,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            rekey_after: Duration::from_secs(120),
+            rekey_after_frames: 1 << 24,
+            group_key_rotation: Duration::from_secs(600),
+            handshakes_per_second: 50,
+            handshake_retry: Duration::from_millis(500),
+        }
+    }
 }
 
 impl Config {
@@ -80,6 +109,7 @@ impl Config {
             reassembly_timeout: Duration::from_secs(2),
             require_fresh: true,
             freshness_window: Duration::from_secs(2),
+            identity: IdentityConfig::default(),
         }
     }
 
@@ -116,6 +146,18 @@ impl Config {
         }
         if self.peer_timeout_factor < 2 {
             return err("peer_timeout_factor", "must be at least 2, or one lost beacon marks a peer down");
+        }
+        if self.identity.rekey_after < Duration::from_secs(1) || self.identity.rekey_after_frames < 16 {
+            return err("identity.rekey_after", "must be at least 1 s and 16 frames");
+        }
+        if self.identity.group_key_rotation < Duration::from_secs(1) {
+            return err("identity.group_key_rotation", "must be at least 1 s");
+        }
+        if self.identity.handshakes_per_second == 0 {
+            return err("identity.handshakes_per_second", "must be at least 1, or no handshake would ever run");
+        }
+        if self.identity.handshake_retry < Duration::from_millis(10) {
+            return err("identity.handshake_retry", "must be at least 10 ms");
         }
         if self.max_peers == 0 {
             return err("max_peers", "must be at least 1");

@@ -170,6 +170,11 @@ impl SenderKey {
         SenderKey { aead: ChaCha20Poly1305::new(Key::from_slice(&raw)) }
     }
 
+    /// A key from raw bytes: identity mode's session and multicast keys.
+    pub fn from_raw(raw: [u8; 32]) -> Self {
+        SenderKey::new(raw)
+    }
+
     /// Encrypts `body` in place and writes the tag after it: `buf = header || body || tag`.
     /// `buf[..aad_len]` is the header, authenticated but not encrypted.
     pub fn seal(&self, pn: u64, buf: &mut [u8], aad_len: usize) {

@@ -7,6 +7,8 @@
 //! - [`node`]: the [`Node`] state machine: discovery, pub/sub, sealing, replay protection.
 //! - [`wire`]: wire format v1, header and records (PROTOCOL.md §2).
 //! - [`crypto`]: network key, derived keys, per-sender AEAD (PROTOCOL.md §3).
+//! - [`identity`]: identity mode's keys and allowlist (PROTOCOL.md §11).
+//! - [`noise`]: identity mode's Noise IK handshakes, macs and cookies.
 //! - [`replay`]: the sliding anti-replay window.
 //! - [`state`]: what a node persists between boots (id, epoch, packet-number lease).
 //! - [`topic`]: MQTT-style topic names and filters.
@@ -23,7 +25,9 @@ extern crate std;
 pub mod config;
 pub mod crypto;
 pub mod hex;
+pub mod identity;
 pub mod node;
+pub mod noise;
 pub mod reassembly;
 pub mod replay;
 pub mod response_cache;

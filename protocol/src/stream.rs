@@ -334,6 +334,19 @@ impl OutStream {
                 }
             }
         }
+        // So are expired ones behind the front: they leave the queue in order, but are never
+        // repaired again, and their deadline must not stay pending (it would be a busy timer).
+        if self.expiring > 0 {
+            for m in self.messages.iter_mut() {
+                if !m.reported && m.expires.is_some_and(|e| e <= now) {
+                    let mut missing: Vec<NodeId> =
+                        m.waiting.iter().copied().filter(|r| self.acks.get(r).is_none_or(|&a| a < m.end)).collect();
+                    missing.extend(m.gone.iter().copied());
+                    done.push(Completion { id: m.id, missing, failure: Some(Failure::Expired) });
+                    m.reported = true;
+                }
+            }
+        }
         while let Some(m) = self.messages.front() {
             let acked = live.iter().all(|r| self.acks.get(r).is_some_and(|&a| a >= m.end));
             let expired = m.expires.is_some_and(|e| e <= now);
@@ -346,6 +359,11 @@ impl OutStream {
         }
         if self.messages.is_empty() {
             self.heartbeat_at = None;
+            // An idle stream holds no heap (a microcontroller has one per RPC peer).
+            self.messages = VecDeque::new();
+        }
+        if self.chunks.is_empty() {
+            self.chunks = VecDeque::new();
         }
         // Acks matter only for live receivers and those a message still waits for; `live` is
         // sorted (it comes from an ordered map), so this stays cheap.
@@ -400,8 +418,11 @@ impl OutStream {
             let aged = m.created + limits.max_retained_age;
             m.expires.map_or(aged, |e| e.min(aged))
         });
-        let soonest_expiry =
-            if self.expiring == 0 { None } else { self.messages.iter().filter_map(|m| m.expires).min() };
+        let soonest_expiry = if self.expiring == 0 {
+            None
+        } else {
+            self.messages.iter().filter(|m| !m.reported).filter_map(|m| m.expires).min()
+        };
         [self.heartbeat_at, m, soonest_expiry].into_iter().flatten().min()
     }
 }
@@ -574,6 +595,11 @@ impl InStream {
 
     fn deliver(&mut self, now: Instant, out: &mut Vec<Delivery>) {
         loop {
+            if self.pending.is_empty() {
+                // An empty B-tree keeps its root node: drop it, idle streams hold no heap.
+                self.pending = BTreeMap::new();
+                return;
+            }
             let Some(first) = self.pending.get(&self.next) else { return };
             if first.index != 0 {
                 // A chunk that is not a message start at the head: the stream is inconsistent.
@@ -770,6 +796,26 @@ mod tests {
         assert_eq!(got[0], Delivery::Gap { from: 1, to: 3 });
         assert!(got.get(1).is_none());
         assert!(tx.send(t0, 9, &[0; 2 << 20], 1000, None, vec![], &limits, &mut ev).is_err());
+    }
+
+    #[test]
+    fn an_expired_message_behind_a_live_one_is_reported_and_leaves_no_past_deadline() {
+        // Found by fuzzing: the deadline of a message behind the front stayed in poll_timeout
+        // although collect can only drop from the front, so a driver spun until the front left.
+        let limits = StreamLimits::default();
+        let mut tx = OutStream::new(1, 1);
+        let mut ev = Vec::new();
+        let t0 = Instant::ZERO;
+        tx.send(t0, 1, b"long", 100, Some(Duration::from_secs(5)), vec![A], &limits, &mut ev).unwrap();
+        tx.send(t0, 2, b"short", 100, Some(Duration::from_millis(100)), vec![A], &limits, &mut ev).unwrap();
+        let t = t0 + Duration::from_millis(101);
+        let done = tx.collect(t, &[A], &limits);
+        assert_eq!(done.iter().map(|c| (c.id, c.failure)).collect::<Vec<_>>(), vec![(2, Some(Failure::Expired))]);
+        tx.poll(t, limits.repair_wait, limits.heartbeat_max); // the heartbeat due moves on too
+        assert!(tx.poll_timeout(&limits).is_some_and(|d| d > t), "{:?}", tx.poll_timeout(&limits));
+        // It is not reported again when it finally leaves the queue.
+        let later = tx.collect(t0 + Duration::from_secs(6), &[A], &limits);
+        assert_eq!(later.iter().map(|c| c.id).collect::<Vec<_>>(), vec![1]);
     }
 
     #[test]

@@ -214,6 +214,33 @@ impl TopicFilter {
         }
     }
 
+    /// Whether some topic name matches both filters: used to decide if a subscribe permission
+    /// and a publish permission can ever meet (identity mode hands out keys only then).
+    pub fn overlaps(&self, other: &TopicFilter) -> bool {
+        let (a, b) = (self.0.as_str(), other.0.as_str());
+        // A wildcard first level never matches `$` names, so it meets a `$` literal nowhere.
+        let dollar = |x: &str| x.starts_with('$');
+        let wild = |x: &str| x.starts_with(['+', '#']);
+        if (dollar(a) && wild(b)) || (dollar(b) && wild(a)) {
+            return false;
+        }
+        let mut la = a.split('/');
+        let mut lb = b.split('/');
+        loop {
+            match (la.next(), lb.next()) {
+                (Some("#"), _) | (_, Some("#")) => return true,
+                (None, None) => return true,
+                (Some(_), None) | (None, Some(_)) => return false,
+                (Some("+"), Some(_)) | (Some(_), Some("+")) => {}
+                (Some(x), Some(y)) => {
+                    if x != y {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
     /// True when the filter contains no wildcard (it names exactly one topic).
     pub fn is_exact(&self) -> bool {
         // Validation guarantees '+' and '#' only appear as wildcards.
@@ -541,6 +568,27 @@ mod tests {
             assert_eq!(validate_filter(&s).is_ok(), reference_filter_ok(&s), "{s:?}");
             let name_ok = !s.is_empty() && !s.contains(['\0', '+', '#']);
             assert_eq!(validate_topic(&s).is_ok(), name_ok, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn overlaps_is_symmetric_and_exact() {
+        let f = |s: &str| TopicFilter::new(s).unwrap();
+        let cases = [
+            ("home/kitchen/#", "home/+/cmd", true),
+            ("home/kitchen/temp", "home/+/cmd", false),
+            ("a/b", "a/b", true),
+            ("a/b", "a/c", false),
+            ("a/#", "a", true),
+            ("+/x", "y/+", true),
+            ("a/+", "a/b/c", false),
+            ("#", "$SYS/x", false),
+            ("$SYS/#", "$SYS/+", true),
+            ("+", "$x", false),
+        ];
+        for (a, b, want) in cases {
+            assert_eq!(f(a).overlaps(&f(b)), want, "{a} vs {b}");
+            assert_eq!(f(b).overlaps(&f(a)), want, "{b} vs {a}");
         }
     }
 }

@@ -12,6 +12,20 @@ use serde::{Deserialize, Serialize};
 pub const VERSION: u8 = 1;
 /// Security suite in the low nibble of byte 0: 0 is PSK mode (PROTOCOL.md §3).
 pub const SUITE_PSK: u8 = 0;
+/// Identity mode (PROTOCOL.md §11): an unsealed announcement of a node's public key and epoch.
+pub const SUITE_ANNOUNCE: u8 = 1;
+/// Identity mode: first Noise IK handshake message.
+pub const SUITE_HS_INIT: u8 = 2;
+/// Identity mode: second Noise IK handshake message.
+pub const SUITE_HS_RESP: u8 = 3;
+/// Identity mode: a cookie reply to a handshake refused under load.
+pub const SUITE_COOKIE: u8 = 4;
+/// Identity mode: a frame sealed with a pairwise session key (byte 1 is the session tag).
+pub const SUITE_UNICAST: u8 = 5;
+/// Identity mode: a frame sealed with the sender's multicast key (byte 1 is the key tag).
+pub const SUITE_MULTICAST: u8 = 6;
+/// Highest suite this version speaks.
+const SUITE_MAX: u8 = SUITE_MULTICAST;
 /// Length of the cleartext, authenticated header.
 pub const HEADER_LEN: usize = 16;
 /// Length of the Poly1305 tag that ends every frame.
@@ -107,7 +121,8 @@ impl core::error::Error for WireError {}
 pub struct Header {
     /// Security suite (low nibble of byte 0).
     pub suite: u8,
-    /// One-byte network tag derived from the network key.
+    /// One-byte tag: the network tag in PSK mode and in identity-mode handshakes; the session or
+    /// multicast key tag in identity-mode sealed frames.
     pub net_tag: u8,
     /// The sending node.
     pub sender: NodeId,
@@ -125,7 +140,7 @@ impl Header {
             return Err(WireError::Truncated);
         }
         let vs = datagram[field::VERSION_SUITE];
-        if vs >> 4 != VERSION || vs & 0x0f != SUITE_PSK {
+        if vs >> 4 != VERSION || vs & 0x0f > SUITE_MAX {
             return Err(WireError::UnsupportedVersion);
         }
         let mut sender = [0u8; 8];
@@ -172,6 +187,10 @@ pub mod kind {
     pub const CHALLENGE: u8 = 0x09;
     /// The answer to a challenge.
     pub const ECHO: u8 = 0x0a;
+    /// Identity mode: the sender's multicast key, over a pairwise session.
+    pub const GROUP_KEY: u8 = 0x0b;
+    /// Identity mode: ask a peer for its current multicast key.
+    pub const KEY_REQUEST: u8 = 0x0c;
 }
 
 /// Reliable stream identifiers (PROTOCOL.md §6.1).
@@ -304,6 +323,17 @@ pub enum Record<'a> {
         /// The sender's packet number of a freshness window ago: older frames may be replays.
         floor: u64,
     },
+    /// Identity mode, unicast only: the sender's multicast key (PROTOCOL.md §11.4).
+    GroupKey {
+        /// The key's tag, carried in byte 1 of the frames it seals.
+        tag: u8,
+        /// The ChaCha20-Poly1305 key.
+        key: [u8; 32],
+        /// The sender's packet number when it handed the key out: older frames are refused.
+        floor: u64,
+    },
+    /// Identity mode, unicast only: please send your current multicast key.
+    KeyRequest,
     /// A record type this version does not know; skipped.
     Unknown {
         /// Its type code.
@@ -353,7 +383,8 @@ impl<'a> Record<'a> {
             Record::Subscriptions(f) => size(f),
             Record::Challenge(n) => size(n),
             Record::Echo { nonce, floor } => size(&(nonce, floor)),
-            Record::Leave | Record::Unknown { .. } => 0,
+            Record::GroupKey { tag, key, floor } => size(&(tag, key, floor)),
+            Record::Leave | Record::KeyRequest | Record::Unknown { .. } => 0,
         }
     }
 
@@ -363,10 +394,9 @@ impl<'a> Record<'a> {
         1 + varint_len(body) + body
     }
 
-    /// Appends the record to `out`.
-    pub fn emit(&self, out: &mut Vec<u8>) {
-        let body = self.body_len();
-        let code = match self {
+    /// The record's type code (PROTOCOL.md §2.3).
+    pub fn kind(&self) -> u8 {
+        match self {
             Record::Beacon(_) => kind::BEACON,
             Record::Publish { .. } => kind::PUBLISH,
             Record::Leave => kind::LEAVE,
@@ -377,8 +407,16 @@ impl<'a> Record<'a> {
             Record::Subscriptions(_) => kind::SUBSCRIPTIONS,
             Record::Challenge(_) => kind::CHALLENGE,
             Record::Echo { .. } => kind::ECHO,
+            Record::GroupKey { .. } => kind::GROUP_KEY,
+            Record::KeyRequest => kind::KEY_REQUEST,
             Record::Unknown { kind } => *kind,
-        };
+        }
+    }
+
+    /// Appends the record to `out`.
+    pub fn emit(&self, out: &mut Vec<u8>) {
+        let body = self.body_len();
+        let code = self.kind();
         out.push(code);
         push_varint(out, body);
         match self {
@@ -401,7 +439,8 @@ impl<'a> Record<'a> {
             Record::Subscriptions(f) => put(out, f),
             Record::Challenge(n) => put(out, n),
             Record::Echo { nonce, floor } => put(out, &(nonce, floor)),
-            Record::Leave | Record::Unknown { .. } => {}
+            Record::GroupKey { tag, key, floor } => put(out, &(tag, key, floor)),
+            Record::Leave | Record::KeyRequest | Record::Unknown { .. } => {}
         }
     }
 
@@ -452,6 +491,11 @@ impl<'a> Record<'a> {
                 let ((nonce, floor), _): ((u64, u64), _) = take(body)?;
                 Ok(Record::Echo { nonce, floor })
             }
+            kind::GROUP_KEY => {
+                let ((tag, key, floor), _): ((u8, [u8; 32], u64), _) = take(body)?;
+                Ok(Record::GroupKey { tag, key, floor })
+            }
+            kind::KEY_REQUEST => Ok(Record::KeyRequest),
             kind => Ok(Record::Unknown { kind }),
         }
     }
@@ -625,7 +669,9 @@ mod tests {
         assert_eq!(Header::parse(&buf[..31]), Err(WireError::Truncated));
         buf[0] = 0x20;
         assert_eq!(Header::parse(&buf), Err(WireError::UnsupportedVersion));
-        buf[0] = 0x11;
+        buf[0] = 0x16; // identity mode's multicast suite: parsed, the node decides
+        assert_eq!(Header::parse(&buf).map(|h| h.suite), Ok(SUITE_MULTICAST));
+        buf[0] = 0x17;
         assert_eq!(Header::parse(&buf), Err(WireError::UnsupportedVersion));
         assert_eq!(Header::parse(&[0x10; MAX_DATAGRAM + 1]), Err(WireError::Oversized));
     }

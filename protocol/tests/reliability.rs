@@ -1116,7 +1116,7 @@ fn calls_after_a_callee_reboot_keep_working() {
 
 /// 9a. Acks for sequence numbers never sent (or of another epoch, or of a stream that does not
 ///     exist) and responses to calls never made are dropped and counted in `drop_stream`;
-///     requests on the multicast stream and undecodable stream messages in `drop_malformed`;
+///     requests on the multicast stream and undecodable stream messages in `malformed_messages`;
 ///     nothing reaches the application, nothing retained is released, and floods of them leave
 ///     the node's memory where it was.
 #[test]
@@ -1176,7 +1176,7 @@ fn forged_acks_and_responses_are_dropped_and_counted() {
     assert_eq!(f.send(&mut v, now, sub, &records), vec![]);
     let after = v.stats().clone();
     assert_eq!(after.drop_stream - mid.drop_stream, 2, "two responses to calls never made to sub");
-    assert_eq!(after.drop_malformed - mid.drop_malformed, 2, "a misplaced request and garbage");
+    assert_eq!(after.malformed_messages - mid.malformed_messages, 2, "a misplaced request and garbage");
     assert_eq!(v.pending_calls(), 1, "the real call still waits for its callee");
     assert_eq!(after.messages_delivered, before.messages_delivered);
 
@@ -1261,7 +1261,7 @@ fn forged_fragments_are_dropped_counted_and_bounded() {
         }
         let s1 = v.stats().clone();
         assert_eq!(
-            (s1.drop_stream - s0.drop_stream, s1.drop_malformed - s0.drop_malformed),
+            (s1.drop_stream - s0.drop_stream, s1.malformed_messages - s0.malformed_messages),
             (stream_drops, malformed),
             "{what}"
         );

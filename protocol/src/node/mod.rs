@@ -4,6 +4,7 @@
 //! reliable and fragmented publications on top of [`crate::stream`], `rpc` the calls.
 
 mod fresh;
+mod identity;
 mod reliable;
 mod rpc;
 
@@ -93,6 +94,8 @@ pub enum DownReason {
     Left,
     /// Nothing was heard from it for `peer_timeout_factor` beacon intervals.
     Timeout,
+    /// Identity mode: its key was removed from the allowlist.
+    Revoked,
 }
 
 /// What the application must see, from [`Node::poll_event`].
@@ -178,6 +181,9 @@ pub struct Stats {
     pub drop_replay: u64,
     /// Dropped: authenticated but its content is malformed.
     pub drop_malformed: u64,
+    /// Messages of an accepted frame (a stream message or reassembled fragment) that did not parse:
+    /// dropped and counted here, apart from whole frames, so each datagram is counted once.
+    pub malformed_messages: u64,
     /// Dropped: a new sender while the peer table is full of live peers.
     pub drop_peer_table_full: u64,
     /// Dropped: frames of a sender that has not proved freshness, beyond what may wait, or that
@@ -214,11 +220,37 @@ pub struct Stats {
     pub gaps: u64,
     /// Incomplete best-effort messages dropped (a fragment never came, or room ran out).
     pub fragments_lost: u64,
+    /// Identity mode: announcements, handshakes and cookies received (not sealed frames).
+    pub rx_unsealed: u64,
+    /// Identity mode: of those, from keys that are not on the allowlist.
+    pub unknown_keys: u64,
+    /// Identity mode: dropped, a unicast frame for no session this node holds.
+    pub drop_no_session: u64,
+    /// Identity mode: dropped, a multicast frame under a key this node was not given.
+    pub drop_no_key: u64,
+    /// Identity mode: messages and calls refused by the allowlist's permissions.
+    pub denied: u64,
+    /// Identity mode: handshake messages 1 sent (first tries and retries).
+    pub handshakes_sent: u64,
+    /// Identity mode: sessions established or confirmed.
+    pub handshakes_completed: u64,
+    /// Identity mode: unsealed frames refused: malformed, bad mac1, failed Noise, replayed, unexpected.
+    pub handshakes_failed: u64,
+    /// Identity mode: handshakes refused by the per-address rate limit under load.
+    pub handshakes_rate_limited: u64,
+    /// Identity mode: cookie replies sent under load.
+    pub cookies_sent: u64,
+    /// Identity mode: peers cut off by an allowlist change.
+    pub revoked: u64,
+    /// Identity mode: times this node replaced its multicast key.
+    pub group_key_rotations: u64,
+    /// Identity mode: unicast records dropped for want of a session (streams resend them).
+    pub tx_no_session: u64,
 }
 
 impl Stats {
     /// Every counter with its name, for printing.
-    pub fn fields(&self) -> [(&'static str, u64); 26] {
+    pub fn fields(&self) -> [(&'static str, u64); 40] {
         [
             ("rx_datagrams", self.rx_datagrams),
             ("rx_accepted", self.rx_accepted),
@@ -229,6 +261,7 @@ impl Stats {
             ("drop_auth", self.drop_auth),
             ("drop_replay", self.drop_replay),
             ("drop_malformed", self.drop_malformed),
+            ("malformed_messages", self.malformed_messages),
             ("drop_peer_table_full", self.drop_peer_table_full),
             ("drop_unverified", self.drop_unverified),
             ("rx_after_challenge", self.rx_after_challenge),
@@ -246,6 +279,19 @@ impl Stats {
             ("drop_stream", self.drop_stream),
             ("gaps", self.gaps),
             ("fragments_lost", self.fragments_lost),
+            ("rx_unsealed", self.rx_unsealed),
+            ("unknown_keys", self.unknown_keys),
+            ("drop_no_session", self.drop_no_session),
+            ("drop_no_key", self.drop_no_key),
+            ("denied", self.denied),
+            ("handshakes_sent", self.handshakes_sent),
+            ("handshakes_completed", self.handshakes_completed),
+            ("handshakes_failed", self.handshakes_failed),
+            ("handshakes_rate_limited", self.handshakes_rate_limited),
+            ("cookies_sent", self.cookies_sent),
+            ("revoked", self.revoked),
+            ("group_key_rotations", self.group_key_rotations),
+            ("tx_no_session", self.tx_no_session),
         ]
     }
 
@@ -260,6 +306,8 @@ impl Stats {
             + self.drop_malformed
             + self.drop_peer_table_full
             + self.drop_unverified
+            + self.drop_no_session
+            + self.drop_no_key
     }
 }
 
@@ -355,7 +403,8 @@ struct Peer {
     interval: Duration,
     last_heard: Instant,
     replay: ReplayWindow,
-    key: SenderKey,
+    /// Its PSK-mode sender key (identity mode keeps keys per session instead).
+    key: Option<SenderKey>,
     status: PeerStatus,
     /// Packet number of its Leave: older frames still in flight must not bring it back.
     left_pn: Option<u64>,
@@ -388,9 +437,11 @@ enum Timer {
     Liveness = 1,
     /// Streams, calls, reassembly and cache expiry: the earliest of them.
     Messaging = 2,
+    /// Identity mode: handshakes, rekeying, key rotation.
+    Identity = 3,
 }
 
-const TIMER_COUNT: usize = 3;
+const TIMER_COUNT: usize = 4;
 
 #[derive(Debug, Default)]
 struct Timers([Option<Instant>; TIMER_COUNT]);
@@ -416,6 +467,11 @@ struct Queued {
 enum Lifecycle {
     Running,
     Closing,
+}
+
+/// Validates every record of an opened body, so a frame is taken whole or not at all.
+fn records_valid(body: &[u8]) -> bool {
+    RecordIter::new(body).all(|r| r.as_ref().is_ok_and(record_is_valid))
 }
 
 /// Checks what the record parser leaves to the node: a Publish topic must be a valid name.
@@ -455,7 +511,9 @@ pub struct Node {
     lease_end: u64,
     lease_request: Option<PersistedState>,
     lease_requested_end: Option<u64>,
-    peers: BTreeMap<NodeId, Peer>,
+    /// Boxed: a `Peer` is about 850 bytes and B-tree nodes hold 11 slots, so unboxed a mesh of
+    /// 16 peers would reserve room for 33 (28 KiB instead of 14 KiB on a microcontroller).
+    peers: BTreeMap<NodeId, alloc::boxed::Box<Peer>>,
     subs: Vec<(SubscriptionId, TopicFilter)>,
     next_sub: u64,
     queue: VecDeque<Queued>,
@@ -476,6 +534,8 @@ pub struct Node {
     served: Vec<String>,
     cache: ResponseCache<NodeId>,
     freshness: fresh::Freshness,
+    /// Identity mode's sessions and keys; `None` in PSK mode.
+    identity: Option<alloc::boxed::Box<identity::IdentityState>>,
 }
 
 impl fmt::Debug for Node {
@@ -494,10 +554,20 @@ impl Node {
     /// `boot` comes from [`Boot::resume`] (after its state was stored durably) or
     /// [`Boot::ephemeral`].
     pub fn new(config: Config, key: &NetworkKey, boot: Boot, now: Instant) -> Result<Node, ConfigError> {
+        Node::build(config, Some(key), boot, now)
+    }
+
+    /// PSK mode with `key`; identity mode (no key) gets a random one that nothing ever uses.
+    fn build(config: Config, key: Option<&NetworkKey>, boot: Boot, now: Instant) -> Result<Node, ConfigError> {
         config.validate()?;
-        let keys = NetworkKeys::derive(key);
+        let mut rng = ChaCha20Rng::from_seed(config.rng_seed);
+        let key = key.cloned().unwrap_or_else(|| {
+            let mut k = [0u8; 32];
+            rng.fill_bytes(&mut k);
+            NetworkKey::from_bytes(k)
+        });
+        let keys = NetworkKeys::derive(&key);
         let own_key = keys.sender_key(boot.node_id);
-        let rng = ChaCha20Rng::from_seed(config.rng_seed);
         let scratch = Vec::with_capacity(config.max_datagram);
         let reassembly = Reassembler::new(ReassemblyLimits {
             max_message: config.max_message + 512,
@@ -539,6 +609,7 @@ impl Node {
             served: Vec::new(),
             cache,
             freshness: fresh::Freshness::new(now, boot.first_pn),
+            identity: None,
             config,
         };
         // Announce at once, ahead of anything the application sends, so receivers learn the
@@ -585,6 +656,23 @@ impl Node {
     /// after its sender already left).
     pub fn peer_name(&self, id: NodeId) -> Option<&str> {
         self.peers.get(&id).map(|p| p.name.as_str()).filter(|n| !n.is_empty())
+    }
+
+    /// The subscription filters a peer that is up last announced (empty before its first
+    /// Subscriptions record), so a monitor can show topics before anything is published on them.
+    pub fn peer_filters(&self, id: NodeId) -> Option<&[TopicFilter]> {
+        self.peers.get(&id).filter(|p| p.status == PeerStatus::Up).map(|p| p.filters.as_slice())
+    }
+
+    /// The smoothed round-trip time towards a peer, once a unicast exchange (call, response,
+    /// ack) has measured it.
+    pub fn peer_rtt(&self, id: NodeId) -> Option<Duration> {
+        self.peers.get(&id).and_then(|p| p.rtt.srtt())
+    }
+
+    /// The methods this node serves, in the order they were first served.
+    pub fn served_methods(&self) -> impl Iterator<Item = &str> + '_ {
+        self.served.iter().map(String::as_str)
     }
 
     /// Largest payload that [`publish`](Self::publish) sends as one Publish record in one
@@ -706,82 +794,16 @@ impl Node {
                 return;
             }
         };
-        if header.net_tag != self.keys.net_tag() {
-            self.stats.drop_foreign_network += 1;
-            return;
-        }
-        if header.sender == self.id() {
-            self.handle_own_id(from, header, datagram);
-            return;
-        }
-        let known = match self.peers.get(&header.sender) {
-            Some(peer) => {
-                if header.pn < peer.floor || peer.replay.check(header.pn).is_err() {
-                    self.stats.drop_replay += 1;
-                    return;
-                }
-                true
-            }
-            None => {
-                if self.peers.len() >= self.config.max_peers && self.evictable().is_none() {
-                    self.stats.drop_peer_table_full += 1;
-                    return;
-                }
-                false
-            }
+        let opened = if self.identity.is_some() {
+            self.open_identity(now, from, &header, datagram)
+        } else {
+            self.open_psk(now, from, &header, datagram)
         };
-        // One AEAD attempt, never more.
-        let fresh_key = (!known).then(|| self.keys.sender_key(header.sender));
-        let key = match &fresh_key {
-            Some(k) => k,
-            None => &self.peers[&header.sender].key,
-        };
-        self.scratch.clear();
-        self.scratch.extend_from_slice(datagram);
-        if key.open(header.pn, &mut self.scratch, HEADER_LEN).is_err() {
-            self.stats.drop_auth += 1;
+        if !opened {
             return;
         }
         let body_end = self.scratch.len() - wire::TAG_LEN;
-        // Validate every record before acting on any, so a frame is taken whole or not at all.
-        if RecordIter::new(&self.scratch[HEADER_LEN..body_end]).any(|r| !r.as_ref().is_ok_and(record_is_valid)) {
-            self.stats.drop_malformed += 1;
-            return;
-        }
-        if let Some(key) = fresh_key {
-            if self.peers.len() >= self.config.max_peers {
-                if let Some(victim) = self.evictable() {
-                    self.peers.remove(&victim);
-                }
-            }
-            self.peers.insert(
-                header.sender,
-                Peer {
-                    name: String::new(),
-                    addr: from,
-                    epoch: 0,
-                    interval: self.config.beacon_interval,
-                    last_heard: now,
-                    replay: ReplayWindow::new(),
-                    key,
-                    status: PeerStatus::Unannounced,
-                    left_pn: None,
-                    filters: Vec::new(),
-                    in_mcast: None,
-                    in_ucast: None,
-                    out_ucast: None,
-                    rtt: RttEstimator::new(self.config.initial_rto, Duration::from_millis(20), Duration::from_secs(5)),
-                    floor: 0,
-                    verify: None,
-                },
-            );
-            if self.config.require_fresh {
-                self.challenge(now, header.sender);
-            }
-        }
-        let peer = self.peers.get_mut(&header.sender).expect("present: found or inserted above");
-        // Accepting cannot fail: checked above and nothing ran in between.
-        let _ = peer.replay.accept(header.pn);
+        let peer = self.peers.get_mut(&header.sender).expect("present: open_* ensures it");
         // A frame sent before the peer's Leave but delivered after it is still a valid message,
         // but says nothing about the peer being alive.
         let stale = peer.left_pn.is_some_and(|left| header.pn < left);
@@ -831,6 +853,9 @@ impl Node {
                 self.peer_down(id, DownReason::Timeout);
             }
         }
+        if self.timers.get(Timer::Identity).is_some_and(|t| t <= now) {
+            self.identity_on_timeout(now);
+        }
         if self.timers.get(Timer::Messaging).is_some_and(|t| t <= now) {
             self.retry_challenges(now);
             self.expire_calls(now);
@@ -878,45 +903,72 @@ impl Node {
         if buf.len() < max {
             return Err(BufferTooSmall { needed: max });
         }
-        let Some(first) = self.queue.front() else {
-            return Ok(None);
-        };
-        let destination = first.destination;
-        if self.next_pn >= self.lease_end {
-            self.stats.lease_stalls += 1;
-            self.request_lease();
-            return Ok(None);
+        if let Some(t) = self.poll_raw(buf) {
+            return Ok(Some(t));
         }
-        let mut len = HEADER_LEN;
-        while let Some(q) = self.queue.front() {
-            if q.destination != destination || len + q.record.len() + wire::TAG_LEN > max {
-                break;
+        loop {
+            let Some(first) = self.queue.front() else {
+                return Ok(None);
+            };
+            let destination = first.destination;
+            // Identity mode seals publications and discovery under different multicast keys.
+            let split = self.identity.is_some() && destination == Destination::Multicast;
+            let data = split && identity::is_data(&first.record);
+            if self.next_pn >= self.lease_end {
+                self.stats.lease_stalls += 1;
+                self.request_lease();
+                return Ok(None);
             }
-            let q = self.queue.pop_front().expect("front exists");
-            buf[len..len + q.record.len()].copy_from_slice(&q.record);
-            len += q.record.len();
-            self.queued_bytes -= q.record.len();
-        }
-        if len == HEADER_LEN {
-            // Cannot happen: records are size-checked when queued. Never spin on one that won't fit.
-            if let Some(q) = self.queue.pop_front() {
+            let mut len = HEADER_LEN;
+            while let Some(q) = self.queue.front() {
+                if q.destination != destination
+                    || len + q.record.len() + wire::TAG_LEN > max
+                    || (split && identity::is_data(&q.record) != data)
+                {
+                    break;
+                }
+                let q = self.queue.pop_front().expect("front exists");
+                buf[len..len + q.record.len()].copy_from_slice(&q.record);
+                len += q.record.len();
                 self.queued_bytes -= q.record.len();
             }
-            return Ok(None);
+            if len == HEADER_LEN {
+                // Cannot happen: records are size-checked when queued. Never spin on one that won't fit.
+                if let Some(q) = self.queue.pop_front() {
+                    self.queued_bytes -= q.record.len();
+                }
+                continue;
+            }
+            let identity = if self.identity.is_some() {
+                match self.identity_sealer(now, destination, data) {
+                    Some(sealer) => Some(sealer),
+                    None => continue, // no session yet: dropped, a handshake is under way
+                }
+            } else {
+                None
+            };
+            let pn = self.next_pn;
+            // Note when this packet number goes out, to answer freshness challenges exactly.
+            self.freshness.mark(now, pn, self.config.freshness_window);
+            self.next_pn += 1;
+            len += wire::TAG_LEN;
+            match identity {
+                Some((suite, tag, key)) => {
+                    Header { suite, net_tag: tag, sender: self.id(), pn }.emit(buf);
+                    key.seal(pn, &mut buf[..len], HEADER_LEN);
+                }
+                None => {
+                    Header { suite: SUITE_PSK, net_tag: self.keys.net_tag(), sender: self.id(), pn }.emit(buf);
+                    self.own_key.seal(pn, &mut buf[..len], HEADER_LEN);
+                }
+            }
+            self.stats.tx_datagrams += 1;
+            self.stats.tx_bytes += len as u64;
+            if self.next_pn + self.config.lease_block / 2 >= self.lease_end {
+                self.request_lease();
+            }
+            return Ok(Some(Transmit { destination, len }));
         }
-        let pn = self.next_pn;
-        // Note when this packet number goes out, to answer freshness challenges exactly.
-        self.freshness.mark(now, pn, self.config.freshness_window);
-        self.next_pn += 1;
-        Header { suite: SUITE_PSK, net_tag: self.keys.net_tag(), sender: self.id(), pn }.emit(buf);
-        len += wire::TAG_LEN;
-        self.own_key.seal(pn, &mut buf[..len], HEADER_LEN);
-        self.stats.tx_datagrams += 1;
-        self.stats.tx_bytes += len as u64;
-        if self.next_pn + self.config.lease_block / 2 >= self.lease_end {
-            self.request_lease();
-        }
-        Ok(Some(Transmit { destination, len }))
     }
 
     /// The next event for the application.
@@ -930,6 +982,99 @@ impl Node {
     }
 
     // ----- internals -----
+
+    /// PSK mode: checks and opens a frame into `self.scratch`, learning a new sender. Returns
+    /// true when the frame is authentic, fresh and well formed.
+    fn open_psk(&mut self, now: Instant, from: SocketAddr, header: &Header, datagram: &[u8]) -> bool {
+        if header.suite != SUITE_PSK {
+            self.stats.drop_version += 1;
+            return false;
+        }
+        if header.net_tag != self.keys.net_tag() {
+            self.stats.drop_foreign_network += 1;
+            return false;
+        }
+        if header.sender == self.id() {
+            self.handle_own_id(from, *header, datagram);
+            return false;
+        }
+        let known = match self.peers.get(&header.sender) {
+            Some(peer) => {
+                if header.pn < peer.floor || peer.replay.check(header.pn).is_err() {
+                    self.stats.drop_replay += 1;
+                    return false;
+                }
+                true
+            }
+            None => {
+                if self.peers.len() >= self.config.max_peers && self.evictable().is_none() {
+                    self.stats.drop_peer_table_full += 1;
+                    return false;
+                }
+                false
+            }
+        };
+        // One AEAD attempt, never more.
+        let fresh_key = (!known).then(|| self.keys.sender_key(header.sender));
+        let key = match &fresh_key {
+            Some(k) => k,
+            None => match &self.peers[&header.sender].key {
+                Some(k) => k,
+                None => return false,
+            },
+        };
+        self.scratch.clear();
+        self.scratch.extend_from_slice(datagram);
+        if key.open(header.pn, &mut self.scratch, HEADER_LEN).is_err() {
+            self.stats.drop_auth += 1;
+            return false;
+        }
+        let body_end = self.scratch.len() - wire::TAG_LEN;
+        // Validate every record before acting on any, so a frame is taken whole or not at all.
+        if !records_valid(&self.scratch[HEADER_LEN..body_end]) {
+            self.stats.drop_malformed += 1;
+            return false;
+        }
+        if let Some(key) = fresh_key {
+            if self.peers.len() >= self.config.max_peers {
+                if let Some(victim) = self.evictable() {
+                    self.peers.remove(&victim);
+                }
+            }
+            self.insert_peer(now, from, header.sender, Some(key));
+            if self.config.require_fresh {
+                self.challenge(now, header.sender);
+            }
+        }
+        let peer = self.peers.get_mut(&header.sender).expect("present: found or inserted above");
+        // Accepting cannot fail: checked above and nothing ran in between.
+        let _ = peer.replay.accept(header.pn);
+        true
+    }
+
+    fn insert_peer(&mut self, now: Instant, from: SocketAddr, id: NodeId, key: Option<SenderKey>) {
+        self.peers.insert(
+            id,
+            alloc::boxed::Box::new(Peer {
+                name: String::new(),
+                addr: from,
+                epoch: 0,
+                interval: self.config.beacon_interval,
+                last_heard: now,
+                replay: ReplayWindow::new(),
+                key,
+                status: PeerStatus::Unannounced,
+                left_pn: None,
+                filters: Vec::new(),
+                in_mcast: None,
+                in_ucast: None,
+                out_ucast: None,
+                rtt: RttEstimator::new(self.config.initial_rto, Duration::from_millis(20), Duration::from_secs(5)),
+                floor: 0,
+                verify: None,
+            }),
+        );
+    }
 
     fn handle_own_id(&mut self, from: SocketAddr, header: Header, datagram: &[u8]) {
         if header.pn < self.next_pn {
@@ -980,13 +1125,17 @@ impl Node {
                 }
             }
             Record::Echo { .. } => {} // only meaningful while verifying, handled there
+            Record::GroupKey { .. } | Record::KeyRequest => self.handle_key_record(header, record),
             Record::Unknown { .. } => self.stats.unknown_records += 1,
         }
     }
 
     fn handle_beacon(&mut self, now: Instant, sender: NodeId, b: Beacon<'_>) {
         let Some(p) = self.peers.get_mut(&sender) else { return };
-        p.name = b.name.to_string();
+        // Identity mode names peers from the allowlist, never from what they announce.
+        if self.identity.is_none() {
+            p.name = b.name.to_string();
+        }
         p.interval = Duration::from_millis(u64::from(b.interval_ms.max(10)));
         let event = match p.status {
             PeerStatus::Up if b.epoch > p.epoch => {
@@ -1037,6 +1186,10 @@ impl Node {
     }
 
     fn deliver(&mut self, from: NodeId, topic: Topic<'_>, payload: &[u8], seq: Option<u64>) {
+        if !self.may_publish(from, &topic) {
+            self.stats.denied += 1;
+            return;
+        }
         let subscriptions: Vec<SubscriptionId> =
             self.subs.iter().filter(|(_, f)| f.matches(&topic)).map(|(id, _)| *id).collect();
         if subscriptions.is_empty() {
@@ -1065,6 +1218,8 @@ impl Node {
         }
         // Beacons are small and periodic: queue them even past the byte bound rather than go silent.
         self.enqueue_bytes(Destination::Multicast, bytes);
+        // Identity mode: members without our multicast key learn our public key from this.
+        self.announce();
     }
 
     fn enqueue(&mut self, destination: Destination, record: &Record<'_>) {
@@ -1111,6 +1266,7 @@ impl Node {
             .min();
         self.timers.set(Timer::Liveness, next);
         self.timers.set(Timer::Messaging, self.messaging_timeout());
+        self.timers.set(Timer::Identity, self.identity_timeout());
     }
 
     fn peer_down(&mut self, id: NodeId, reason: DownReason) {

@@ -80,7 +80,11 @@ impl Node {
         let waiting: Vec<NodeId> = self
             .peers
             .iter()
-            .filter(|(_, p)| p.status == PeerStatus::Up && p.filters.iter().any(|f| f.matches(&topic)))
+            .filter(|(id, p)| {
+                p.status == PeerStatus::Up
+                    && p.filters.iter().any(|f| f.matches(&topic))
+                    && self.may_receive(**id, &topic)
+            })
             .map(|(id, _)| *id)
             .collect();
         // Unique across restarts, like call ids.
@@ -151,9 +155,9 @@ impl Node {
             FragmentOutcome::Complete(bytes) => match Inner::parse(&bytes) {
                 Ok(Inner::Publish { topic, payload }) => match Topic::new(topic) {
                     Ok(topic) => self.deliver(sender, topic, payload, None),
-                    Err(_) => self.stats.drop_malformed += 1,
+                    Err(_) => self.stats.malformed_messages += 1,
                 },
-                _ => self.stats.drop_malformed += 1,
+                _ => self.stats.malformed_messages += 1,
             },
             FragmentOutcome::Pending | FragmentOutcome::Duplicate => {}
             FragmentOutcome::Rejected(_) => self.stats.drop_stream += 1,
@@ -209,7 +213,7 @@ impl Node {
                 Delivery::Message { seq, bytes } => match Inner::parse(&bytes) {
                     Ok(Inner::Publish { topic, payload }) => match Topic::new(topic) {
                         Ok(topic) => self.deliver(sender, topic, payload, Some(seq)),
-                        Err(_) => self.stats.drop_malformed += 1,
+                        Err(_) => self.stats.malformed_messages += 1,
                     },
                     Ok(Inner::Request { call_id, method, payload }) if kind == stream::UNICAST => {
                         self.handle_request(now, sender, call_id, method, payload)
@@ -217,7 +221,7 @@ impl Node {
                     Ok(Inner::Response { call_id, status, payload }) if kind == stream::UNICAST => {
                         self.handle_response(sender, call_id, status, payload)
                     }
-                    _ => self.stats.drop_malformed += 1,
+                    _ => self.stats.malformed_messages += 1,
                 },
                 Delivery::Gap { from, to } => {
                     self.stats.gaps = self.stats.gaps.saturating_add(to - from);

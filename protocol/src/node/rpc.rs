@@ -183,6 +183,12 @@ impl Node {
     }
 
     pub(super) fn handle_request(&mut self, now: Instant, from: NodeId, call_id: u64, method: &str, payload: &[u8]) {
+        if !self.may_call(from, method) {
+            self.stats.denied += 1;
+            let bytes = Inner::Response { call_id, status: status::DENIED, payload: &[] }.encode();
+            self.send_unicast(now, from, call_id, &bytes, None);
+            return;
+        }
         if !self.served.iter().any(|m| m == method) {
             let bytes = Inner::Response { call_id, status: status::NO_SUCH_METHOD, payload: &[] }.encode();
             self.send_unicast(now, from, call_id, &bytes, None);

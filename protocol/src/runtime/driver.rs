@@ -19,6 +19,9 @@ const RX_BATCH: usize = 64;
 const CMD_BATCH: usize = 256;
 /// The method every host node serves with its counters (`starling nodes --stats` calls it).
 pub const STATS_METHOD: &str = "$stats";
+/// The method every host node serves with what it offers and measures: `method NAME` lines for
+/// the methods it serves, then `peer ID rtt_us N` lines for peers with a measured round trip.
+pub const INFO_METHOD: &str = "$info";
 /// How long a closing node keeps running so its last reliable messages and responses are
 /// acknowledged.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
@@ -255,8 +258,25 @@ impl Driver {
             Command::Peers(reply) => {
                 let _ = reply.send(self.node.peers().collect());
             }
+            Command::PeerDetails(reply) => {
+                let details = self.node.peers().map(|info| super::PeerDetails {
+                    filters: self
+                        .node
+                        .peer_filters(info.id)
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|f| std::string::String::from(f.as_str()))
+                        .collect(),
+                    rtt: self.node.peer_rtt(info.id),
+                    info,
+                });
+                let _ = reply.send(details.collect());
+            }
             Command::Stats(reply) => {
                 let _ = reply.send(self.stats());
+            }
+            Command::SetAllowlist(list, reply) => {
+                let _ = reply.send(self.node.set_allowlist(self.now(), list));
             }
             Command::Close(_) => unreachable!("handled in run"),
         }
@@ -358,6 +378,20 @@ impl Driver {
                 let mut text = std::string::String::new();
                 for (k, v) in self.stats().fields() {
                     text.push_str(&std::format!("{k} {v}\n"));
+                }
+                let now = self.now();
+                self.node.respond(now, from, call_id, Ok(text.as_bytes()));
+                return;
+            }
+            Event::Request { from, call_id, method, .. } if method == INFO_METHOD => {
+                let mut text = std::string::String::new();
+                for m in self.node.served_methods() {
+                    text.push_str(&std::format!("method {m}\n"));
+                }
+                for p in self.node.peers() {
+                    if let Some(rtt) = self.node.peer_rtt(p.id) {
+                        text.push_str(&std::format!("peer {} rtt_us {}\n", p.id, rtt.as_micros()));
+                    }
                 }
                 let now = self.now();
                 self.node.respond(now, from, call_id, Ok(text.as_bytes()));

@@ -15,6 +15,7 @@
 //! ```
 
 mod driver;
+pub mod identity_file;
 mod socket;
 mod state_file;
 
@@ -23,7 +24,7 @@ use std::future::{Future, IntoFuture};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::string::String;
+use std::string::{String, ToString};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -32,6 +33,7 @@ use std::{fmt, io};
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use crate::identity::{Allowlist, Identity};
 use crate::{CallError, Config, ConfigError, NetworkKey, NodeId, PeerInfo, PublishError, StateError, Stats};
 use crate::{DownReason, PublishFailure, SubscribeError, SubscriptionId};
 
@@ -78,6 +80,8 @@ pub enum Error {
     NotDelivered(PublishFailure),
     /// A call failed.
     Call(CallError),
+    /// An allowlist was refused.
+    Allowlist(String),
     /// The node has shut down.
     Closed,
 }
@@ -93,6 +97,7 @@ impl fmt::Display for Error {
             Error::Subscribe(e) => e.fmt(f),
             Error::NotDelivered(e) => e.fmt(f),
             Error::Call(e) => e.fmt(f),
+            Error::Allowlist(e) => write!(f, "allowlist: {e}"),
             Error::Closed => f.write_str("the node has shut down"),
         }
     }
@@ -172,7 +177,20 @@ pub enum PeerEvent {
     },
 }
 
-pub use driver::STATS_METHOD;
+pub use driver::{INFO_METHOD, STATS_METHOD};
+
+/// What a monitor wants to know about a peer beyond [`PeerInfo`]: the filters it announced (so
+/// its topics are known before anything is published) and the round-trip time measured to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerDetails {
+    /// Id, name, address, epoch, last heard.
+    pub info: PeerInfo,
+    /// Its subscription filters, as it last announced them.
+    pub filters: Vec<String>,
+    /// Smoothed round-trip time, once a unicast exchange with it measured one.
+    pub rtt: Option<Duration>,
+}
 
 /// Counters of the core plus those of the driver.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -198,7 +216,7 @@ pub enum Persistence {
 /// Opens a [`Node`]. Only the network key is required.
 #[derive(Debug, Clone)]
 pub struct NodeBuilder {
-    key: NetworkKey,
+    security: Security,
     name: String,
     group: Ipv4Addr,
     port: u16,
@@ -211,11 +229,39 @@ pub struct NodeBuilder {
     rx_loss_percent: u8,
 }
 
+/// How a node proves membership: the network key, or its own key pair and the allowlist.
+#[derive(Debug, Clone)]
+enum Security {
+    Psk(NetworkKey),
+    Identity { identity: Identity, allowlist: Allowlist, file: Option<PathBuf> },
+}
+
 impl NodeBuilder {
-    /// A builder for a node of the network `key`, on the default group and port, on loopback.
+    /// A builder for a node of the network `key` (PSK mode), on the default group and port, on
+    /// loopback.
     pub fn new(key: NetworkKey) -> Self {
+        Self::with(Security::Psk(key))
+    }
+
+    /// A builder for a node in identity mode (PROTOCOL.md §11): its key pair and the network's
+    /// allowlist, which must list it.
+    pub fn identity(identity: Identity, allowlist: Allowlist) -> Self {
+        Self::with(Security::Identity { identity, allowlist, file: None })
+    }
+
+    /// Identity mode: reload the allowlist from `path` whenever the file changes (checked twice a
+    /// second), so that editing it revokes or adds members without restarting. A file that fails
+    /// to parse is reported in the log and the previous allowlist stays in force.
+    pub fn allowlist_file(mut self, path: impl Into<PathBuf>) -> Self {
+        if let Security::Identity { file, .. } = &mut self.security {
+            *file = Some(path.into());
+        }
+        self
+    }
+
+    fn with(security: Security) -> Self {
         NodeBuilder {
-            key,
+            security,
             name: String::new(),
             group: DEFAULT_GROUP,
             port: DEFAULT_PORT,
@@ -305,9 +351,20 @@ impl NodeBuilder {
             f(&mut config);
         }
         config.validate().map_err(Error::Config)?;
-        let fresh_id = NodeId::from_u64(random_u64()?);
+        let fresh_id = match &self.security {
+            Security::Psk(_) => NodeId::from_u64(random_u64()?),
+            // Identity mode: the id is bound to the key.
+            Security::Identity { identity, .. } => identity.node_id(),
+        };
         let (boot, state_file) = match &self.persistence {
-            Persistence::Ephemeral => (crate::Boot::ephemeral(fresh_id), None),
+            Persistence::Ephemeral => {
+                let mut boot = crate::Boot::ephemeral(fresh_id);
+                if let Security::Identity { .. } = self.security {
+                    // The id survives restarts, so a random epoch tells peers it restarted.
+                    boot.epoch = (random_u64()? as u32) | 1;
+                }
+                (boot, None)
+            }
             Persistence::File(path) => {
                 let (file, boot) = StateFile::open_boot(path, fresh_id, config.lease_block)?;
                 (boot, Some(file))
@@ -316,14 +373,33 @@ impl NodeBuilder {
         let sockets = socket::Sockets::open(self.group, self.port, self.interface, self.ttl)?;
         let local_addr = sockets.local_addr();
         let origin = std::time::Instant::now();
-        let mut node = crate::Node::new(config, &self.key, boot, crate::Instant::ZERO).map_err(Error::Config)?;
+        // Identity mode only: PSK nodes resume whatever id their state file holds.
+        if matches!(self.security, Security::Identity { .. }) && boot.node_id != fresh_id {
+            if let Persistence::File(path) = &self.persistence {
+                return Err(Error::StateFile {
+                    path: path.clone(),
+                    problem: "holds another node id than this identity's; give each identity its own state file".into(),
+                });
+            }
+        }
+        let mut node = match &self.security {
+            Security::Psk(key) => crate::Node::new(config, key, boot, crate::Instant::ZERO),
+            Security::Identity { identity, allowlist, .. } => {
+                crate::Node::new_identity(config, identity.clone(), allowlist.clone(), boot, crate::Instant::ZERO)
+            }
+        }
+        .map_err(Error::Config)?;
         node.serve(STATS_METHOD).expect("a valid method name");
+        node.serve(INFO_METHOD).expect("a valid method name");
         let (cmd_tx, cmd_rx) = mpsc::channel(1024);
         let (peer_tx, _) = broadcast::channel(256);
         let mut driver =
             driver::Driver::new(node, sockets, state_file, origin, cmd_rx, cmd_tx.downgrade(), peer_tx.clone());
         driver.rx_loss_percent = self.rx_loss_percent;
         tokio::spawn(driver.run());
+        if let Security::Identity { allowlist, file: Some(path), .. } = self.security {
+            tokio::spawn(watch_allowlist(path, allowlist, cmd_tx.downgrade()));
+        }
         Ok(Node {
             id: boot.node_id,
             epoch: boot.epoch,
@@ -335,6 +411,43 @@ impl NodeBuilder {
         })
     }
 }
+
+/// Reloads the allowlist when its file changes, until the node is gone.
+async fn watch_allowlist(path: PathBuf, mut current: Allowlist, cmd: mpsc::WeakSender<Command>) {
+    let stamp = |p: &PathBuf| std::fs::metadata(p).ok().map(|m| (m.modified().ok(), m.len()));
+    let mut last = stamp(&path);
+    let mut tick = tokio::time::interval(ALLOWLIST_POLL);
+    loop {
+        tick.tick().await;
+        let Some(cmd) = cmd.upgrade() else { return };
+        let now = stamp(&path);
+        if now == last {
+            continue;
+        }
+        last = now;
+        match identity_file::read_allowlist(&path) {
+            Ok(list) if list == current => {}
+            Ok(list) => {
+                let (reply, done) = oneshot::channel();
+                if cmd.send(Command::SetAllowlist(list.clone(), reply)).await.is_err() {
+                    return;
+                }
+                match done.await {
+                    Ok(Ok(())) => {
+                        tracing::info!(file = %path.display(), members = list.entries.len(), "allowlist reloaded");
+                        current = list;
+                    }
+                    Ok(Err(e)) => tracing::warn!(file = %path.display(), "allowlist refused: {e}"),
+                    Err(_) => return,
+                }
+            }
+            Err(e) => tracing::warn!("allowlist not reloaded, the previous one stays in force: {e}"),
+        }
+    }
+}
+
+/// How often a watched allowlist file is checked for changes.
+const ALLOWLIST_POLL: Duration = Duration::from_millis(500);
 
 fn os_random(buf: &mut [u8]) -> Result<(), Error> {
     getrandom::fill(buf).map_err(|e| Error::Socket {
@@ -381,7 +494,9 @@ pub(crate) enum Command {
     },
     Unsubscribe(SubscriptionId),
     Peers(oneshot::Sender<Vec<PeerInfo>>),
+    PeerDetails(oneshot::Sender<Vec<PeerDetails>>),
     Stats(oneshot::Sender<RuntimeStats>),
+    SetAllowlist(Allowlist, oneshot::Sender<Result<(), crate::identity::AllowlistError>>),
     Close(oneshot::Sender<()>),
 }
 
@@ -496,6 +611,19 @@ impl Node {
     /// The peers currently up.
     pub async fn peers(&self) -> Result<Vec<PeerInfo>, Error> {
         self.request(Command::Peers).await
+    }
+
+    /// The peers currently up, with their announced filters and measured round-trip times.
+    pub async fn peer_details(&self) -> Result<Vec<PeerDetails>, Error> {
+        self.request(Command::PeerDetails).await
+    }
+
+    /// Identity mode: replaces the allowlist now; members no longer on it are cut off (see
+    /// [`crate::Node::set_allowlist`]). PSK nodes ignore it.
+    pub async fn set_allowlist(&self, list: Allowlist) -> Result<(), Error> {
+        let (reply, rx) = oneshot::channel();
+        self.cmd.send(Command::SetAllowlist(list, reply)).await.map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?.map_err(|e| Error::Allowlist(e.to_string()))
     }
 
     /// Traffic and drop counters.

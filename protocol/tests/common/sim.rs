@@ -34,6 +34,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use starling::crypto::NetworkKeys;
+use starling::identity::{Allowlist, Identity};
 use starling::wire::{self, Header, NodeId, Record, RecordIter, HEADER_LEN, MAX_DATAGRAM};
 use starling::{
     Boot, CallId, Config, Destination, Event, Instant, Message, NetworkKey, Node, PeerInfo, PersistedState, PublishId,
@@ -255,11 +256,12 @@ pub struct NodeOpts {
     persistent: bool,
     initial_state: Option<PersistedState>,
     configure: Option<Configure>,
+    identity: Option<(Identity, Allowlist)>,
 }
 
 impl Default for NodeOpts {
     fn default() -> Self {
-        NodeOpts { key: None, persistent: true, initial_state: None, configure: None }
+        NodeOpts { key: None, persistent: true, initial_state: None, configure: None, identity: None }
     }
 }
 
@@ -281,6 +283,11 @@ impl NodeOpts {
     /// Start from this stored state instead of none (to clone another node's state file).
     pub fn state(mut self, state: PersistedState) -> Self {
         self.initial_state = Some(state);
+        self
+    }
+    /// Identity mode with this key pair and allowlist (the node id is the identity's).
+    pub fn identity(mut self, identity: Identity, allowlist: Allowlist) -> Self {
+        self.identity = Some((identity, allowlist));
         self
     }
     /// Adjusts the configuration (after the harness set `name` and a fresh `rng_seed`).
@@ -306,6 +313,8 @@ pub struct SimNode {
     persistent: bool,
     key: NetworkKey,
     configure: Option<Configure>,
+    /// Identity mode: key pair and the allowlist this device holds (survives reboots).
+    pub identity: Option<(Identity, Allowlist)>,
     node: Option<Node>,
     /// Stats of previous boots' nodes, kept when they crash or close.
     pub past_stats: Vec<Stats>,
@@ -401,6 +410,7 @@ impl Sim {
             persistent: opts.persistent,
             key: opts.key.unwrap_or_else(|| self.key.clone()),
             configure: opts.configure,
+            identity: opts.identity,
             node: None,
             past_stats: Vec::new(),
             responder: None,
@@ -437,14 +447,24 @@ impl Sim {
         if let Some(f) = &sn.configure {
             f(&mut config);
         }
+        // Identity mode: the id is the key's; an ephemeral device picks a random epoch so that
+        // peers still see each start as a restart.
+        let fresh_id = sn.identity.as_ref().map_or(fresh_id, |(id, _)| id.node_id());
         let boot = if sn.persistent {
             let (boot, state) = Boot::resume(sn.stored, fresh_id, config.lease_block).expect("resume");
             sn.stored = Some(state);
             boot
         } else {
-            Boot::ephemeral(fresh_id)
+            let mut boot = Boot::ephemeral(fresh_id);
+            if sn.identity.is_some() {
+                boot.epoch = (seed[0] as u32) << 24 | (seed[1] as u32) << 16 | (seed[2] as u32) << 8 | 1;
+            }
+            boot
         };
-        let mut node = Node::new(config, &sn.key, boot, now).expect("valid config");
+        let mut node = match &sn.identity {
+            Some((id, list)) => Node::new_identity(config, id.clone(), list.clone(), boot, now).expect("valid config"),
+            None => Node::new(config, &sn.key, boot, now).expect("valid config"),
+        };
         if let Some(r) = &sn.responder {
             for m in &r.methods {
                 node.serve(m).expect("valid method name");
@@ -452,6 +472,20 @@ impl Sim {
         }
         sn.node = Some(node);
         sn.boots += 1;
+        self.flush(i);
+    }
+
+    /// Identity mode: gives node `i` a new allowlist (as if its file was edited and reloaded),
+    /// kept for its later boots too.
+    pub fn set_allowlist(&mut self, i: usize, list: Allowlist) {
+        let now = self.now;
+        let sn = &mut self.nodes[i];
+        if let Some((_, l)) = sn.identity.as_mut() {
+            *l = list.clone();
+        }
+        if let Some(node) = sn.node.as_mut() {
+            node.set_allowlist(now, list).expect("valid allowlist");
+        }
         self.flush(i);
     }
 
@@ -990,5 +1024,5 @@ pub fn seal_frame(key: &NetworkKey, sender: NodeId, pn: u64, body: &[u8]) -> Vec
 /// Checks the accounting invariant: every datagram handed to the node is counted exactly once,
 /// as accepted, dropped (one reason), looped back, or an id conflict.
 pub fn counters_add_up(s: &Stats) -> bool {
-    s.rx_datagrams == s.rx_accepted + s.dropped() + s.rx_own + s.node_id_conflicts
+    s.rx_datagrams == s.rx_accepted + s.dropped() + s.rx_own + s.node_id_conflicts + s.rx_unsealed
 }

@@ -1,0 +1,1011 @@
+//! Identity mode inside the node (PROTOCOL.md §11): announcements, Noise IK sessions with every
+//! allowlisted peer, per-sender multicast keys handed out over those sessions, authorization,
+//! revocation, and handshake rate limiting with cookies.
+//!
+//! Everything above the frame layer (streams, RPC, discovery events) is shared with PSK mode:
+//! this file only decides which key seals or opens a frame and who may do what.
+
+use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::vec::Vec;
+use core::net::SocketAddr;
+use core::time::Duration;
+
+use rand_core::RngCore;
+
+use super::{Destination, Event, Node, PeerStatus, Transmit};
+use crate::config::{Config, ConfigError};
+use crate::crypto::SenderKey;
+use crate::identity::{Allowlist, AllowlistError, Identity, Permissions, PublicKey};
+use crate::noise::{self, Initiator, Responder, SessionKeys, COOKIE_LEN, MAC_LEN};
+use crate::replay::ReplayWindow;
+use crate::state::Boot;
+use crate::time::Instant;
+use crate::topic::Topic;
+use crate::wire::{
+    Header, NodeId, Record, HEADER_LEN, SUITE_ANNOUNCE, SUITE_COOKIE, SUITE_HS_INIT, SUITE_HS_RESP, SUITE_MULTICAST,
+    SUITE_PSK, SUITE_UNICAST, TAG_LEN,
+};
+
+/// Body of an Announce: public key, epoch.
+const ANNOUNCE_LEN: usize = 32 + 4;
+/// Noise IK message 1 with a 4-byte payload: e (32), s (32 + 16), payload (4 + 16).
+const MSG1_LEN: usize = 32 + 48 + 4 + 16;
+/// Longest message 2: e (32), payload (epoch 4 + two multicast keys) + 16.
+const MSG2_MAX: usize = 32 + 4 + 2 * GROUP_KEY_LEN + 16;
+/// Tags of discovery keys have the high bit set; data keys' tags have it clear.
+const DISCOVERY_TAG: u8 = 0x80;
+/// A group key in a handshake payload: tag, key, floor.
+const GROUP_KEY_LEN: usize = 1 + 32 + 8;
+/// A cookie is trusted this long (WireGuard: 2 minutes), and the secret behind it rotates as often.
+const COOKIE_LIFETIME: Duration = Duration::from_secs(120);
+/// Handshakes per second one source address gets while the node is under load.
+const PER_ADDRESS_RATE: u64 = 5;
+/// Source addresses tracked for rate limiting.
+const MAX_TRACKED_ADDRESSES: usize = 1024;
+/// Least time between two key requests to one peer.
+const KEY_REQUEST_GAP: Duration = Duration::from_millis(500);
+/// Unanswered handshakes are given up after this many tries (the next announce starts again).
+const MAX_HANDSHAKE_TRIES: u32 = 8;
+/// A new multicast key is handed out this long before it is used, so receivers have it.
+const GROUP_KEY_LEAD: Duration = Duration::from_secs(1);
+/// Handshake frames travel unsealed and carry this in the packet-number field.
+const UNSEALED_PN: u64 = 0;
+
+/// A token bucket in thousandths of a token: `rate` per second, bursts of one second's worth.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    milli: u64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn full(rate: u64, now: Instant) -> Self {
+        Bucket { milli: rate * 1000, at: now }
+    }
+
+    fn take(&mut self, rate: u64, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_micros() as u64;
+        self.milli = (self.milli + elapsed.saturating_mul(rate) / 1000).min(rate * 1000);
+        self.at = now;
+        if self.milli >= 1000 {
+            self.milli -= 1000;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// One of this node's own multicast keys.
+#[derive(Clone)]
+struct OwnGroupKey {
+    tag: u8,
+    raw: [u8; 32],
+    key: SenderKey,
+}
+
+/// This node's two multicast keys: discovery (beacons, subscriptions, acks), handed to every
+/// member; data (publications), handed only to members allowed to read them.
+#[derive(Clone)]
+struct OwnKeys {
+    disc: OwnGroupKey,
+    data: OwnGroupKey,
+}
+
+/// Records that carry publications (or their stream's state) travel under the data key.
+fn is_data_record(kind: u8) -> bool {
+    use crate::wire::kind::{DATA, FRAGMENT, HEARTBEAT, PUBLISH};
+    matches!(kind, PUBLISH | DATA | HEARTBEAT | FRAGMENT)
+}
+
+/// One pairwise session.
+struct Session {
+    tag: u8,
+    send: SenderKey,
+    recv: SenderKey,
+    replay: ReplayWindow,
+    created: Instant,
+    sent: u64,
+    initiator: bool,
+}
+
+impl Session {
+    fn new(keys: &SessionKeys, now: Instant, initiator: bool) -> Self {
+        Session {
+            tag: keys.hash[0],
+            send: SenderKey::from_raw(keys.send),
+            recv: SenderKey::from_raw(keys.recv),
+            replay: ReplayWindow::new(),
+            created: now,
+            sent: 0,
+            initiator,
+        }
+    }
+}
+
+/// A peer's multicast key, as handed to this node.
+struct RxGroup {
+    tag: u8,
+    key: SenderKey,
+    floor: u64,
+    replay: ReplayWindow,
+}
+
+/// A handshake this node started.
+struct Handshake {
+    init: Initiator,
+    mac1: [u8; MAC_LEN],
+    msg: Vec<u8>,
+    tries: u32,
+    next_at: Instant,
+}
+
+/// What identity mode knows of one allowlisted peer.
+struct IdPeer {
+    key: PublicKey,
+    /// Where its announce or last authenticated frame came from.
+    addr: SocketAddr,
+    /// Its epoch as of the last completed handshake (0 before).
+    epoch: u32,
+    current: Option<Session>,
+    previous: Option<Session>,
+    /// Responder side: a session waiting for the initiator's first frame (its confirmation).
+    pending: Option<Session>,
+    handshake: Option<Handshake>,
+    cookie: Option<([u8; COOKIE_LEN], Instant)>,
+    /// Its multicast keys: the newest first.
+    /// Its multicast keys: at most two of each class (current and previous).
+    groups: Vec<RxGroup>,
+    last_key_request: Option<Instant>,
+}
+
+impl IdPeer {
+    fn new(key: PublicKey, addr: SocketAddr) -> Self {
+        IdPeer {
+            key,
+            addr,
+            epoch: 0,
+            current: None,
+            previous: None,
+            pending: None,
+            handshake: None,
+            cookie: None,
+            groups: Vec::new(),
+            last_key_request: None,
+        }
+    }
+
+    fn session_mut(&mut self, tag: u8) -> Option<(&mut Session, bool)> {
+        if self.current.as_ref().is_some_and(|s| s.tag == tag) {
+            return self.current.as_mut().map(|s| (s, false));
+        }
+        if self.pending.as_ref().is_some_and(|s| s.tag == tag) {
+            return self.pending.as_mut().map(|s| (s, true));
+        }
+        self.previous.as_mut().filter(|s| s.tag == tag).map(|s| (s, false))
+    }
+
+    fn tag_in_use(&self, tag: u8) -> bool {
+        [&self.current, &self.previous].into_iter().flatten().any(|s| s.tag == tag)
+    }
+
+    fn install(&mut self, s: Session) {
+        self.previous = self.current.take();
+        self.current = Some(s);
+    }
+}
+
+/// Identity mode's state inside a [`Node`].
+pub(super) struct IdentityState {
+    me: Identity,
+    list: Allowlist,
+    net_tag: u8,
+    prologue: Vec<u8>,
+    group: OwnKeys,
+    /// New multicast keys already handed out, used from the instant given.
+    next_group: Option<(OwnKeys, Instant)>,
+    group_rotate_at: Instant,
+    peers: BTreeMap<NodeId, IdPeer>,
+    cookie_secret: [u8; 32],
+    old_cookie_secret: [u8; 32],
+    cookie_rotate_at: Instant,
+    bucket: Bucket,
+    addr_buckets: BTreeMap<SocketAddr, Bucket>,
+    /// Unsealed frames to send (announces, handshakes, cookies), ahead of sealed ones.
+    raw: VecDeque<(Destination, Vec<u8>)>,
+}
+
+fn random32(rng: &mut impl RngCore) -> [u8; 32] {
+    let mut b = [0u8; 32];
+    rng.fill_bytes(&mut b);
+    b
+}
+
+/// A new key of `class`. Tags count up from a random start, so the last 127 keys of a class all
+/// have different tags and a receiver never mistakes a new key for one it still holds.
+fn new_group_key(rng: &mut impl RngCore, class: u8, previous: Option<u8>) -> OwnGroupKey {
+    let raw = random32(rng);
+    let start = previous.unwrap_or((rng.next_u32() & 0x7f) as u8).wrapping_add(1);
+    OwnGroupKey { tag: class | (start & 0x7f), raw, key: SenderKey::from_raw(raw) }
+}
+
+fn new_keys(rng: &mut impl RngCore, old: Option<&OwnKeys>) -> OwnKeys {
+    OwnKeys {
+        disc: new_group_key(rng, DISCOVERY_TAG, old.map(|k| k.disc.tag)),
+        data: new_group_key(rng, 0, old.map(|k| k.data.tag)),
+    }
+}
+
+fn push_key(payload: &mut Vec<u8>, g: &OwnGroupKey, floor: u64) {
+    payload.push(g.tag);
+    payload.extend_from_slice(&g.raw);
+    payload.extend_from_slice(&floor.to_be_bytes());
+}
+
+fn frame(suite: u8, net_tag: u8, sender: NodeId, body_len: usize) -> Vec<u8> {
+    let mut f = alloc::vec![0u8; HEADER_LEN];
+    Header { suite, net_tag, sender, pn: UNSEALED_PN }.emit(&mut f);
+    f.reserve(body_len);
+    f
+}
+
+fn take_id(body: &[u8]) -> Option<(NodeId, &[u8])> {
+    let (id, rest) = body.split_first_chunk::<8>()?;
+    Some((NodeId::from_u64(u64::from_be_bytes(*id)), rest))
+}
+
+impl Node {
+    /// Creates a node in identity mode: `identity` is this device's key pair, `allowlist` the
+    /// network's members. The boot's node id must be the one derived from the identity's public
+    /// key ([`Identity::node_id`]), and that key must be on the allowlist.
+    pub fn new_identity(
+        config: Config,
+        identity: Identity,
+        allowlist: Allowlist,
+        boot: Boot,
+        now: Instant,
+    ) -> Result<Node, ConfigError> {
+        if boot.node_id != identity.node_id() {
+            return Err(ConfigError {
+                field: "boot.node_id",
+                problem: "in identity mode the node id is derived from the public key: use Identity::node_id()",
+            });
+        }
+        allowlist.validate().map_err(|e| ConfigError { field: "allowlist", problem: e.problem })?;
+        if allowlist.get(&identity.public()).is_none() {
+            return Err(ConfigError {
+                field: "allowlist",
+                problem: "this node's public key is not on the allowlist; add it with `starling allow add`",
+            });
+        }
+        let mut node = Node::build(config, None, boot, now)?;
+        let group = new_keys(&mut node.rng, None);
+        let rate = u64::from(node.config.identity.handshakes_per_second);
+        let state = IdentityState {
+            net_tag: allowlist.net_tag(),
+            prologue: noise::prologue(&allowlist.network),
+            me: identity,
+            list: allowlist,
+            group,
+            next_group: None,
+            group_rotate_at: now + node.config.identity.group_key_rotation,
+            peers: BTreeMap::new(),
+            cookie_secret: random32(&mut node.rng),
+            old_cookie_secret: random32(&mut node.rng),
+            cookie_rotate_at: now + COOKIE_LIFETIME,
+            bucket: Bucket::full(rate, now),
+            addr_buckets: BTreeMap::new(),
+            raw: VecDeque::new(),
+        };
+        node.identity = Some(Box::new(state));
+        node.queue.clear();
+        node.queued_bytes = 0;
+        node.send_beacon();
+        node.update_timers();
+        Ok(node)
+    }
+
+    /// The allowlist in force (identity mode only).
+    pub fn allowlist(&self) -> Option<&Allowlist> {
+        self.identity.as_ref().map(|s| &s.list)
+    }
+
+    /// Replaces the allowlist at run time (identity mode only). Peers no longer on it are cut off
+    /// at once: their sessions and keys are forgotten, they are reported down, and this node's
+    /// multicast key is replaced and handed only to the members still allowed to read it.
+    pub fn set_allowlist(&mut self, now: Instant, list: Allowlist) -> Result<(), AllowlistError> {
+        list.validate()?;
+        let Some(state) = self.identity.as_mut() else { return Ok(()) };
+        state.net_tag = list.net_tag();
+        state.prologue = noise::prologue(&list.network);
+        state.list = list;
+        let gone: Vec<NodeId> =
+            state.peers.iter().filter(|(_, p)| state.list.get(&p.key).is_none()).map(|(id, _)| *id).collect();
+        for id in gone {
+            if let Some(s) = self.identity.as_mut() {
+                s.peers.remove(&id);
+            }
+            self.stats.revoked += 1;
+            if let Some(p) = self.peers.remove(&id) {
+                if p.status == PeerStatus::Up {
+                    self.peer_down(id, super::DownReason::Revoked);
+                }
+            }
+            self.reassembly.forget(id);
+            self.cache.forget(id);
+        }
+        self.rotate_group_key(now, true);
+        self.update_timers();
+        Ok(())
+    }
+
+    // ----- receive -----
+
+    /// Handles an identity-mode frame. Returns true when `self.scratch` holds an opened, valid
+    /// sealed frame whose sender is in `self.peers` (the caller then processes its records).
+    pub(super) fn open_identity(&mut self, now: Instant, from: SocketAddr, header: &Header, datagram: &[u8]) -> bool {
+        let Some(state) = self.identity.as_ref() else { return false };
+        if header.sender == state.me.node_id() {
+            self.stats.rx_own += 1;
+            return false;
+        }
+        let body = &datagram[HEADER_LEN..];
+        match header.suite {
+            SUITE_UNICAST | SUITE_MULTICAST => return self.open_sealed(now, from, header, datagram),
+            SUITE_PSK => self.stats.drop_version += 1,
+            _ if header.net_tag != state.net_tag => self.stats.drop_foreign_network += 1,
+            _ => {
+                self.stats.rx_unsealed += 1;
+                self.handle_unsealed(now, from, header, datagram, body);
+            }
+        }
+        self.update_timers();
+        false
+    }
+
+    fn handle_unsealed(&mut self, now: Instant, from: SocketAddr, header: &Header, datagram: &[u8], body: &[u8]) {
+        match header.suite {
+            SUITE_ANNOUNCE => self.handle_announce(now, from, header, body),
+            SUITE_HS_INIT => self.handle_init(now, from, header, datagram),
+            SUITE_HS_RESP => self.handle_resp(now, from, header, datagram),
+            SUITE_COOKIE => self.handle_cookie(now, header, body),
+            _ => self.stats.handshakes_failed += 1,
+        }
+    }
+
+    fn handle_announce(&mut self, now: Instant, from: SocketAddr, header: &Header, body: &[u8]) {
+        let Some(state) = self.identity.as_mut() else { return };
+        if body.len() != ANNOUNCE_LEN {
+            self.stats.handshakes_failed += 1;
+            return;
+        }
+        let key = PublicKey(body[..32].try_into().expect("32 bytes"));
+        let epoch = u32::from_be_bytes(body[32..36].try_into().expect("4 bytes"));
+        if key.node_id() != header.sender {
+            self.stats.handshakes_failed += 1;
+            return;
+        }
+        if state.list.get(&key).is_none() {
+            self.stats.unknown_keys += 1;
+            return;
+        }
+        let p = state.peers.entry(header.sender).or_insert_with(|| IdPeer::new(key, from));
+        // Unauthenticated: it may start a handshake, never change a working session.
+        let needs = p.current.is_none() || p.epoch != epoch;
+        if p.current.is_none() {
+            p.addr = from;
+        }
+        if needs && p.handshake.is_none() {
+            p.addr = from;
+            self.initiate(now, header.sender);
+        }
+    }
+
+    /// Sends message 1 of a new handshake to `id`, unless one is under way.
+    fn initiate(&mut self, now: Instant, id: NodeId) {
+        let epoch = self.boot.epoch;
+        let seed = random32(&mut self.rng);
+        let Some(state) = self.identity.as_mut() else { return };
+        let me = state.me.node_id();
+        let net_tag = state.net_tag;
+        let Some(p) = state.peers.get_mut(&id) else { return };
+        if p.handshake.is_some() {
+            return;
+        }
+        let mut msg = frame(SUITE_HS_INIT, net_tag, me, 8 + MSG1_LEN + 2 * MAC_LEN);
+        msg.extend_from_slice(&id.to_bytes());
+        let Ok(init) = Initiator::start(&state.me, &p.key, &state.prologue, seed, &epoch.to_be_bytes(), &mut msg)
+        else {
+            self.stats.handshakes_failed += 1;
+            return;
+        };
+        let mac1 = noise::mac1(&p.key, &msg);
+        msg.extend_from_slice(&mac1);
+        let hs = Handshake { init, mac1, msg, tries: 0, next_at: now };
+        p.handshake = Some(hs);
+        self.send_handshake(now, id);
+    }
+
+    /// (Re)sends the pending message 1 to `id`, with a mac2 if a fresh cookie is known.
+    fn send_handshake(&mut self, now: Instant, id: NodeId) {
+        let retry = self.config.identity.handshake_retry;
+        let Some(state) = self.identity.as_mut() else { return };
+        let Some(p) = state.peers.get_mut(&id) else { return };
+        let Some(hs) = p.handshake.as_mut() else { return };
+        if hs.tries >= MAX_HANDSHAKE_TRIES {
+            p.handshake = None;
+            return;
+        }
+        hs.tries += 1;
+        hs.next_at = now + retry * (1 << (hs.tries - 1).min(3));
+        let mut msg = hs.msg.clone();
+        let mac2 = match p.cookie {
+            Some((c, at)) if now.saturating_duration_since(at) < COOKIE_LIFETIME => noise::mac2(&c, &msg),
+            _ => [0u8; MAC_LEN],
+        };
+        msg.extend_from_slice(&mac2);
+        state.raw.push_back((Destination::Unicast(p.addr), msg));
+        self.stats.handshakes_sent += 1;
+    }
+
+    fn handle_init(&mut self, now: Instant, from: SocketAddr, header: &Header, datagram: &[u8]) {
+        let epoch = self.boot.epoch;
+        let seed = random32(&mut self.rng);
+        let rate = u64::from(self.config.identity.handshakes_per_second);
+        let nonce: [u8; 24] = random32(&mut self.rng)[..24].try_into().expect("24 bytes");
+        let Some(state) = self.identity.as_mut() else { return };
+        let me = state.me.node_id();
+        // Cheap checks first: length, addressee, mac1 (one BLAKE2s). No Diffie-Hellman yet.
+        if datagram.len() != HEADER_LEN + 8 + MSG1_LEN + 2 * MAC_LEN {
+            self.stats.handshakes_failed += 1;
+            return;
+        }
+        let mac2_at = datagram.len() - MAC_LEN;
+        let mac1_at = mac2_at - MAC_LEN;
+        let Some((to, _)) = take_id(&datagram[HEADER_LEN..]) else { return };
+        let mac1: [u8; MAC_LEN] = datagram[mac1_at..mac2_at].try_into().expect("16 bytes");
+        if to != me || noise::mac1(&state.me.public(), &datagram[..mac1_at]) != mac1 {
+            self.stats.handshakes_failed += 1;
+            return;
+        }
+        // Under load (the bucket is empty) only messages proving their source address go on,
+        // and each address gets a small share.
+        if !state.bucket.take(rate, now) {
+            let mac2 = &datagram[mac2_at..];
+            let covered = &datagram[..mac2_at];
+            let proven = [state.cookie_secret, state.old_cookie_secret]
+                .iter()
+                .any(|s| noise::mac2(&noise::cookie(s, &from), covered) == mac2);
+            if !proven {
+                let cookie = noise::cookie(&state.cookie_secret, &from);
+                let reply = noise::seal_cookie(&state.me.public(), nonce, &cookie, &mac1);
+                let mut f = frame(SUITE_COOKIE, state.net_tag, me, 8 + reply.len());
+                f.extend_from_slice(&header.sender.to_bytes());
+                f.extend_from_slice(&reply);
+                state.raw.push_back((Destination::Unicast(from), f));
+                self.stats.cookies_sent += 1;
+                return;
+            }
+            if state.addr_buckets.len() >= MAX_TRACKED_ADDRESSES && !state.addr_buckets.contains_key(&from) {
+                // Forget the address that has waited longest: it has the most tokens back anyway.
+                if let Some(old) = state.addr_buckets.iter().min_by_key(|(_, b)| b.at).map(|(a, _)| *a) {
+                    state.addr_buckets.remove(&old);
+                }
+            }
+            let b = state.addr_buckets.entry(from).or_insert_with(|| Bucket::full(PER_ADDRESS_RATE, now));
+            if !b.take(PER_ADDRESS_RATE, now) {
+                self.stats.handshakes_rate_limited += 1;
+                return;
+            }
+        }
+        let msg1 = &datagram[HEADER_LEN + 8..mac1_at];
+        if low_order_ephemeral(msg1) {
+            self.stats.handshakes_failed += 1;
+            return;
+        }
+        let Ok(resp) = Responder::read(&state.me, &state.prologue, seed, msg1) else {
+            self.stats.handshakes_failed += 1;
+            return;
+        };
+        let Some(entry) = state.list.get(&resp.remote) else {
+            self.stats.unknown_keys += 1;
+            return;
+        };
+        if resp.remote.node_id() != header.sender || resp.payload.len() != 4 {
+            self.stats.handshakes_failed += 1;
+            return;
+        }
+        // Both sides started at once: the lower id's handshake goes on, the other is dropped.
+        let p = state.peers.entry(header.sender).or_insert_with(|| IdPeer::new(resp.remote, from));
+        if p.handshake.is_some() && me < header.sender {
+            return;
+        }
+        let their_epoch = u32::from_be_bytes(resp.payload[..4].try_into().expect("4 bytes"));
+        let mut payload = Vec::with_capacity(4 + GROUP_KEY_LEN);
+        payload.extend_from_slice(&epoch.to_be_bytes());
+        push_key(&mut payload, &state.group.disc, self.next_pn);
+        let my_perms = state.list.get(&state.me.public()).map(|e| &e.permissions);
+        if my_perms.is_some_and(|mine| entry.permissions.may_read_from(mine)) {
+            push_key(&mut payload, &state.group.data, self.next_pn);
+        }
+        let mut msg = frame(SUITE_HS_RESP, state.net_tag, me, 8 + MSG2_MAX + MAC_LEN);
+        msg.extend_from_slice(&header.sender.to_bytes());
+        let Ok(keys) = resp.finish(&payload, &mut msg) else {
+            self.stats.handshakes_failed += 1;
+            return;
+        };
+        if p.tag_in_use(keys.hash[0]) {
+            // One chance in 256: the initiator retries with a new ephemeral key.
+            self.stats.handshakes_failed += 1;
+            return;
+        }
+        let mac1 = noise::mac1(&p.key, &msg);
+        msg.extend_from_slice(&mac1);
+        p.handshake = None;
+        p.pending = Some(Session::new(&keys, now, false));
+        p.epoch = their_epoch;
+        p.addr = from;
+        state.raw.push_back((Destination::Unicast(from), msg));
+    }
+
+    fn handle_resp(&mut self, now: Instant, from: SocketAddr, header: &Header, datagram: &[u8]) {
+        let Some(state) = self.identity.as_mut() else { return };
+        let me = state.me.node_id();
+        if datagram.len() < HEADER_LEN + 8 + MAC_LEN || datagram.len() > HEADER_LEN + 8 + MSG2_MAX + MAC_LEN {
+            self.stats.handshakes_failed += 1;
+            return;
+        }
+        let mac1_at = datagram.len() - MAC_LEN;
+        let Some((to, _)) = take_id(&datagram[HEADER_LEN..]) else { return };
+        if to != me || noise::mac1(&state.me.public(), &datagram[..mac1_at]) != datagram[mac1_at..] {
+            self.stats.handshakes_failed += 1;
+            return;
+        }
+        let Some(p) = state.peers.get_mut(&header.sender) else {
+            self.stats.handshakes_failed += 1;
+            return;
+        };
+        // Only an answer to the handshake under way counts; replays of old answers fail here.
+        let Some(hs) = p.handshake.take() else {
+            self.stats.handshakes_failed += 1;
+            return;
+        };
+        let msg2 = &datagram[HEADER_LEN + 8..mac1_at];
+        if low_order_ephemeral(msg2) {
+            self.stats.handshakes_failed += 1;
+            return;
+        }
+        let Ok((keys, payload)) = hs.init.finish(msg2) else {
+            self.stats.handshakes_failed += 1;
+            return;
+        };
+        if payload.len() < 4 || (payload.len() - 4) % GROUP_KEY_LEN != 0 || p.tag_in_use(keys.hash[0]) {
+            self.stats.handshakes_failed += 1;
+            return;
+        }
+        let their_epoch = u32::from_be_bytes(payload[..4].try_into().expect("4 bytes"));
+        p.epoch = their_epoch;
+        p.install(Session::new(&keys, now, true));
+        p.pending = None;
+        p.addr = from;
+        for g in payload[4..].chunks_exact(GROUP_KEY_LEN) {
+            let key: [u8; 32] = g[1..33].try_into().expect("32 bytes");
+            let floor = u64::from_be_bytes(g[33..41].try_into().expect("8 bytes"));
+            install_group(p, g[0], key, floor);
+        }
+        self.stats.handshakes_completed += 1;
+        let id = header.sender;
+        self.session_up(now, id, from, their_epoch);
+        // Our first frame confirms the session to the responder, and carries our keys.
+        self.send_group_keys(id);
+    }
+
+    fn handle_cookie(&mut self, now: Instant, header: &Header, body: &[u8]) {
+        let Some(state) = self.identity.as_mut() else { return };
+        let Some((to, reply)) = take_id(body) else { return };
+        if to != state.me.node_id() {
+            return;
+        }
+        let Some(p) = state.peers.get_mut(&header.sender) else { return };
+        let Some(hs) = p.handshake.as_mut() else { return };
+        match noise::open_cookie(&p.key, reply, &hs.mac1) {
+            Some(c) => {
+                p.cookie = Some((c, now));
+                // Try again soon, now able to prove our address.
+                hs.next_at = hs.next_at.min(now + Duration::from_millis(20));
+            }
+            None => self.stats.handshakes_failed += 1,
+        }
+    }
+
+    /// A session with `id` is established (as initiator) or confirmed (as responder).
+    fn session_up(&mut self, now: Instant, id: NodeId, from: SocketAddr, epoch: u32) {
+        if !self.peers.contains_key(&id) {
+            if self.peers.len() >= self.config.max_peers {
+                match self.evictable() {
+                    Some(victim) => {
+                        self.peers.remove(&victim);
+                    }
+                    None => {
+                        self.stats.drop_peer_table_full += 1;
+                        return;
+                    }
+                }
+            }
+            self.insert_peer(now, from, id, None);
+        }
+        // Ids are bound to keys, so a device that restarts keeps its id: a new epoch in the
+        // (authenticated) handshake is a new incarnation, whatever state the old one left.
+        let new_incarnation = self.peers.get(&id).is_some_and(|p| p.epoch != epoch);
+        let restarted = new_incarnation && self.peers.get(&id).is_some_and(|p| p.status == PeerStatus::Up);
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.epoch = epoch;
+            p.addr = from;
+            if new_incarnation {
+                // Its packet numbers start afresh: the old incarnation's Leave says nothing now.
+                p.left_pn = None;
+                if p.status == PeerStatus::Down {
+                    p.status = PeerStatus::Unannounced;
+                }
+            }
+            if new_incarnation {
+                // Our stream to it goes on; what it held for the old incarnation is gone.
+                p.in_mcast = None;
+                p.in_ucast = None;
+                if let Some(out) = p.out_ucast.as_mut() {
+                    out.reset();
+                }
+            }
+            if let Some(name) = self.identity.as_ref().and_then(|s| s.list.by_id(id)) {
+                p.name = name.name.clone();
+            }
+        }
+        if new_incarnation {
+            self.reassembly.forget(id);
+            self.cache.forget(id);
+        }
+        if restarted {
+            let info = self.peers[&id].info(id);
+            self.push_event(Event::PeerRestarted(info));
+            self.resend_calls(now, id);
+        }
+        // Our beacon (sealed with our multicast key) tells it our name and subscriptions soon.
+        self.schedule_early_beacon(now);
+    }
+
+    fn open_sealed(&mut self, now: Instant, from: SocketAddr, header: &Header, datagram: &[u8]) -> bool {
+        let Some(state) = self.identity.as_mut() else { return false };
+        let Some(p) = state.peers.get_mut(&header.sender) else {
+            self.stats.drop_no_session += 1;
+            return false;
+        };
+        let unicast = header.suite == SUITE_UNICAST;
+        let mut promote = false;
+        let (key, replay, floor) = if unicast {
+            match p.session_mut(header.net_tag) {
+                Some((s, pending)) => {
+                    promote = pending;
+                    (&s.recv, &mut s.replay, 0)
+                }
+                None => {
+                    self.stats.drop_no_session += 1;
+                    return false;
+                }
+            }
+        } else {
+            match p.groups.iter_mut().find(|g| g.tag == header.net_tag) {
+                Some(g) => (&g.key, &mut g.replay, g.floor),
+                None => {
+                    self.stats.drop_no_key += 1;
+                    let ask = p.current.is_some()
+                        && p.last_key_request.is_none_or(|t| now.saturating_duration_since(t) >= KEY_REQUEST_GAP);
+                    if ask {
+                        p.last_key_request = Some(now);
+                        self.enqueue_to_peer(header.sender, &Record::KeyRequest);
+                    }
+                    return false;
+                }
+            }
+        };
+        if header.pn < floor || replay.check(header.pn).is_err() {
+            self.stats.drop_replay += 1;
+            return false;
+        }
+        self.scratch.clear();
+        self.scratch.extend_from_slice(datagram);
+        if key.open(header.pn, &mut self.scratch, HEADER_LEN).is_err() {
+            self.stats.drop_auth += 1;
+            // A multicast key that fails may be stale (its replacement was lost): ask again.
+            let ask = !unicast
+                && p.current.is_some()
+                && p.last_key_request.is_none_or(|t| now.saturating_duration_since(t) >= KEY_REQUEST_GAP);
+            if ask {
+                p.last_key_request = Some(now);
+                self.enqueue_to_peer(header.sender, &Record::KeyRequest);
+            }
+            return false;
+        }
+        let body = &self.scratch[HEADER_LEN..self.scratch.len() - TAG_LEN];
+        // Under a multicast key, only its class of records: a member holding someone's discovery
+        // key cannot pass off publications under it.
+        if !super::records_valid(body) || (!unicast && !records_fit_key(header.net_tag, body)) {
+            self.stats.drop_malformed += 1;
+            return false;
+        }
+        let _ = replay.accept(header.pn);
+        if unicast {
+            p.addr = from;
+        }
+        let epoch = p.epoch;
+        if promote {
+            let s = p.pending.take().expect("the slot just used");
+            p.install(s);
+            self.stats.handshakes_completed += 1;
+        }
+        if promote || !self.peers.contains_key(&header.sender) {
+            self.session_up(now, header.sender, from, epoch);
+            if !self.peers.contains_key(&header.sender) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Acts on a key record; they only count inside a pairwise session.
+    pub(super) fn handle_key_record(&mut self, header: &Header, record: Record<'_>) {
+        if header.suite != SUITE_UNICAST {
+            self.stats.unknown_records += 1;
+            return;
+        }
+        let Some(state) = self.identity.as_mut() else { return };
+        let Some(p) = state.peers.get_mut(&header.sender) else { return };
+        match record {
+            Record::GroupKey { tag, key, floor } => install_group(p, tag, key, floor),
+            Record::KeyRequest => self.send_group_keys(header.sender),
+            _ => {}
+        }
+    }
+
+    /// Sends our multicast keys to `id`: the discovery key always, the data key if its
+    /// permissions let it read what we may publish.
+    fn send_group_keys(&mut self, id: NodeId) {
+        let next_pn = self.next_pn;
+        let Some(state) = self.identity.as_ref() else { return };
+        let Some(p) = state.peers.get(&id) else { return };
+        let allowed = match (state.list.get(&p.key), state.list.get(&state.me.public())) {
+            (Some(them), Some(me)) => them.permissions.may_read_from(&me.permissions),
+            _ => false,
+        };
+        let mut keys: Vec<OwnGroupKey> = Vec::with_capacity(4);
+        for k in core::iter::once(&state.group).chain(state.next_group.as_ref().map(|(k, _)| k)) {
+            keys.push(k.disc.clone());
+            if allowed {
+                keys.push(k.data.clone());
+            }
+        }
+        for g in keys {
+            self.enqueue_to_peer(id, &Record::GroupKey { tag: g.tag, key: g.raw, floor: next_pn });
+        }
+    }
+
+    fn enqueue_to_peer(&mut self, id: NodeId, record: &Record<'_>) {
+        let addr = self.identity.as_ref().and_then(|s| s.peers.get(&id)).map(|p| p.addr);
+        if let Some(addr) = addr {
+            self.enqueue(Destination::Unicast(addr), record);
+        }
+    }
+
+    /// Replaces this node's multicast key. `now_` switches at once (revocation: the old key may
+    /// be known to a device that is no longer allowed); otherwise the new key is handed out
+    /// first and used a second later.
+    fn rotate_group_key(&mut self, now: Instant, at_once: bool) {
+        let Some(state) = self.identity.as_mut() else { return };
+        let g = new_keys(&mut self.rng, Some(&state.group));
+        state.group_rotate_at = now + self.config.identity.group_key_rotation;
+        if at_once {
+            state.group = g;
+            state.next_group = None;
+        } else {
+            state.next_group = Some((g, now + GROUP_KEY_LEAD));
+        }
+        self.stats.group_key_rotations += 1;
+        let ids: Vec<NodeId> = state.peers.iter().filter(|(_, p)| p.current.is_some()).map(|(id, _)| *id).collect();
+        for id in ids {
+            self.send_group_keys(id);
+        }
+    }
+
+    // ----- send -----
+
+    /// Announces this node's key and epoch (with every beacon).
+    pub(super) fn announce(&mut self) {
+        let epoch = self.boot.epoch;
+        let Some(state) = self.identity.as_mut() else { return };
+        let mut f = frame(SUITE_ANNOUNCE, state.net_tag, state.me.node_id(), ANNOUNCE_LEN);
+        f.extend_from_slice(&state.me.public().0);
+        f.extend_from_slice(&epoch.to_be_bytes());
+        state.raw.push_back((Destination::Multicast, f));
+    }
+
+    /// The next unsealed frame, if any.
+    pub(super) fn poll_raw(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+        let (destination, f) = self.identity.as_mut()?.raw.pop_front()?;
+        buf[..f.len()].copy_from_slice(&f);
+        self.stats.tx_datagrams += 1;
+        self.stats.tx_bytes += f.len() as u64;
+        Some(Transmit { destination, len: f.len() })
+    }
+
+    /// The suite, tag and key that seal a frame to `destination`, or `None` when no session
+    /// exists yet (then a handshake is started, and the records are dropped: streams resend).
+    pub(super) fn identity_sealer(
+        &mut self,
+        now: Instant,
+        destination: Destination,
+        data: bool,
+    ) -> Option<(u8, u8, SenderKey)> {
+        let rekey_frames = self.config.identity.rekey_after_frames;
+        let state = self.identity.as_mut()?;
+        match destination {
+            Destination::Multicast => {
+                let g = if data { &state.group.data } else { &state.group.disc };
+                Some((SUITE_MULTICAST, g.tag, g.key.clone()))
+            }
+            Destination::Unicast(addr) => {
+                let found = state.peers.iter_mut().find(|(_, p)| p.addr == addr && p.current.is_some());
+                match found {
+                    Some((id, p)) => {
+                        let s = p.current.as_mut().expect("filtered");
+                        s.sent += 1;
+                        let sealer = (SUITE_UNICAST, s.tag, s.send.clone());
+                        // The frame budget is checked as frames go; the time budget by the timer.
+                        let renew = s.initiator && s.sent >= rekey_frames && p.handshake.is_none();
+                        let id = *id;
+                        if renew {
+                            self.initiate(now, id);
+                        }
+                        Some(sealer)
+                    }
+                    None => {
+                        self.stats.tx_no_session += 1;
+                        // A peer whose handshake we answered confirms it with its next frame: no
+                        // second handshake for that.
+                        let id =
+                            state.peers.iter().find(|(_, p)| p.addr == addr && p.pending.is_none()).map(|(id, _)| *id);
+                        if let Some(id) = id {
+                            self.initiate(now, id);
+                        }
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    // ----- timers -----
+
+    /// The next deadline of handshakes, rekeying and key rotation.
+    pub(super) fn identity_timeout(&self) -> Option<Instant> {
+        let state = self.identity.as_ref()?;
+        let rekey = self.config.identity.rekey_after;
+        let peers = state.peers.values().flat_map(|p| {
+            [
+                p.handshake.as_ref().map(|h| h.next_at),
+                // While the renewal is under way its retry time (above) is the deadline.
+                p.current.as_ref().filter(|s| s.initiator && p.handshake.is_none()).map(|s| s.created + rekey),
+                p.previous.as_ref().map(|s| s.created + rekey * 3),
+            ]
+        });
+        [Some(state.group_rotate_at), Some(state.cookie_rotate_at), state.next_group.as_ref().map(|(_, at)| *at)]
+            .into_iter()
+            .chain(peers)
+            .flatten()
+            .min()
+    }
+
+    /// Retries handshakes, renews old sessions, rotates keys and cookie secrets.
+    pub(super) fn identity_on_timeout(&mut self, now: Instant) {
+        let rekey = self.config.identity.rekey_after;
+        let rekey_frames = self.config.identity.rekey_after_frames;
+        let fresh_secret = random32(&mut self.rng);
+        let Some(state) = self.identity.as_mut() else { return };
+        if state.cookie_rotate_at <= now {
+            state.old_cookie_secret = core::mem::replace(&mut state.cookie_secret, fresh_secret);
+            state.cookie_rotate_at = now + COOKIE_LIFETIME;
+        }
+        if let Some((g, at)) = state.next_group.take() {
+            if at <= now {
+                state.group = g;
+            } else {
+                state.next_group = Some((g, at));
+            }
+        }
+        let mut retry = Vec::new();
+        let mut renew = Vec::new();
+        for (id, p) in state.peers.iter_mut() {
+            if p.previous.as_ref().is_some_and(|s| s.created + rekey * 3 <= now) {
+                p.previous = None;
+            }
+            if p.handshake.as_ref().is_some_and(|h| h.next_at <= now) {
+                retry.push(*id);
+            } else if p.handshake.is_none()
+                && p.current
+                    .as_ref()
+                    .is_some_and(|s| s.initiator && (s.created + rekey <= now || s.sent >= rekey_frames))
+            {
+                renew.push(*id);
+            }
+            // A session never renewed (its initiator is gone) expires: the peer must handshake again.
+            if p.current.as_ref().is_some_and(|s| s.created + rekey * 3 <= now) {
+                p.current = None;
+            }
+        }
+        let rotate = state.group_rotate_at <= now;
+        for id in retry {
+            self.send_handshake(now, id);
+        }
+        for id in renew {
+            self.initiate(now, id);
+        }
+        if rotate {
+            self.rotate_group_key(now, false);
+        }
+    }
+
+    // ----- authorization -----
+
+    /// May `from` publish on `topic`? Always true in PSK mode and for this node itself.
+    pub(super) fn may_publish(&self, from: NodeId, topic: &Topic<'_>) -> bool {
+        self.permissions_of(from).is_none_or(|p| p.is_some_and(|p| p.may_publish(topic)))
+    }
+
+    /// May `from` call `method`? Always true in PSK mode.
+    pub(super) fn may_call(&self, from: NodeId, method: &str) -> bool {
+        self.permissions_of(from).is_none_or(|p| p.is_some_and(|p| p.may_call(method)))
+    }
+
+    /// May `peer` receive messages on `topic` (so a reliable publication waits for it)?
+    pub(super) fn may_receive(&self, peer: NodeId, topic: &Topic<'_>) -> bool {
+        self.permissions_of(peer).is_none_or(|p| p.is_some_and(|p| p.may_subscribe(topic)))
+    }
+
+    /// `None` when there is nothing to check (PSK mode, or this node); `Some(None)` for an id with
+    /// no allowlist entry.
+    fn permissions_of(&self, id: NodeId) -> Option<Option<&Permissions>> {
+        let state = self.identity.as_ref()?;
+        if id == state.me.node_id() {
+            return None;
+        }
+        Some(state.list.by_id(id).map(|e| &e.permissions))
+    }
+}
+
+/// A handshake message whose ephemeral key (its first 32 bytes) is a small-order point: refused
+/// before any Diffie-Hellman with it.
+fn low_order_ephemeral(msg: &[u8]) -> bool {
+    msg.first_chunk::<32>().is_none_or(|e| PublicKey(*e).is_low_order())
+}
+
+fn install_group(p: &mut IdPeer, tag: u8, key: [u8; 32], floor: u64) {
+    if p.groups.iter().any(|g| g.tag == tag) {
+        return; // already have it; keep its replay window
+    }
+    let class = tag & DISCOVERY_TAG;
+    if p.groups.iter().filter(|g| g.tag & DISCOVERY_TAG == class).count() >= 2 {
+        let oldest = p.groups.iter().position(|g| g.tag & DISCOVERY_TAG == class).expect("two exist");
+        p.groups.remove(oldest);
+    }
+    p.groups.push(RxGroup { tag, key: SenderKey::from_raw(key), floor, replay: ReplayWindow::new() });
+}
+
+/// Whether every record of an opened multicast body may travel under a key of this tag's class.
+pub(super) fn records_fit_key(tag: u8, body: &[u8]) -> bool {
+    let data = tag & DISCOVERY_TAG == 0;
+    crate::wire::RecordIter::new(body).all(|r| r.is_ok_and(|r| is_data_record(r.kind()) == data))
+}
+
+/// Whether an encoded record goes under the data key.
+pub(super) fn is_data(record: &[u8]) -> bool {
+    record.first().is_some_and(|&k| is_data_record(k))
+}
