@@ -117,6 +117,11 @@ pub struct OutStream {
     repaired_at: BTreeMap<u64, Instant>,
     heartbeat_at: Option<Instant>,
     heartbeat_interval: Duration,
+    /// Set when acks or waiting sets changed, or a message needs nobody: only then can a
+    /// retained message have completed, so `collect` need not look at every one each time.
+    completions_due: bool,
+    /// Retained messages with a time to live: without any, no expiry needs finding.
+    expiring: usize,
 }
 
 impl OutStream {
@@ -134,6 +139,8 @@ impl OutStream {
             repaired_at: BTreeMap::new(),
             heartbeat_at: None,
             heartbeat_interval: Duration::ZERO,
+            completions_due: false,
+            expiring: 0,
         }
     }
 
@@ -195,6 +202,8 @@ impl OutStream {
             self.chunks.push_back(Chunk { seq, index, count, bytes, sent_at: now, sends: 1 });
         }
         let expires = ttl.map(|t| now + t);
+        self.completions_due |= waiting.is_empty();
+        self.expiring += usize::from(expires.is_some());
         self.messages.push_back(OutMessage {
             id,
             first,
@@ -252,6 +261,7 @@ impl OutStream {
     /// Drops the oldest message; its completion, unless already reported.
     fn pop_message(&mut self, failure: Option<Failure>) -> Option<Option<Completion>> {
         let m = self.messages.pop_front()?;
+        self.expiring -= usize::from(m.expires.is_some());
         while self.chunks.front().is_some_and(|c| c.seq < m.end) {
             let c = self.chunks.pop_front().expect("front exists");
             self.bytes -= c.bytes.len();
@@ -282,6 +292,7 @@ impl OutStream {
                 }
             }
             self.acks.insert(from, ack.next);
+            self.completions_due = true;
         }
         for &(start, len) in &ack.missing {
             for seq in start.max(self.low())..start.saturating_add(u64::from(len)).min(self.next_seq) {
@@ -297,6 +308,7 @@ impl OutStream {
     /// Forgets a receiver (it went down): messages it had not acknowledged fail for it.
     pub fn receiver_gone(&mut self, who: NodeId) {
         let acked = self.acks.remove(&who).unwrap_or(0);
+        self.completions_due = true;
         for m in self.messages.iter_mut() {
             if let Some(i) = m.waiting.iter().position(|&r| r == who) {
                 m.waiting.swap_remove(i);
@@ -312,23 +324,27 @@ impl OutStream {
     /// messages. Call after acks and on timeouts.
     pub fn collect(&mut self, now: Instant, live: &[NodeId], limits: &StreamLimits) -> Vec<Completion> {
         let mut done = Vec::new();
-        // Completed messages are reported at once, even if retained longer for other receivers;
-        // so are expired ones behind the front (they leave the queue in order, but are never
-        // repaired again, and their deadline must not stay pending: it would be a busy timer).
-        for m in self.messages.iter_mut() {
-            if m.reported {
-                continue;
+        // Completed messages are reported at once, even if retained longer for other receivers.
+        if core::mem::take(&mut self.completions_due) {
+            for m in self.messages.iter_mut() {
+                if !m.reported && m.waiting.iter().all(|r| self.acks.get(r).is_some_and(|&a| a >= m.end)) {
+                    let failure = (!m.gone.is_empty()).then_some(Failure::ReceiverGone);
+                    done.push(Completion { id: m.id, missing: m.gone.clone(), failure });
+                    m.reported = true;
+                }
             }
-            if m.waiting.iter().all(|r| self.acks.get(r).is_some_and(|&a| a >= m.end)) {
-                let failure = (!m.gone.is_empty()).then_some(Failure::ReceiverGone);
-                done.push(Completion { id: m.id, missing: m.gone.clone(), failure });
-                m.reported = true;
-            } else if m.expires.is_some_and(|e| e <= now) {
-                let mut missing: Vec<NodeId> =
-                    m.waiting.iter().copied().filter(|r| self.acks.get(r).is_none_or(|&a| a < m.end)).collect();
-                missing.extend(m.gone.iter().copied());
-                done.push(Completion { id: m.id, missing, failure: Some(Failure::Expired) });
-                m.reported = true;
+        }
+        // So are expired ones behind the front: they leave the queue in order, but are never
+        // repaired again, and their deadline must not stay pending (it would be a busy timer).
+        if self.expiring > 0 {
+            for m in self.messages.iter_mut() {
+                if !m.reported && m.expires.is_some_and(|e| e <= now) {
+                    let mut missing: Vec<NodeId> =
+                        m.waiting.iter().copied().filter(|r| self.acks.get(r).is_none_or(|&a| a < m.end)).collect();
+                    missing.extend(m.gone.iter().copied());
+                    done.push(Completion { id: m.id, missing, failure: Some(Failure::Expired) });
+                    m.reported = true;
+                }
             }
         }
         while let Some(m) = self.messages.front() {
@@ -402,7 +418,11 @@ impl OutStream {
             let aged = m.created + limits.max_retained_age;
             m.expires.map_or(aged, |e| e.min(aged))
         });
-        let soonest_expiry = self.messages.iter().filter(|m| !m.reported).filter_map(|m| m.expires).min();
+        let soonest_expiry = if self.expiring == 0 {
+            None
+        } else {
+            self.messages.iter().filter(|m| !m.reported).filter_map(|m| m.expires).min()
+        };
         [self.heartbeat_at, m, soonest_expiry].into_iter().flatten().min()
     }
 }
@@ -462,7 +482,15 @@ pub struct InStream {
     ack_due: Option<Instant>,
     nack_due: Option<Instant>,
     nack_round: u32,
+    /// `next` as last acknowledged: a long run of new chunks is acknowledged without waiting
+    /// for `ack_delay`, so a fast sender's window keeps moving.
+    acked: u64,
 }
+
+/// Chunks delivered since the last acknowledgement that make the next one go at once: a
+/// quarter of the default retention (1024 messages), so a sender in a burst never stalls on
+/// `ack_delay` with its retention full.
+const ACK_EVERY: u64 = 256;
 
 impl InStream {
     /// Starts receiving `sender`'s stream `kind` of `epoch` at sequence number `start`.
@@ -478,6 +506,7 @@ impl InStream {
             ack_due: None,
             nack_due: None,
             nack_round: 0,
+            acked: start,
         }
     }
 
@@ -547,6 +576,9 @@ impl InStream {
         self.pending.insert(h.seq, Pending { index: h.index, count: h.count, expires, bytes: chunk.to_vec() });
         self.highest = self.highest.max(h.seq + 1);
         self.deliver(now, &mut out);
+        if self.next.saturating_sub(self.acked) >= ACK_EVERY {
+            Self::schedule(&mut self.ack_due, now);
+        }
         if self.has_holes() {
             self.schedule_nack(now, limits, jitter);
         } else {
@@ -663,11 +695,13 @@ impl InStream {
                 // Back off while repairs do not arrive, so a dead sender is not flooded.
                 self.nack_due = Some(now + limits.repair_wait * (1 << (self.nack_round - 1)));
                 self.ack_due = None;
+                self.acked = self.next;
                 return Some(Feedback::Nack(self.ack(missing)));
             }
         }
         if self.ack_due.is_some_and(|t| t <= now) {
             self.ack_due = None;
+            self.acked = self.next;
             return Some(Feedback::Ack(self.ack(Vec::new())));
         }
         None

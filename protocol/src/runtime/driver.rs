@@ -15,6 +15,8 @@ use crate::{CallError, CallId, Destination, Event, PublishId, SubscriptionId};
 /// Datagrams read without blocking after a wake-up before outputs are flushed: batches work
 /// under load while keeping latency low when idle.
 const RX_BATCH: usize = 64;
+/// Commands taken without waiting after a wake-up before outputs are flushed.
+const CMD_BATCH: usize = 256;
 /// The method every host node serves with its counters (`starling nodes --stats` calls it).
 pub const STATS_METHOD: &str = "$stats";
 /// The method every host node serves with what it offers and measures: `method NAME` lines for
@@ -116,7 +118,22 @@ impl Driver {
                         self.node.close();
                         closing = Some(reply);
                     }
-                    Some(cmd) => self.command(cmd),
+                    Some(cmd) => {
+                        self.command_or_flush(cmd).await;
+                        // Take what else is waiting before sending: small publications queued
+                        // together leave in one datagram, sealed once.
+                        for _ in 0..CMD_BATCH {
+                            match self.commands.try_recv() {
+                                Ok(Command::Close(reply)) => {
+                                    self.node.close();
+                                    closing = Some(reply);
+                                    break;
+                                }
+                                Ok(cmd) => self.command_or_flush(cmd).await,
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     None => {
                         // Every handle is gone: leave the mesh politely.
                         self.node.close();
@@ -168,10 +185,30 @@ impl Driver {
         self.loss_rng % 100 < u64::from(self.rx_loss_percent)
     }
 
-    fn command(&mut self, cmd: Command) {
+    /// Acts on one command; if the core's send queue is full, sends what it holds and tries
+    /// once more.
+    async fn command_or_flush(&mut self, cmd: Command) {
+        if let Some(retry) = self.command(cmd) {
+            self.flush().await;
+            if let Some(Command::Publish { reply, .. }) = self.command(retry) {
+                let _ = reply.send(Err(Error::Publish(crate::PublishError::QueueFull)));
+            }
+        }
+    }
+
+    /// Acts on one command. A best-effort publication that finds the core's send queue full
+    /// comes back, to be tried again once the queue has been sent.
+    fn command(&mut self, cmd: Command) -> Option<Command> {
         match cmd {
-            Command::Publish { topic, payload, reliable: false, reply, .. } => {
-                let _ = reply.send(self.node.publish(&topic, &payload).map_err(Error::Publish));
+            Command::Publish { topic, payload, reliable: false, ttl, reply } => {
+                match self.node.publish(&topic, &payload) {
+                    Err(crate::PublishError::QueueFull) => {
+                        return Some(Command::Publish { topic, payload, reliable: false, ttl, reply })
+                    }
+                    r => {
+                        let _ = reply.send(r.map_err(Error::Publish));
+                    }
+                }
             }
             Command::Publish { topic, payload, reliable: true, ttl, reply } => {
                 match self.node.publish_reliable(self.now(), &topic, &payload, ttl) {
@@ -243,10 +280,22 @@ impl Driver {
             }
             Command::Close(_) => unreachable!("handled in run"),
         }
+        None
     }
 
     /// Moves every output of the core to where it belongs: storage, socket, application.
     async fn flush(&mut self) {
+        self.send_leased().await;
+        while let Some(event) = self.node.poll_event() {
+            self.event(event);
+        }
+        // Handlers that answered at once queued their responses: send them now, not at the next
+        // wake-up.
+        self.send_leased().await;
+    }
+
+    /// Sends everything queued, storing a new lease when sending asks for one.
+    async fn send_leased(&mut self) {
         // Sending may ask for a new lease; store it and send again, at most twice per flush so a
         // failing disk cannot spin the loop.
         for _ in 0..2 {
@@ -257,9 +306,6 @@ impl Driver {
             if !self.node.has_lease_request() {
                 break;
             }
-        }
-        while let Some(event) = self.node.poll_event() {
-            self.event(event);
         }
     }
 
@@ -355,7 +401,18 @@ impl Driver {
                 let (Some(handler), Some(back)) = (self.handlers.get(&method), self.commands_back.upgrade()) else {
                     return;
                 };
-                let run = handler(Request { from, method, payload });
+                let mut run = handler(Request { from, method, payload });
+                // A handler that answers at once (most do) is answered here, without a task and
+                // a trip through the command channel; one that waits goes on in its own task.
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                if let std::task::Poll::Ready(reply) = run.as_mut().poll(&mut cx) {
+                    let now = self.now();
+                    match &reply {
+                        Ok(bytes) => self.node.respond(now, from, call_id, Ok(bytes)),
+                        Err(bytes) => self.node.respond(now, from, call_id, Err(bytes)),
+                    }
+                    return;
+                }
                 tokio::spawn(async move {
                     let reply = run.await;
                     let _ = back.send(Command::Respond { to: from, call_id, reply }).await;
@@ -378,22 +435,33 @@ impl Driver {
         };
         let msg =
             Received::Message(Message { topic: m.topic, payload: m.payload, from: m.from, from_name, seq: m.seq });
-        // One copy per channel: a subscription of several filters gets a message once.
-        let mut served: Vec<mpsc::Sender<Received>> = Vec::new();
-        for id in m.subscriptions {
-            let Some(tx) = self.subscribers.get(&id) else { continue };
-            if served.iter().any(|s| s.same_channel(tx)) {
-                continue;
+        // One copy per channel: a subscription of several filters gets a message once. The
+        // last channel takes the message itself, so the common single subscriber copies nothing.
+        let mut targets: Vec<(SubscriptionId, &mpsc::Sender<Received>)> = Vec::with_capacity(m.subscriptions.len());
+        for id in &m.subscriptions {
+            let Some(tx) = self.subscribers.get(id) else { continue };
+            if !targets.iter().any(|(_, s)| s.same_channel(tx)) {
+                targets.push((*id, tx));
             }
-            served.push(tx.clone());
-            match tx.try_send(msg.clone()) {
+        }
+        let mut closed = Vec::new();
+        let mut msg = Some(msg);
+        let last = targets.len().saturating_sub(1);
+        for (i, (id, tx)) in targets.iter().enumerate() {
+            let copy = if i == last {
+                msg.take().expect("taken once, by the last")
+            } else {
+                msg.clone().expect("kept until the last")
+            };
+            match tx.try_send(copy) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => self.subscriber_lagged += 1,
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    self.subscribers.remove(&id);
-                    self.node.unsubscribe(id);
-                }
+                Err(mpsc::error::TrySendError::Closed(_)) => closed.push(*id),
             }
+        }
+        for id in closed {
+            self.subscribers.remove(&id);
+            self.node.unsubscribe(id);
         }
     }
 }

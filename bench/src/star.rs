@@ -1,0 +1,367 @@
+//! Starling over real loopback sockets: every node is a task of the one multi-thread tokio
+//! runtime the bench runs on, as an application holding several nodes would have them.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use starling::runtime::{Node, NodeBuilder, Subscription};
+
+use crate::raw::{pct_range, section_throughput, RTT_TOKIO, SECTION_RTT, SEND_LOOP};
+use crate::report::Row;
+use crate::{mqtt, Plan, SIZES};
+
+/// Starling RPC round trip, PSK mode.
+pub const RPC_PSK: &str = "Starling RPC (PSK)";
+/// Starling RPC round trip, identity mode.
+pub const RPC_IDENTITY: &str = "Starling RPC (identity)";
+/// Starling best-effort publications.
+pub const BEST_EFFORT: &str = "Starling best effort";
+/// Starling reliable publications.
+pub const RELIABLE: &str = "Starling reliable";
+/// Section of one-way latency.
+pub const SECTION_ONE_WAY: &str = "publish to subscriber, one way";
+/// Section of reliable delivery under loss.
+pub const SECTION_LOSSY: &str = "reliable under injected receive loss, 1 subscriber";
+/// Section of bytes on the wire.
+pub const SECTION_WIRE: &str = "bytes on the wire per message, 1 subscriber (all directions)";
+/// Section of CPU time.
+pub const SECTION_CPU: &str = "CPU time per delivered message, 1 subscriber (whole process, broker included)";
+/// The topic every publication uses (7 bytes).
+pub const TOPIC: &str = "bench/t";
+
+const NOT_BUILT: &str = "identity mode not built yet";
+
+/// Opens `count` nodes on a fresh mesh and waits until each sees every other.
+pub async fn mesh(count: usize, loss: u8) -> Vec<Node> {
+    let key = crate::random_key();
+    let (group, port) = crate::isolated_mesh();
+    let mut nodes = Vec::new();
+    for i in 0..count {
+        let node = NodeBuilder::new(key.clone())
+            .name(format!("bench-{i}"))
+            .group(group)
+            .port(port)
+            .subscription_capacity(1 << 17)
+            .rx_loss_percent(loss)
+            .open()
+            .await
+            .expect("a node opens on loopback");
+        nodes.push(node);
+    }
+    let limit = Instant::now() + Duration::from_secs(10);
+    for n in &nodes {
+        while n.peers().await.map(|p| p.len()).unwrap_or(0) < count - 1 && Instant::now() < limit {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    nodes
+}
+
+/// Closes every node, all at once (each may linger up to a second for acknowledgements).
+async fn close(nodes: Vec<Node>) {
+    let closing: Vec<_> =
+        nodes.into_iter().map(|n| tokio::spawn(tokio::time::timeout(Duration::from_secs(2), n.close()))).collect();
+    for c in closing {
+        let _ = c.await;
+    }
+}
+
+/// Publishes best effort until `subs` all received one, so discovery and subscriptions settled.
+async fn warm_up(publisher: &Node, subs: &mut [Subscription]) {
+    let limit = Instant::now() + Duration::from_secs(5);
+    for s in subs.iter_mut() {
+        while Instant::now() < limit {
+            let _ = publisher.publish(TOPIC, b"warm".to_vec()).reliable().ttl(Duration::from_secs(1)).await;
+            if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), s.recv()).await {
+                break;
+            }
+        }
+        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(20), s.recv()).await {}
+    }
+}
+
+/// RPC round trips, PSK mode: an echo method on one node, called from another.
+pub async fn rtt(plan: &Plan) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for size in SIZES {
+        let mut samples = Vec::new();
+        let mut failures = 0;
+        for _ in 0..plan.runs {
+            let nodes = mesh(2, 0).await;
+            nodes[1].serve("echo", |req| async move { Ok(req.payload) }).await.expect("serve");
+            let peer = nodes[1].id();
+            let msg = crate::payload(size, 0);
+            for i in 0..plan.iterations + 5 {
+                let start = Instant::now();
+                match nodes[0].call(peer, "echo", msg.clone(), Duration::from_secs(2)).await {
+                    Ok(reply) if reply.len() == size => {
+                        if i >= 5 {
+                            samples.push(start.elapsed());
+                        }
+                    }
+                    _ => failures += 1,
+                }
+            }
+            close(nodes).await;
+        }
+        let row = Row::latency(SECTION_RTT, RPC_PSK, size, &mut samples).against(&[RTT_TOKIO, mqtt::RR_QOS0]);
+        rows.push(if failures > 0 { row.note(format!("{failures} calls failed")) } else { row });
+    }
+    rows
+}
+
+/// The identity-mode rows, which cannot be measured before that mode exists.
+pub fn identity_rows() -> Vec<Row> {
+    let mut rows: Vec<Row> =
+        SIZES.iter().map(|s| Row::skipped(SECTION_RTT, RPC_IDENTITY, Some(*s), NOT_BUILT)).collect();
+    rows.push(Row::skipped("handshake", "Starling identity-mode handshake", None, NOT_BUILT));
+    rows
+}
+
+/// One message at a time from one node to a subscriber on another: time from publishing to
+/// receipt.
+pub async fn one_way(plan: &Plan) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for reliable in [false, true] {
+        for size in SIZES {
+            let mut samples = Vec::new();
+            for _ in 0..plan.runs {
+                let nodes = mesh(2, 0).await;
+                let mut subs = vec![nodes[1].subscribe(TOPIC).await.expect("subscribe")];
+                warm_up(&nodes[0], &mut subs).await;
+                let sub = &mut subs[0];
+                for i in 0..plan.iterations {
+                    let msg = crate::payload(size, i as u64);
+                    let start = Instant::now();
+                    let handle = nodes[0].publish(TOPIC, msg);
+                    let handle = if reliable { handle.reliable() } else { handle };
+                    let Ok(handle) = handle.submit().await else { break };
+                    if !matches!(tokio::time::timeout(Duration::from_secs(1), sub.recv()).await, Ok(Some(_))) {
+                        break;
+                    }
+                    samples.push(start.elapsed());
+                    let _ = handle.await;
+                }
+                close(nodes).await;
+            }
+            let (name, base) = if reliable { (RELIABLE, mqtt::QOS1) } else { (BEST_EFFORT, mqtt::QOS0) };
+            rows.push(Row::latency(SECTION_ONE_WAY, name, size, &mut samples).against(&[base]));
+        }
+    }
+    rows
+}
+
+/// Counts what a subscription receives until `n` arrived or it stays quiet for a while.
+/// Returns the count and when the last one came.
+/// Reliable runs wait longer in silence: repairs may follow the longest heartbeat interval.
+fn counter(
+    mut sub: Subscription,
+    n: usize,
+    limit: Duration,
+    quiet: Duration,
+) -> tokio::task::JoinHandle<(usize, Instant)> {
+    tokio::spawn(async move {
+        let (mut got, mut last) = (0, Instant::now());
+        let end = Instant::now() + limit;
+        while got < n && Instant::now() < end {
+            match tokio::time::timeout(quiet, sub.recv()).await {
+                Ok(Some(_)) => {
+                    got += 1;
+                    last = Instant::now();
+                }
+                _ => break,
+            }
+        }
+        (got, last)
+    })
+}
+
+/// What one throughput run measured.
+pub struct RunResult {
+    /// Messages per second the slowest subscriber received.
+    pub rate: f64,
+    /// Share of messages the slowest subscriber received, in percent.
+    pub delivered: f64,
+    /// Process CPU time per message delivered to every subscriber, in microseconds.
+    pub cpu_per_msg: f64,
+    /// Bytes the nodes sent per message.
+    pub wire_per_msg: f64,
+}
+
+/// Most reliable publications in flight: inside the publisher's retention bounds (1024 messages,
+/// 1 MiB by default) with room to spare, so none is evicted unacknowledged.
+fn window(size: usize) -> usize {
+    ((768 * 1024) / (size + 64)).clamp(2, 960)
+}
+
+/// Publishes `n` messages of `size` bytes to `subs` subscribers as fast as the API takes them.
+pub async fn run_once(n: usize, size: usize, subs: usize, reliable: bool, loss: u8, limit: Duration) -> RunResult {
+    let nodes = mesh(subs + 1, loss).await;
+    let mut subscriptions = Vec::new();
+    for node in &nodes[1..] {
+        subscriptions.push(node.subscribe(TOPIC).await.expect("subscribe"));
+    }
+    warm_up(&nodes[0], &mut subscriptions).await;
+    let tx_before = tx_bytes(&nodes).await;
+    let cpu_before = crate::process_cpu();
+    let start = Instant::now();
+    let quiet = Duration::from_millis(if reliable { 3000 } else { 500 });
+    let counters: Vec<_> = subscriptions.into_iter().map(|s| counter(s, n, limit, quiet)).collect();
+    let mut in_flight = VecDeque::new();
+    let end = start + limit;
+    for i in 0..n {
+        if Instant::now() > end {
+            break;
+        }
+        let p = nodes[0].publish(TOPIC, crate::payload(size, i as u64));
+        if reliable {
+            let Ok(h) = p.reliable().submit().await else { break };
+            in_flight.push_back(h);
+            if in_flight.len() >= window(size) {
+                let h = in_flight.pop_front().expect("non-empty");
+                let _ = tokio::time::timeout_at(end.into(), h).await;
+            }
+        } else if p.submit().await.is_err() {
+            break;
+        }
+    }
+    for h in in_flight {
+        let _ = tokio::time::timeout_at(end.into(), h).await;
+    }
+    let mut worst = usize::MAX;
+    let mut last = start;
+    for c in counters {
+        let (got, at) = c.await.expect("counter");
+        worst = worst.min(got);
+        last = last.max(at);
+    }
+    let cpu = crate::process_cpu().saturating_sub(cpu_before);
+    let wire = tx_bytes(&nodes).await.saturating_sub(tx_before);
+    close(nodes).await;
+    let secs = last.duration_since(start).as_secs_f64().max(1e-6);
+    RunResult {
+        rate: worst as f64 / secs,
+        delivered: 100.0 * worst as f64 / n as f64,
+        cpu_per_msg: cpu.as_secs_f64() * 1e6 / worst.max(1) as f64,
+        wire_per_msg: wire as f64 / worst.max(1) as f64,
+    }
+}
+
+async fn tx_bytes(nodes: &[Node]) -> u64 {
+    let mut sum = 0;
+    for n in nodes {
+        sum += n.stats().await.map(|s| s.core.tx_bytes).unwrap_or(0);
+    }
+    sum
+}
+
+/// Throughput of best-effort and reliable publications to `subs` subscribers (and, with one
+/// subscriber, CPU time per delivered message).
+pub async fn throughput(plan: &Plan, subs: usize) -> Vec<Row> {
+    let section = section_throughput(subs);
+    let mut rows = Vec::new();
+    for reliable in [false, true] {
+        for size in SIZES {
+            let n = plan.messages_for(size, plan.messages);
+            let (mut rates, mut delivered, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..plan.runs {
+                let r = run_once(n, size, subs, reliable, 0, plan.run_limit).await;
+                rates.push(r.rate);
+                delivered.push(r.delivered);
+                cpu.push(r.cpu_per_msg);
+            }
+            let (name, bases): (&str, &[&'static str]) =
+                if reliable { (RELIABLE, &[mqtt::QOS1]) } else { (BEST_EFFORT, &[mqtt::QOS0, SEND_LOOP]) };
+            let note = format!("{n} sent per run, slowest subscriber got {}", pct_range(&delivered));
+            rows.push(Row::rate(&section, name, Some(size), "msg/s", &mut rates).against(bases).note(note));
+            if subs == 1 {
+                rows.push(Row::cost(SECTION_CPU, name, Some(size), "µs/msg", &mut cpu).against(&[if reliable {
+                    mqtt::QOS1
+                } else {
+                    mqtt::QOS0
+                }]));
+            }
+        }
+    }
+    rows
+}
+
+/// Reliable publications when every node drops 10% or 30% of what it receives.
+pub async fn lossy(plan: &Plan) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for loss in [0u8, 10, 30] {
+        for size in SIZES {
+            let n = plan.messages_for(size, plan.lossy_messages).min(plan.lossy_messages);
+            let (mut rates, mut delivered) = (Vec::new(), Vec::new());
+            for _ in 0..plan.runs {
+                let r = run_once(n, size, 1, true, loss, plan.run_limit).await;
+                rates.push(r.rate);
+                delivered.push(r.delivered);
+            }
+            let name = match loss {
+                0 => "Starling reliable, no loss",
+                10 => "Starling reliable, 10% loss",
+                _ => "Starling reliable, 30% loss",
+            };
+            let note = format!("{n} sent per run, delivered {}", pct_range(&delivered));
+            let row = Row::rate(SECTION_LOSSY, name, Some(size), "msg/s", &mut rates).note(note);
+            rows.push(if loss > 0 { row.against(&["Starling reliable, no loss"]) } else { row });
+        }
+    }
+    rows
+}
+
+/// Bytes all nodes sent per delivered message (data, acks, beacons), counted by the nodes.
+pub async fn wire_bytes(plan: &Plan) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for reliable in [false, true] {
+        for size in SIZES {
+            let n = plan.messages_for(size, 1000).min(1000);
+            let r = run_once(n, size, 1, reliable, 0, plan.run_limit).await;
+            let name = if reliable { RELIABLE } else { BEST_EFFORT };
+            let base = if reliable { mqtt::QOS1 } else { mqtt::QOS0 };
+            let note = format!("{n} messages, topic {} B, payload included", TOPIC.len());
+            rows.push(
+                Row::value(SECTION_WIRE, name, Some(size), "B", r.wire_per_msg, None).against(&[base]).note(note),
+            );
+        }
+    }
+    rows
+}
+
+/// A fixed amount of one kind of work, for counting instructions with callgrind: run it with
+/// `n` and with 0 and divide the difference by `n`. `kind` is `rpc` (64 B calls), `publish`
+/// (64 B best-effort messages to one subscriber, one at a time), `reliable` (the same, reliable),
+/// or `burst` / `reliable-burst` (as fast as the API takes them, as the throughput rows do).
+pub async fn profile(kind: &str, n: usize) -> Result<(), String> {
+    if kind == "burst" || kind == "reliable-burst" {
+        let r = run_once(n, 64, 1, kind == "reliable-burst", 0, Duration::from_secs(600)).await;
+        return if r.delivered >= 100.0 || n == 0 { Ok(()) } else { Err(format!("only {:.1}% arrived", r.delivered)) };
+    }
+    let nodes = mesh(2, 0).await;
+    match kind {
+        "rpc" => {
+            nodes[1].serve("echo", |req| async move { Ok(req.payload) }).await.map_err(|e| e.to_string())?;
+            let peer = nodes[1].id();
+            for _ in 0..n {
+                nodes[0]
+                    .call(peer, "echo", crate::payload(64, 0), Duration::from_secs(2))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        "publish" | "reliable" => {
+            let mut subs = vec![nodes[1].subscribe(TOPIC).await.map_err(|e| e.to_string())?];
+            warm_up(&nodes[0], &mut subs).await;
+            for i in 0..n {
+                let p = nodes[0].publish(TOPIC, crate::payload(64, i as u64));
+                let h = if kind == "reliable" { p.reliable() } else { p }.submit().await.map_err(|e| e.to_string())?;
+                subs[0].recv().await.ok_or("subscription ended")?;
+                h.await.map_err(|e| e.to_string())?;
+            }
+        }
+        other => return Err(format!("unknown profile {other:?}: rpc, publish, reliable, burst or reliable-burst")),
+    }
+    close(nodes).await;
+    Ok(())
+}
