@@ -119,11 +119,11 @@ fn core_heap_with_16_peers_stays_within_32_kib() {
 }
 
 /// Identity mode keeps much more per peer (Noise sessions and up to four multicast keys, each
-/// with its own replay window) and the allowlist. Measured at about 107 KiB with 16 peers: far
-/// over the 32 KiB of PSK mode, and more than the firmware's heap leaves beside Wi-Fi
-/// (node-esp/README.md, "Memory"). This bound only catches regressions; it is not a budget the
-/// board meets.
-const IDENTITY_BUDGET: isize = 112 * 1024;
+/// with its own replay window) and the allowlist. Measured at 57.8 KiB with 16 peers (107.6 KiB
+/// before the core boxed its identity entries and sessions and let go of replaced keys early):
+/// still over the 32 KiB of PSK mode (node-esp/README.md, "Memory"). This bound catches
+/// regressions; it is not yet the budget a board with Wi-Fi wants.
+const IDENTITY_BUDGET: isize = 64 * 1024;
 
 #[test]
 fn core_heap_in_identity_mode_with_16_peers() {
@@ -153,7 +153,7 @@ fn simulate(identity_mode: bool) -> isize {
 #[test]
 fn core_heap_in_identity_mode_with_8_peers() {
     let peak = simulate_with(true, 8);
-    assert!(peak <= 56 * 1024, "identity mode, 8 peers: the core's heap peaked at {peak} bytes, over 56 KiB");
+    assert!(peak <= 40 * 1024, "identity mode, 8 peers: the core's heap peaked at {peak} bytes, over 40 KiB");
 }
 
 /// Runs the device among `peers` peers for a minute of virtual time; returns its peak heap.

@@ -141,6 +141,14 @@ struct Handshake {
     next_at: Instant,
 }
 
+/// Which of a peer's sessions a frame opened under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Current,
+    Pending,
+    Previous,
+}
+
 /// What identity mode knows of one allowlisted peer.
 struct IdPeer {
     key: PublicKey,
@@ -148,11 +156,14 @@ struct IdPeer {
     addr: SocketAddr,
     /// Its epoch as of the last completed handshake (0 before).
     epoch: u32,
-    current: Option<Session>,
-    previous: Option<Session>,
+    /// Sessions are boxed: most peers have one, and a small entry keeps a device's heap small.
+    current: Option<Box<Session>>,
+    /// The session before the current one, kept until the peer is heard under the new one.
+    previous: Option<Box<Session>>,
     /// Responder side: a session waiting for the initiator's first frame (its confirmation).
-    pending: Option<Session>,
-    handshake: Option<Handshake>,
+    pending: Option<Box<Session>>,
+    /// Boxed: a handshake under way is large and rare.
+    handshake: Option<Box<Handshake>>,
     cookie: Option<([u8; COOKIE_LEN], Instant)>,
     /// Its multicast keys: the newest first.
     /// Its multicast keys: at most two of each class (current and previous).
@@ -176,21 +187,21 @@ impl IdPeer {
         }
     }
 
-    fn session_mut(&mut self, tag: u8) -> Option<(&mut Session, bool)> {
+    fn session_mut(&mut self, tag: u8) -> Option<(&mut Session, Slot)> {
         if self.current.as_ref().is_some_and(|s| s.tag == tag) {
-            return self.current.as_mut().map(|s| (s, false));
+            return self.current.as_deref_mut().map(|s| (s, Slot::Current));
         }
         if self.pending.as_ref().is_some_and(|s| s.tag == tag) {
-            return self.pending.as_mut().map(|s| (s, true));
+            return self.pending.as_deref_mut().map(|s| (s, Slot::Pending));
         }
-        self.previous.as_mut().filter(|s| s.tag == tag).map(|s| (s, false))
+        self.previous.as_deref_mut().filter(|s| s.tag == tag).map(|s| (s, Slot::Previous))
     }
 
     fn tag_in_use(&self, tag: u8) -> bool {
         [&self.current, &self.previous].into_iter().flatten().any(|s| s.tag == tag)
     }
 
-    fn install(&mut self, s: Session) {
+    fn install(&mut self, s: Box<Session>) {
         self.previous = self.current.take();
         self.current = Some(s);
     }
@@ -206,7 +217,9 @@ pub(super) struct IdentityState {
     /// New multicast keys already handed out, used from the instant given.
     next_group: Option<(OwnKeys, Instant)>,
     group_rotate_at: Instant,
-    peers: BTreeMap<NodeId, IdPeer>,
+    /// Boxed entries: B-tree nodes hold 11 slots, so inline entries would reserve room for
+    /// peers that do not exist (on a microcontroller that was most of the heap).
+    peers: BTreeMap<NodeId, Box<IdPeer>>,
     cookie_secret: [u8; 32],
     old_cookie_secret: [u8; 32],
     cookie_rotate_at: Instant,
@@ -390,7 +403,7 @@ impl Node {
             self.stats.unknown_keys += 1;
             return;
         }
-        let p = state.peers.entry(header.sender).or_insert_with(|| IdPeer::new(key, from));
+        let p = state.peers.entry(header.sender).or_insert_with(|| Box::new(IdPeer::new(key, from)));
         // Unauthenticated: it may start a handshake, never change a working session.
         let needs = p.current.is_none() || p.epoch != epoch;
         if p.current.is_none() {
@@ -422,7 +435,7 @@ impl Node {
         };
         let mac1 = noise::mac1(&p.key, &msg);
         msg.extend_from_slice(&mac1);
-        let hs = Handshake { init, mac1, msg, tries: 0, next_at: now };
+        let hs = Box::new(Handshake { init, mac1, msg, tries: 0, next_at: now });
         p.handshake = Some(hs);
         self.send_handshake(now, id);
     }
@@ -517,7 +530,7 @@ impl Node {
             return;
         }
         // Both sides started at once: the lower id's handshake goes on, the other is dropped.
-        let p = state.peers.entry(header.sender).or_insert_with(|| IdPeer::new(resp.remote, from));
+        let p = state.peers.entry(header.sender).or_insert_with(|| Box::new(IdPeer::new(resp.remote, from)));
         if p.handshake.is_some() && me < header.sender {
             return;
         }
@@ -543,7 +556,7 @@ impl Node {
         let mac1 = noise::mac1(&p.key, &msg);
         msg.extend_from_slice(&mac1);
         p.handshake = None;
-        p.pending = Some(Session::new(&keys, now, false));
+        p.pending = Some(Box::new(Session::new(&keys, now, false)));
         p.epoch = their_epoch;
         p.addr = from;
         state.raw.push_back((Destination::Unicast(from), msg));
@@ -586,7 +599,7 @@ impl Node {
         }
         let their_epoch = u32::from_be_bytes(payload[..4].try_into().expect("4 bytes"));
         p.epoch = their_epoch;
-        p.install(Session::new(&keys, now, true));
+        p.install(Box::new(Session::new(&keys, now, true)));
         p.pending = None;
         p.addr = from;
         for g in payload[4..].chunks_exact(GROUP_KEY_LEN) {
@@ -681,11 +694,11 @@ impl Node {
             return false;
         };
         let unicast = header.suite == SUITE_UNICAST;
-        let mut promote = false;
+        let mut slot = None;
         let (key, replay, floor) = if unicast {
             match p.session_mut(header.net_tag) {
-                Some((s, pending)) => {
-                    promote = pending;
+                Some((s, which)) => {
+                    slot = Some(which);
                     (&s.recv, &mut s.replay, 0)
                 }
                 None => {
@@ -738,6 +751,14 @@ impl Node {
             p.addr = from;
         }
         let epoch = p.epoch;
+        let promote = slot == Some(Slot::Pending);
+        if slot == Some(Slot::Current) {
+            // The peer uses the new session: the old one has served its purpose.
+            p.previous = None;
+        }
+        if !unicast {
+            forget_older_keys(p, header.net_tag);
+        }
         if promote {
             let s = p.pending.take().expect("the slot just used");
             p.install(s);
@@ -997,6 +1018,20 @@ fn install_group(p: &mut IdPeer, tag: u8, key: [u8; 32], floor: u64) {
         p.groups.remove(oldest);
     }
     p.groups.push(RxGroup { tag, key: SenderKey::from_raw(key), floor, replay: ReplayWindow::new() });
+}
+
+/// A frame opened under the key `tag`: the sender uses it now, so older keys of its class go
+/// (a receiver holds two per class only while a replacement is being handed out).
+fn forget_older_keys(p: &mut IdPeer, tag: u8) {
+    let class = tag & DISCOVERY_TAG;
+    if let Some(newest) = p.groups.iter().rposition(|g| g.tag == tag) {
+        let mut i = 0;
+        p.groups.retain(|g| {
+            let keep = g.tag & DISCOVERY_TAG != class || i >= newest;
+            i += 1;
+            keep
+        });
+    }
 }
 
 /// Whether every record of an opened multicast body may travel under a key of this tag's class.
