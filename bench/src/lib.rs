@@ -116,7 +116,8 @@ pub fn run(plan: Plan) -> Report {
         report.extend(raw::rtt_std(&plan));
         report.extend(rt.block_on(raw::rtt_tokio(&plan)));
         report.extend(rt.block_on(star::rtt(&plan)));
-        report.extend(star::identity_rows());
+        report.extend(rt.block_on(star::rtt_identity(&plan)));
+        report.extend(star::handshake(&plan));
         report.extend(rt.block_on(mqtt::rtt(&plan, broker.as_ref())));
     }
     if plan.wants("one-way") {

@@ -4,7 +4,10 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use starling::identity::{AllowEntry, Allowlist, Identity, MethodPattern, Permissions};
+use starling::noise;
 use starling::runtime::{Node, NodeBuilder, Subscription};
+use starling::TopicFilter;
 
 use crate::raw::{pct_range, section_throughput, RTT_TOKIO, SECTION_RTT, SEND_LOOP};
 use crate::report::Row;
@@ -29,15 +32,50 @@ pub const SECTION_CPU: &str = "CPU time per delivered message, 1 subscriber (who
 /// The topic every publication uses (7 bytes).
 pub const TOPIC: &str = "bench/t";
 
-const NOT_BUILT: &str = "identity mode not built yet";
-
 /// Opens `count` nodes on a fresh mesh and waits until each sees every other.
 pub async fn mesh(count: usize, loss: u8) -> Vec<Node> {
+    mesh_in(count, loss, false).await
+}
+
+/// Fresh identities (random secrets) for `count` bench nodes and an allowlist letting each do
+/// everything.
+fn identities(count: usize) -> (Vec<Identity>, Allowlist) {
+    let ids: Vec<Identity> = (0..count)
+        .map(|_| {
+            let mut secret = [0u8; 32];
+            secret.copy_from_slice(crate::random_key().as_bytes());
+            Identity::from_secret(secret)
+        })
+        .collect();
+    let all = |s: &str| vec![TopicFilter::new(s).expect("a valid filter")];
+    let entries = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| AllowEntry {
+            name: format!("bench-{i}"),
+            key: id.public(),
+            permissions: Permissions {
+                publish: all("#"),
+                subscribe: all("#"),
+                call: vec![MethodPattern::new("*").expect("a valid pattern")],
+            },
+        })
+        .collect();
+    (ids, Allowlist { network: "bench".into(), entries })
+}
+
+/// [`mesh`] in PSK mode or, with `identity`, in identity mode (each node its own key pair).
+pub async fn mesh_in(count: usize, loss: u8, identity: bool) -> Vec<Node> {
     let key = crate::random_key();
+    let (ids, list) = identities(if identity { count } else { 0 });
     let (group, port) = crate::isolated_mesh();
     let mut nodes = Vec::new();
     for i in 0..count {
-        let node = NodeBuilder::new(key.clone())
+        let builder = match ids.get(i) {
+            Some(id) => NodeBuilder::identity(id.clone(), list.clone()),
+            None => NodeBuilder::new(key.clone()),
+        };
+        let node = builder
             .name(format!("bench-{i}"))
             .group(group)
             .port(port)
@@ -82,12 +120,21 @@ async fn warm_up(publisher: &Node, subs: &mut [Subscription]) {
 
 /// RPC round trips, PSK mode: an echo method on one node, called from another.
 pub async fn rtt(plan: &Plan) -> Vec<Row> {
+    rtt_in(plan, false).await
+}
+
+/// RPC round trips in identity mode (pairwise Noise sessions), against the same baselines.
+pub async fn rtt_identity(plan: &Plan) -> Vec<Row> {
+    rtt_in(plan, true).await
+}
+
+async fn rtt_in(plan: &Plan, identity: bool) -> Vec<Row> {
     let mut rows = Vec::new();
     for size in SIZES {
         let mut samples = Vec::new();
         let mut failures = 0;
         for _ in 0..plan.runs {
-            let nodes = mesh(2, 0).await;
+            let nodes = mesh_in(2, 0, identity).await;
             nodes[1].serve("echo", |req| async move { Ok(req.payload) }).await.expect("serve");
             let peer = nodes[1].id();
             let msg = crate::payload(size, 0);
@@ -104,18 +151,36 @@ pub async fn rtt(plan: &Plan) -> Vec<Row> {
             }
             close(nodes).await;
         }
-        let row = Row::latency(SECTION_RTT, RPC_PSK, size, &mut samples).against(&[RTT_TOKIO, mqtt::RR_QOS0]);
+        let name = if identity { RPC_IDENTITY } else { RPC_PSK };
+        let row = Row::latency(SECTION_RTT, name, size, &mut samples).against(&[RTT_TOKIO, mqtt::RR_QOS0]);
         rows.push(if failures > 0 { row.note(format!("{failures} calls failed")) } else { row });
     }
     rows
 }
 
-/// The identity-mode rows, which cannot be measured before that mode exists.
-pub fn identity_rows() -> Vec<Row> {
-    let mut rows: Vec<Row> =
-        SIZES.iter().map(|s| Row::skipped(SECTION_RTT, RPC_IDENTITY, Some(*s), NOT_BUILT)).collect();
-    rows.push(Row::skipped("handshake", "Starling identity-mode handshake", None, NOT_BUILT));
-    rows
+/// CPU time of one whole Noise IK handshake, both sides in this thread (four X25519 operations
+/// each), as `starling::noise` runs it: what a pair of nodes pays per session.
+pub fn handshake(plan: &Plan) -> Vec<Row> {
+    let (ids, list) = identities(2);
+    let prologue = noise::prologue(&list.network);
+    let n = (plan.iterations * plan.runs).max(10);
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n + 5 {
+        let seed = [i as u8; 32];
+        let start = Instant::now();
+        let mut m1 = Vec::new();
+        let init = noise::Initiator::start(&ids[0], &ids[1].public(), &prologue, seed, &[0; 4], &mut m1).expect("msg1");
+        let resp = noise::Responder::read(&ids[1], &prologue, seed, &m1).expect("read msg1");
+        let mut m2 = Vec::new();
+        resp.finish(&[0; 4], &mut m2).expect("msg2");
+        init.finish(&m2).expect("read msg2");
+        if i >= 5 {
+            samples.push(start.elapsed());
+        }
+    }
+    let mut row = Row::latency("handshake", "Starling identity-mode handshake (both sides, CPU)", 0, &mut samples);
+    row.size = None;
+    vec![row]
 }
 
 /// One message at a time from one node to a subscriber on another: time from publishing to
