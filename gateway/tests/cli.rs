@@ -3,9 +3,10 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use starling_integration::isolated_mesh;
+use starling_integration::process::{finish, scratch_dir, spawn_ready, write_private};
 
 const BIN: &str = env!("CARGO_BIN_EXE_starling");
 
@@ -19,17 +20,11 @@ struct Env {
 impl Env {
     fn new(tag: &str) -> Env {
         let (group, port) = isolated_mesh();
-        let dir = std::env::temp_dir().join(format!("starling-cli-{tag}-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch_dir(&format!("cli-{tag}"), port);
         let key = dir.join("net.key");
         let out = Command::new(BIN).arg("keygen").output().unwrap();
         assert!(out.status.success());
-        std::fs::write(&key, &out.stdout).unwrap();
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-        }
+        write_private(&key, &out.stdout);
         Env { dir, key, group: group.to_string(), port: port.to_string() }
     }
 
@@ -42,16 +37,7 @@ impl Env {
 
     /// Starts `starling sub` and waits until it says it is listening.
     fn sub(&self, args: &[&str]) -> Child {
-        let mut child = self.cmd("sub").args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-        let mut err = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        let start = Instant::now();
-        while !line.contains("listening on") {
-            line.clear();
-            assert!(err.read_line(&mut line).unwrap() > 0, "sub exited before listening");
-            assert!(start.elapsed() < Duration::from_secs(10), "sub never became ready");
-        }
-        child
+        spawn_ready(self.cmd("sub").args(args), "listening on")
     }
 
     fn publish(&self, args: &[&str]) -> Output {
@@ -65,20 +51,6 @@ impl Drop for Env {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// Waits for a child with a limit, killing it if it overstays.
-fn finish(mut child: Child, limit: Duration) -> Output {
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > limit {
-            child.kill().unwrap();
-            let out = child.wait_with_output().unwrap();
-            panic!("process did not finish in {limit:?}; stdout so far: {}", String::from_utf8_lossy(&out.stdout));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
 }
 
 fn stdout(o: &Output) -> String {

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use starling_integration::isolated_mesh;
+use starling_integration::process::{finish, scratch_dir, spawn_ready, write_private};
 
 const BIN: &str = env!("CARGO_BIN_EXE_starling");
 
@@ -23,8 +24,7 @@ struct Env {
 impl Env {
     fn new(tag: &str) -> Env {
         let (group, port) = isolated_mesh();
-        let dir = std::env::temp_dir().join(format!("starling-id-{tag}-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch_dir(&format!("id-{tag}"), port);
         Env { dir, group: group.to_string(), port: port.to_string() }
     }
 
@@ -42,12 +42,7 @@ impl Env {
     fn identity(&self, name: &str) -> PathBuf {
         let out = self.run(&["identity", "new", name]);
         let path = self.path(&format!("{name}.id"));
-        std::fs::write(&path, &out.stdout).unwrap();
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        }
+        write_private(&path, &out.stdout);
         path
     }
 
@@ -73,16 +68,7 @@ impl Env {
     /// Starts `starling sub` and waits until it listens; its stdout lines are collected with the
     /// time each arrived.
     fn sub(&self, who: &str, list: &str, args: &[&str]) -> (Child, Lines) {
-        let mut child =
-            self.cmd("sub", who, list).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-        let mut err = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        let start = Instant::now();
-        while !line.contains("listening on") {
-            line.clear();
-            assert!(err.read_line(&mut line).unwrap() > 0, "sub exited before listening");
-            assert!(start.elapsed() < Duration::from_secs(10), "sub never became ready");
-        }
+        let mut child = spawn_ready(self.cmd("sub", who, list).args(args), "listening on");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let out = BufReader::new(child.stdout.take().unwrap());
         let sink = lines.clone();
@@ -101,15 +87,8 @@ impl Drop for Env {
     }
 }
 
-fn wait_exit(mut child: Child, limit: Duration) {
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("process did not finish in {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn wait_exit(child: Child, limit: Duration) {
+    finish(child, limit);
 }
 
 fn texts(lines: &Lines) -> Vec<String> {

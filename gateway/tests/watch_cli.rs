@@ -1,12 +1,12 @@
 //! `starling watch --plain` and `starling replay` as processes on loopback: what plain mode
 //! prints, the saved capture, replaying it byte for byte, and errors for bad input.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use starling_integration::isolated_mesh;
+use starling_integration::process::{finish, scratch_dir, spawn_ready, write_private};
 
 const BIN: &str = env!("CARGO_BIN_EXE_starling");
 
@@ -20,15 +20,9 @@ struct Env {
 impl Env {
     fn new(tag: &str) -> Env {
         let (group, port) = isolated_mesh();
-        let dir = std::env::temp_dir().join(format!("starling-watch-{tag}-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch_dir(&format!("watch-{tag}"), port);
         let key = dir.join("net.key");
-        std::fs::write(&key, Command::new(BIN).arg("keygen").output().unwrap().stdout).unwrap();
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-        }
+        write_private(&key, &Command::new(BIN).arg("keygen").output().unwrap().stdout);
         Env { dir, key, group: group.to_string(), port: port.to_string() }
     }
 
@@ -41,16 +35,7 @@ impl Env {
 
     /// Starts a process and waits for `ready` on its stderr.
     fn start(&self, mut c: Command, ready: &str) -> Child {
-        let mut child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-        let mut err = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        let start = Instant::now();
-        while !line.contains(ready) {
-            line.clear();
-            assert!(err.read_line(&mut line).unwrap() > 0, "exited before saying {ready:?}");
-            assert!(start.elapsed() < Duration::from_secs(10));
-        }
-        child
+        spawn_ready(&mut c, ready)
     }
 
     fn publish(&self, args: &[&str]) {
@@ -65,16 +50,8 @@ impl Drop for Env {
     }
 }
 
-fn wait(mut child: Child, limit: Duration) -> String {
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > limit {
-            child.kill().unwrap();
-            panic!("process overstayed {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+fn wait(child: Child, limit: Duration) -> String {
+    String::from_utf8(finish(child, limit).stdout).unwrap()
 }
 
 #[test]

@@ -35,3 +35,57 @@ where
     }
     false
 }
+
+/// Helpers for tests that run the `starling` binary as separate processes.
+pub mod process {
+    use std::io::{BufRead, BufReader};
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Output, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// A fresh directory for one test's files, unique to this process and `port`.
+    pub fn scratch_dir(tag: &str, port: u16) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("starling-{tag}-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        dir
+    }
+
+    /// Writes a secret (a key or identity file) readable by its owner only, as users are told to.
+    pub fn write_private(path: &Path, bytes: &[u8]) {
+        std::fs::write(path, bytes).expect("writable");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        }
+    }
+
+    /// Spawns `cmd` with piped output and waits (at most 10 s) until its stderr prints `ready`.
+    /// The rest of its stderr is left unread; its stdout stays piped for the caller.
+    pub fn spawn_ready(cmd: &mut Command, ready: &str) -> Child {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("the binary starts");
+        let mut err = BufReader::new(child.stderr.take().expect("piped"));
+        let mut line = String::new();
+        let start = Instant::now();
+        while !line.contains(ready) {
+            line.clear();
+            assert!(err.read_line(&mut line).expect("stderr") > 0, "exited before saying {ready:?}");
+            assert!(start.elapsed() < Duration::from_secs(10), "never said {ready:?}");
+        }
+        child
+    }
+
+    /// Waits for a child with a limit; kills it and panics, with what it printed, if it overstays.
+    pub fn finish(mut child: Child, limit: Duration) -> Output {
+        let start = Instant::now();
+        while child.try_wait().expect("wait").is_none() {
+            if start.elapsed() > limit {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("output");
+                panic!("process did not finish in {limit:?}; stdout so far: {}", String::from_utf8_lossy(&out.stdout));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().expect("output")
+    }
+}
