@@ -817,8 +817,8 @@ impl Node {
         }
     }
 
-    /// Replaces this node's multicast key. `now_` switches at once (revocation: the old key may
-    /// be known to a device that is no longer allowed); otherwise the new key is handed out
+    /// Replaces this node's multicast keys. `at_once` switches at once (revocation: the old keys
+    /// may be known to a device that is no longer allowed); otherwise the new keys are handed out
     /// first and used a second later.
     fn rotate_group_key(&mut self, now: Instant, at_once: bool) {
         let Some(state) = self.identity.as_mut() else { return };
