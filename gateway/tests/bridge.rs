@@ -1,11 +1,11 @@
 //! The gateway against a real Mosquitto started by the test on a free loopback port, with
 //! `mosquitto_sub` and `mosquitto_pub` as the MQTT side and a Starling node as the mesh side.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use starling::runtime::{Node, NodeBuilder};
+use starling_integration::process::spawn_ready;
 use starling_integration::{isolated_mesh, random_key};
 
 const BIN: &str = env!("CARGO_BIN_EXE_starling");
@@ -97,24 +97,15 @@ impl Gateway {
 
     /// Runs `starling gateway` on `mesh` named `gw` with `args`, once it bridges.
     fn spawn(args: &[&str], mesh: (std::net::Ipv4Addr, u16)) -> Gateway {
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(BIN);
+        child
             .arg("gateway")
             .args(args)
             .args(["--group", &mesh.0.to_string(), "--port", &mesh.1.to_string(), "--name", "gw"])
             .env_remove("STARLING_KEY")
             .env_remove("STARLING_BROKER")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut err = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        while !line.contains("bridging mesh") {
-            line.clear();
-            assert!(err.read_line(&mut line).unwrap() > 0, "gateway exited: {line}");
-        }
-        std::thread::spawn(move || for _ in err.lines() {});
-        Gateway(child)
+            .stdout(Stdio::null());
+        Gateway(spawn_ready(&mut child, "bridging mesh"))
     }
 }
 

@@ -37,7 +37,7 @@ impl Env {
 
     /// Starts `starling sub` and waits until it says it is listening.
     fn sub(&self, args: &[&str]) -> Child {
-        spawn_ready(self.cmd("sub").args(args), "listening on")
+        spawn_ready(self.cmd("sub").args(args).stdout(Stdio::piped()), "listening on")
     }
 
     fn publish(&self, args: &[&str]) -> Output {

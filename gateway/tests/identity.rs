@@ -68,7 +68,7 @@ impl Env {
     /// Starts `starling sub` and waits until it listens; its stdout lines are collected with the
     /// time each arrived.
     fn sub(&self, who: &str, list: &str, args: &[&str]) -> (Child, Lines) {
-        let mut child = spawn_ready(self.cmd("sub", who, list).args(args), "listening on");
+        let mut child = spawn_ready(self.cmd("sub", who, list).args(args).stdout(Stdio::piped()), "listening on");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let out = BufReader::new(child.stdout.take().unwrap());
         let sink = lines.clone();

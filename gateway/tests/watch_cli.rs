@@ -35,7 +35,7 @@ impl Env {
 
     /// Starts a process and waits for `ready` on its stderr.
     fn start(&self, mut c: Command, ready: &str) -> Child {
-        spawn_ready(&mut c, ready)
+        spawn_ready(c.stdout(Stdio::piped()), ready)
     }
 
     fn publish(&self, args: &[&str]) {

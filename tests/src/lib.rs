@@ -60,10 +60,11 @@ pub mod process {
         }
     }
 
-    /// Spawns `cmd` with piped output and waits (at most 10 s) until its stderr prints `ready`.
-    /// The rest of its stderr is left unread; its stdout stays piped for the caller.
+    /// Spawns `cmd` with its stderr piped and waits (at most 10 s) until it prints `ready` there.
+    /// The rest of its stderr is drained by a thread, so the process never blocks or fails on a
+    /// full or closed pipe; stdout is whatever the caller set.
     pub fn spawn_ready(cmd: &mut Command, ready: &str) -> Child {
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("the binary starts");
+        let mut child = cmd.stderr(Stdio::piped()).spawn().expect("the binary starts");
         let mut err = BufReader::new(child.stderr.take().expect("piped"));
         let mut line = String::new();
         let start = Instant::now();
@@ -72,6 +73,7 @@ pub mod process {
             assert!(err.read_line(&mut line).expect("stderr") > 0, "exited before saying {ready:?}");
             assert!(start.elapsed() < Duration::from_secs(10), "never said {ready:?}");
         }
+        std::thread::spawn(move || for _ in err.lines() {});
         child
     }
 
