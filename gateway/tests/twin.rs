@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use starling::runtime::{Node, NodeBuilder};
 use starling::NodeId;
+use starling_integration::process::spawn_ready;
 use starling_integration::{eventually, isolated_mesh, random_key};
 
 const BIN: &str = env!("CARGO_BIN_EXE_starling");
@@ -297,7 +298,8 @@ async fn twin_readings_reach_an_mqtt_subscriber_through_the_gateway() {
         assert!(start.elapsed() < Duration::from_secs(10), "mosquitto did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let mut gateway = Command::new(BIN)
+    let mut gateway = Command::new(BIN);
+    gateway
         .arg("gateway")
         .arg("--key")
         .arg(&key_file)
@@ -305,17 +307,8 @@ async fn twin_readings_reach_an_mqtt_subscriber_through_the_gateway() {
         .args(["--group", &mesh.0.to_string(), "--port", &mesh.1.to_string(), "--name", "gw"])
         .env_remove("STARLING_KEY")
         .env_remove("STARLING_BROKER")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(gateway.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("bridging mesh") {
-        line.clear();
-        assert!(err.read_line(&mut line).unwrap() > 0, "gateway exited: {line}");
-    }
-    std::thread::spawn(move || for _ in err.lines() {});
+        .stdout(Stdio::null());
+    let mut gateway = spawn_ready(&mut gateway, "bridging mesh");
 
     let sub = Command::new("mosquitto_sub")
         .args(["-p", &port.to_string(), "-t", &format!("starling/{NAME}/#"), "-F", "%t %p", "-C", "8", "-W", "15"])
@@ -469,6 +462,8 @@ async fn twin_in_identity_mode_serves_members_and_gives_outsiders_nothing() {
     let mut sub = a.subscribe(&format!("{NAME}/#")).await.unwrap();
     let r = readings(&mut sub, Duration::from_secs(15)).await;
     assert_eq!(r.keys().collect::<Vec<_>>(), ["heap", "rssi", "temperature", "uptime"], "{r:?}");
+    // Its readings can arrive just before its beacon marks it up: wait (bounded) for that.
+    assert!(eventually(Duration::from_secs(5), || async { twin_id(&a).await.is_some() }).await, "the twin is a peer");
     let (id, _) = twin_id(&a).await.expect("the twin is a peer of host-a");
     assert_eq!(id, expected_id);
     let info = call(&a, id, "info", b"").await.unwrap();

@@ -721,7 +721,14 @@ impl Node {
                 }
             }
         };
-        if header.pn < floor || replay.check(header.pn).is_err() {
+        if header.pn < floor {
+            // Sealed before this node was given the key: a replay of a captured frame, or a genuine
+            // frame that arrived after the key did (multicast and unicast sockets do not keep one
+            // order). Either way refused; counted apart from replay-window hits.
+            self.stats.drop_before_key += 1;
+            return false;
+        }
+        if replay.check(header.pn).is_err() {
             self.stats.drop_replay += 1;
             return false;
         }

@@ -228,6 +228,9 @@ pub struct Stats {
     pub drop_no_session: u64,
     /// Identity mode: dropped, a multicast frame under a key this node was not given.
     pub drop_no_key: u64,
+    /// Identity mode: dropped, a multicast frame sealed before this node was given its key (below
+    /// the key's packet-number floor).
+    pub drop_before_key: u64,
     /// Identity mode: messages and calls refused by the allowlist's permissions.
     pub denied: u64,
     /// Identity mode: handshake messages 1 sent (first tries and retries).
@@ -250,7 +253,7 @@ pub struct Stats {
 
 impl Stats {
     /// Every counter with its name, for printing.
-    pub fn fields(&self) -> [(&'static str, u64); 40] {
+    pub fn fields(&self) -> [(&'static str, u64); 41] {
         [
             ("rx_datagrams", self.rx_datagrams),
             ("rx_accepted", self.rx_accepted),
@@ -283,6 +286,7 @@ impl Stats {
             ("unknown_keys", self.unknown_keys),
             ("drop_no_session", self.drop_no_session),
             ("drop_no_key", self.drop_no_key),
+            ("drop_before_key", self.drop_before_key),
             ("denied", self.denied),
             ("handshakes_sent", self.handshakes_sent),
             ("handshakes_completed", self.handshakes_completed),
@@ -308,6 +312,7 @@ impl Stats {
             + self.drop_unverified
             + self.drop_no_session
             + self.drop_no_key
+            + self.drop_before_key
     }
 }
 
