@@ -183,10 +183,13 @@ impl Config {
                 "must be at least max_message, or large reliable messages could never be sent",
             );
         }
-        if self.streams.max_pending_bytes < self.max_message.min(self.streams.max_retained_bytes) / 2 {
+        // A receiver delivers a message only once all its chunks are buffered: a window
+        // smaller than the largest message could never deliver it.
+        let largest = self.max_message + crate::topic::MAX_TOPIC_LEN + 16;
+        if self.streams.max_pending_bytes < largest {
             return err(
                 "streams.max_pending_bytes",
-                "must be at least half of max_message so receivers can reassemble",
+                "must hold the largest message (max_message + 271 bytes of topic and framing) so receivers can reassemble it",
             );
         }
         if self.streams.max_retained_messages == 0 || self.streams.max_pending_chunks == 0 {

@@ -117,6 +117,9 @@ pub struct OutStream {
     repaired_at: BTreeMap<u64, Instant>,
     heartbeat_at: Option<Instant>,
     heartbeat_interval: Duration,
+    /// First heartbeat interval after new data or acknowledged progress (the node sets it
+    /// from the receivers' round trips; `None`: `heartbeat_min` of the limits).
+    heartbeat_base: Option<Duration>,
     /// Set when acks or waiting sets changed, or a message needs nobody: only then can a
     /// retained message have completed, so `collect` need not look at every one each time.
     completions_due: bool,
@@ -139,9 +142,20 @@ impl OutStream {
             repaired_at: BTreeMap::new(),
             heartbeat_at: None,
             heartbeat_interval: Duration::ZERO,
+            heartbeat_base: None,
             completions_due: false,
             expiring: 0,
         }
+    }
+
+    /// Sets the first heartbeat interval: about one retransmission timeout of the slowest
+    /// receiver, so a lost tail is noticed within a round trip or two instead of fixed steps.
+    pub fn set_heartbeat_base(&mut self, base: Duration) {
+        self.heartbeat_base = Some(base.max(Duration::from_micros(500)));
+    }
+
+    fn heartbeat_first(&self, limits: &StreamLimits) -> Duration {
+        self.heartbeat_base.unwrap_or(limits.heartbeat_min)
     }
 
     /// Lowest sequence number still retained (everything below is gone for good).
@@ -217,7 +231,7 @@ impl OutStream {
         for seq in first..self.next_seq {
             records.push(self.encode(now, seq, expires));
         }
-        self.arm_heartbeat(now, limits.heartbeat_min);
+        self.arm_heartbeat(now, self.heartbeat_first(limits));
         Ok(records)
     }
 
@@ -285,14 +299,28 @@ impl OutStream {
         }
         let prev = self.acks.get(&from).copied().unwrap_or(0);
         if ack.next > prev {
-            if let Some(i) = ack.next.checked_sub(1).and_then(|s| self.chunk_index(s)) {
-                let c = &self.chunks[i];
-                if c.sends == 1 {
-                    *rtt_sample = Some(now.saturating_duration_since(c.sent_at));
+            // Karn's rule for a cumulative ack: it is a sample only when nothing it newly covers
+            // was resent, measured from the latest of those sends (the one that completed it;
+            // an earlier one may have waited behind a hole).
+            let low = self.low();
+            let newly = prev.max(low)..ack.next;
+            if !newly.is_empty() && newly.start >= low {
+                let (from_i, to_i) = ((newly.start - low) as usize, (newly.end - low) as usize);
+                let once = self.chunks.range(from_i..to_i.min(self.chunks.len())).all(|c| c.sends == 1);
+                let latest = self.chunks.range(from_i..to_i.min(self.chunks.len())).map(|c| c.sent_at).max();
+                if let (true, Some(at)) = (once, latest) {
+                    *rtt_sample = Some(now.saturating_duration_since(at));
                 }
             }
             self.acks.insert(from, ack.next);
             self.completions_due = true;
+            // Progress: heartbeats start again from the short interval (they only back off
+            // while nothing moves).
+            if let Some(at) = self.heartbeat_at {
+                let base = self.heartbeat_base.unwrap_or(self.heartbeat_interval);
+                self.heartbeat_interval = base;
+                self.heartbeat_at = Some(at.min(now + base));
+            }
         }
         for &(start, len) in &ack.missing {
             for seq in start.max(self.low())..start.saturating_add(u64::from(len)).min(self.next_seq) {
@@ -485,7 +513,18 @@ pub struct InStream {
     /// `next` as last acknowledged: a long run of new chunks is acknowledged without waiting
     /// for `ack_delay`, so a fast sender's window keeps moving.
     acked: u64,
+    /// Smoothed time from a NACK to the first repair it asked for: the round trip to the
+    /// sender as this receiver sees it. Repair timers follow it instead of fixed steps.
+    srtt: Option<Duration>,
+    /// One past the highest sequence number any NACK asked for so far.
+    nacked_upto: u64,
+    /// A sequence number first asked for by the last NACK, and when: its arrival is a
+    /// round-trip sample (a number asked for only once, so the sample is unambiguous).
+    probe: Option<(u64, Instant)>,
 }
+
+/// Shortest wait for a repair before a receiver asks again (a host's timer granularity).
+pub const MIN_REPAIR_WAIT: Duration = Duration::from_millis(1);
 
 /// Chunks delivered since the last acknowledgement that make the next one go at once: a
 /// quarter of the default retention (1024 messages), so a sender in a burst never stalls on
@@ -507,7 +546,35 @@ impl InStream {
             nack_due: None,
             nack_round: 0,
             acked: start,
+            srtt: None,
+            nacked_upto: start,
+            probe: None,
         }
+    }
+
+    /// How long to wait for a repair before asking again: two round trips as measured (one
+    /// for the NACK and its repair, one of slack for the sender's hold-off and jitter), at
+    /// least [`MIN_REPAIR_WAIT`], at most `limits.repair_wait`, which is also the wait before
+    /// any measurement.
+    fn repair_wait(&self, limits: &StreamLimits) -> Duration {
+        match self.srtt {
+            Some(rtt) => {
+                (rtt * 2 + MIN_REPAIR_WAIT / 2).clamp(MIN_REPAIR_WAIT, limits.repair_wait.max(MIN_REPAIR_WAIT))
+            }
+            None => limits.repair_wait,
+        }
+    }
+
+    /// The round trip this receiver measured to the sender, if any.
+    pub fn srtt(&self) -> Option<Duration> {
+        self.srtt
+    }
+
+    fn on_rtt_sample(&mut self, sample: Duration) {
+        self.srtt = Some(match self.srtt {
+            None => sample,
+            Some(s) => s - s / 8 + sample / 8,
+        });
     }
 
     /// The sender's epoch this stream belongs to.
@@ -565,9 +632,26 @@ impl InStream {
         if h.seq < self.next || self.pending.contains_key(&h.seq) {
             return out; // duplicate: the ack tells the sender
         }
+        if self.probe.is_some_and(|(seq, _)| seq == h.seq) {
+            let (_, sent) = self.probe.take().expect("checked");
+            self.on_rtt_sample(now.saturating_duration_since(sent));
+        }
         let window_end = self.next.saturating_add(limits.max_pending_chunks as u64);
+        // A full buffer makes room for a chunk closer to delivery by dropping the farthest
+        // ones (they are asked for again later): otherwise a buffer filled with chunks behind
+        // a hole could never take the repair of that hole.
+        while self.pending_bytes + chunk.len() > limits.max_pending_bytes {
+            match self.pending.last_key_value() {
+                Some((&last, _)) if last > h.seq => {
+                    let p = self.pending.pop_last().expect("exists").1;
+                    self.pending_bytes -= p.bytes.len();
+                }
+                _ => break,
+            }
+        }
         if h.seq >= window_end || self.pending_bytes + chunk.len() > limits.max_pending_bytes {
-            self.highest = self.highest.max(h.seq.min(window_end));
+            // It was sent, so everything up to it (itself included, within the window) is missing.
+            self.highest = self.highest.max(h.seq.saturating_add(1).min(window_end));
             self.schedule_nack(now, limits, jitter);
             return out; // no room: it will be repaired once the window moves
         }
@@ -579,8 +663,17 @@ impl InStream {
         if self.next.saturating_sub(self.acked) >= ACK_EVERY {
             Self::schedule(&mut self.ack_due, now);
         }
+        // Progress: the sender is alive and answering, so repair requests need no back-off.
+        self.nack_round = 0;
         if self.has_holes() {
-            self.schedule_nack(now, limits, jitter);
+            if self.highest > self.nacked_upto || self.nack_due.is_none() {
+                // A hole no NACK asked for yet.
+                self.schedule_nack(now, limits, jitter);
+            } else {
+                // Holes already asked for: keep waiting for their repair, without back-off.
+                let wait = now + self.repair_wait(limits);
+                self.nack_due = self.nack_due.map(|t| t.min(wait));
+            }
         } else {
             self.nack_due = None;
             self.nack_round = 0;
@@ -588,8 +681,11 @@ impl InStream {
         out
     }
 
+    /// Arms the NACK after a random delay (so one receiver's NACK can suppress the others'):
+    /// up to half a measured round trip, at most `limits.nack_delay`.
     fn schedule_nack(&mut self, now: Instant, limits: &StreamLimits, jitter: u64) {
-        let delay = limits.nack_delay.mul_f64((jitter % 1000) as f64 / 1000.0);
+        let spread = self.srtt.map_or(limits.nack_delay, |rtt| (rtt / 2).min(limits.nack_delay));
+        let delay = spread.mul_f64((jitter % 1000) as f64 / 1000.0);
         Self::schedule(&mut self.nack_due, now + delay);
     }
 
@@ -659,7 +755,7 @@ impl InStream {
             .iter()
             .all(|&(s, l)| ack.missing.iter().any(|&(os, ol)| os <= s && s + u64::from(l) <= os + u64::from(ol)));
         if covered {
-            self.nack_due = Some(now + limits.repair_wait);
+            self.nack_due = Some(now + self.repair_wait(limits));
         }
     }
 
@@ -692,8 +788,20 @@ impl InStream {
             } else {
                 let missing = self.missing();
                 self.nack_round = (self.nack_round + 1).min(6);
-                // Back off while repairs do not arrive, so a dead sender is not flooded.
-                self.nack_due = Some(now + limits.repair_wait * (1 << (self.nack_round - 1)));
+                // Back off while no repair arrives, so a dead sender is not flooded; any new
+                // chunk resets it (see `on_data`).
+                self.nack_due = Some(now + self.repair_wait(limits) * (1 << (self.nack_round - 1)));
+                // Karn's rule: a number asked for twice gives no sample.
+                let asked = |seq: u64| missing.iter().any(|&(s, l)| s <= seq && seq < s + u64::from(l));
+                if self.probe.is_some_and(|(seq, _)| asked(seq)) {
+                    self.probe = None;
+                }
+                if let Some(&(start, len)) = missing.iter().rev().find(|&&(s, l)| s + u64::from(l) > self.nacked_upto) {
+                    if self.probe.is_none() {
+                        self.probe = Some((start.max(self.nacked_upto), now));
+                    }
+                    self.nacked_upto = start + u64::from(len);
+                }
                 self.ack_due = None;
                 self.acked = self.next;
                 return Some(Feedback::Nack(self.ack(missing)));
@@ -881,6 +989,31 @@ mod tests {
         rx.on_heartbeat(first, &hb, &limits, 999);
         assert_eq!(rx.missing(), vec![(0, 1)]);
         assert!(matches!(rx.poll(first + limits.nack_delay, &limits), Some(Feedback::Nack(_))));
+    }
+
+    #[test]
+    fn a_full_receive_buffer_still_takes_the_repair_of_its_first_hole() {
+        // Found by the loss sweep: chunks behind a lost one filled the byte budget, so the
+        // repair of that one was refused every time and the stream never moved again.
+        let limits = StreamLimits { max_pending_bytes: 4 * 100, ..StreamLimits::default() };
+        let mut tx = OutStream::new(0, 1);
+        let t0 = Instant::ZERO;
+        let mut recs = tx.send(t0, 1, &[7u8; 300], 100, None, vec![A], &limits, &mut Vec::new()).unwrap();
+        recs.extend(tx.send(t0, 2, &[8u8; 300], 100, None, vec![A], &limits, &mut Vec::new()).unwrap());
+        let mut rx = InStream::new(NodeId::from_u64(1), 0, 1, 0);
+        for r in &recs[1..] {
+            let (h, c) = data(r);
+            assert!(rx.on_data(t0, &h, &c, &limits, 0).is_empty());
+        }
+        assert!(rx.pending_bytes() <= limits.max_pending_bytes);
+        let (h, c) = data(&recs[0]);
+        let got = rx.on_data(t0, &h, &c, &limits, 0);
+        assert_eq!(got, vec![Delivery::Message { seq: 0, bytes: vec![7u8; 300] }], "the repair got in");
+        assert_eq!(rx.missing(), vec![(4, 2)], "what made room for it is asked for again");
+        let (h4, c4) = data(&recs[4]);
+        assert!(rx.on_data(t0, &h4, &c4, &limits, 0).is_empty());
+        let (h5, c5) = data(&recs[5]);
+        assert_eq!(rx.on_data(t0, &h5, &c5, &limits, 0), vec![Delivery::Message { seq: 3, bytes: vec![8u8; 300] }]);
     }
 
     #[test]

@@ -863,7 +863,10 @@ fn data<'a>(stream: u8, seq: u64, index: u32, count: u32, chunk: &'a [u8]) -> Re
 #[test]
 fn forged_out_of_window_data_cannot_grow_pending_bytes() {
     const MAX_PENDING: usize = 40 * 1024;
-    let mut v = lone(0x71c7, |c| c.streams.max_pending_bytes = MAX_PENDING);
+    let mut v = lone(0x71c7, |c| {
+        c.streams.max_pending_bytes = MAX_PENDING;
+        c.max_message = 32 * 1024; // a window must hold the largest message
+    });
     v.subscribe("#").unwrap();
     drain(&mut v, Instant::ZERO);
     let mut f = Forger::new();

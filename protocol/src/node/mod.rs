@@ -488,6 +488,11 @@ fn record_is_valid(r: &Record<'_>) -> bool {
 }
 
 /// Delay before an early beacon that answers a new peer, so that a newcomer learns everyone fast.
+/// Lowest retransmission timeout: a host timer's granularity and then some. Round trips on a
+/// LAN are far below RFC 6298's 1 s floor; acknowledgements wait `ack_delay`, which every
+/// sample includes, so the timeout never undercuts a receiver that is merely batching.
+const MIN_RTO: Duration = Duration::from_millis(2);
+
 const EARLY_BEACON_MAX_DELAY: Duration = Duration::from_millis(100);
 /// Least time between two early beacons of one node: bounds the answer rate to four per second.
 const EARLY_BEACON_MIN_GAP: Duration = Duration::from_millis(250);
@@ -1074,7 +1079,7 @@ impl Node {
                 in_mcast: None,
                 in_ucast: None,
                 out_ucast: None,
-                rtt: RttEstimator::new(self.config.initial_rto, Duration::from_millis(20), Duration::from_secs(5)),
+                rtt: RttEstimator::new(self.config.initial_rto, MIN_RTO, Duration::from_secs(5)),
                 floor: 0,
                 verify: None,
             }),

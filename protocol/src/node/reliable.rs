@@ -276,7 +276,6 @@ impl Node {
     pub(super) fn service(&mut self, now: Instant, only: Option<NodeId>) {
         self.service_own_stream(now);
         let limits = self.config.streams;
-        let holdoff = limits.repair_wait / 2;
         let ids: Vec<NodeId> = match only {
             Some(id) => alloc::vec![id],
             None => self.peers.keys().copied().collect(),
@@ -298,6 +297,10 @@ impl Node {
                 }
             }
             if let Some(s) = p.out_ucast.as_mut() {
+                let holdoff = p.rtt.srtt().map_or(limits.repair_wait / 2, |r| {
+                    (r / 2).clamp(Duration::from_micros(250), limits.repair_wait / 2)
+                });
+                s.set_heartbeat_base(p.rtt.rto().min(limits.heartbeat_min));
                 for r in s.poll(now, holdoff, p.rtt.rto()) {
                     if r.first() == Some(&kind::DATA) {
                         self.stats.retransmissions += 1;
@@ -319,7 +322,9 @@ impl Node {
     /// finished reliable publications.
     pub(super) fn service_own_stream(&mut self, now: Instant) {
         let limits = self.config.streams;
-        let records = self.out_mcast.poll(now, limits.repair_wait / 2, limits.heartbeat_max);
+        let (holdoff, heartbeat) = self.multicast_timing();
+        self.out_mcast.set_heartbeat_base(heartbeat);
+        let records = self.out_mcast.poll(now, holdoff, limits.heartbeat_max);
         for r in records {
             if r.first() == Some(&kind::DATA) {
                 self.stats.retransmissions += 1;
@@ -330,6 +335,22 @@ impl Node {
             self.peers.iter().filter(|(_, p)| p.status == PeerStatus::Up).map(|(id, _)| *id).collect();
         let done = self.out_mcast.collect(now, &live, &limits);
         self.report(done);
+    }
+
+    /// Repair hold-off and first heartbeat interval of the multicast stream, from the round
+    /// trips measured to the receivers that are up: a repair is resent at most once per half
+    /// the slowest round trip (NACKs of several receivers for one chunk arrive within that
+    /// spread), and the heartbeat follows the slowest retransmission timeout. Before any
+    /// measurement, the configured steps apply.
+    fn multicast_timing(&self) -> (Duration, Duration) {
+        let limits = &self.config.streams;
+        let up = || self.peers.values().filter(|p| p.status == PeerStatus::Up && p.rtt.srtt().is_some());
+        let srtt = up().filter_map(|p| p.rtt.srtt()).max();
+        let rto = up().map(|p| p.rtt.rto()).max();
+        let holdoff =
+            srtt.map_or(limits.repair_wait / 2, |r| (r / 4).clamp(Duration::from_micros(250), limits.repair_wait / 2));
+        let heartbeat = rto.map_or(limits.heartbeat_min, |r| r.min(limits.heartbeat_min));
+        (holdoff, heartbeat)
     }
 
     fn report(&mut self, done: Vec<Completion>) {

@@ -344,6 +344,10 @@ pub struct Sim {
     blocked: BTreeSet<(usize, usize)>,
     tap: Vec<Sent>,
     net: NetStats,
+    /// Copies and bytes the link lost, per (sender, receiver).
+    lost_pairs: std::collections::BTreeMap<(usize, usize), (u64, u64)>,
+    /// Keep no copy of sent datagrams in the tap (long sweeps would hold gigabytes).
+    pub tap_off: bool,
     key: NetworkKey,
     buf: Vec<u8>,
     /// Flush in one strict pass (lease, transmits, events) instead of looping until no new lease
@@ -368,6 +372,8 @@ impl Sim {
             blocked: BTreeSet::new(),
             tap: Vec::new(),
             net: NetStats::default(),
+            lost_pairs: Default::default(),
+            tap_off: false,
             key: NetworkKey::from_bytes(DEFAULT_KEY),
             buf: vec![0u8; MAX_DATAGRAM],
             single_pass_flush: false,
@@ -664,6 +670,11 @@ impl Sim {
 
     // ----- network -----
 
+    /// Copies and bytes the link lost from node `from` to node `to` (loss only, not partitions).
+    pub fn lost_between(&self, from: usize, to: usize) -> (u64, u64) {
+        self.lost_pairs.get(&(from, to)).copied().unwrap_or_default()
+    }
+
     /// Every datagram sent so far.
     pub fn tap(&self) -> &[Sent] {
         &self.tap
@@ -895,15 +906,17 @@ impl Sim {
                 bytes.len()
             );
         }
-        self.tap.push(Sent {
-            at: self.now,
-            node: from,
-            boot: self.nodes[from].boots,
-            src,
-            destination,
-            bytes: bytes.clone(),
-            targets: targets.clone(),
-        });
+        if !self.tap_off {
+            self.tap.push(Sent {
+                at: self.now,
+                node: from,
+                boot: self.nodes[from].boots,
+                src,
+                destination,
+                bytes: bytes.clone(),
+                targets: targets.clone(),
+            });
+        }
         for dst in targets {
             if dst == from && destination == Destination::Multicast {
                 let at = self.now + self.loopback_latency;
@@ -917,6 +930,9 @@ impl Sim {
             }
             if self.rng.chance(self.link.loss) {
                 self.net.lost += 1;
+                let e = self.lost_pairs.entry((from, dst)).or_default();
+                e.0 += 1;
+                e.1 += bytes.len() as u64;
                 self.trace_line(format_args!("lost {from} -> {dst}"));
                 continue;
             }
