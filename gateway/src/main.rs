@@ -301,16 +301,18 @@ struct PubArgs {
     payload: Option<String>,
     #[command(flatten)]
     source: PayloadArgs,
-    /// Deliver reliably: retransmit until every matching subscriber has it, and fail (exit 1)
-    /// naming those that did not.
+    /// Deliver reliably: retransmit until every matching subscriber has it (exit 0), fail
+    /// (exit 1) naming those that did not, or say that no subscriber was found (exit 3: nothing
+    /// was waited for, so nothing is known to have arrived).
     #[arg(long)]
     reliable: bool,
     /// With --reliable: never deliver or repair the message after this long.
     #[arg(long, value_parser = parse_duration, value_name = "DURATION", requires = "reliable")]
     ttl: Option<Duration>,
-    /// With --reliable or --identity: how long to listen for the mesh before publishing (a new
-    /// node learns it, and gets its sessions, in a fraction of a second).
-    #[arg(long, default_value = "500ms", value_parser = parse_duration, value_name = "DURATION")]
+    /// With --reliable or --identity: how long to ask the mesh for its nodes before publishing
+    /// (a new node solicits beacons for its first second; on a lossy link the later answers
+    /// are the ones that find every subscriber).
+    #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
     discover: Duration,
     /// Publish this many times.
     #[arg(long, default_value_t = 1, value_name = "N")]
@@ -356,6 +358,9 @@ struct NodesArgs {
     json: bool,
 }
 
+/// Exit status of `pub --reliable` when no subscriber was known to wait for.
+const EXIT_NO_SUBSCRIBERS: i32 = 3;
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -368,7 +373,12 @@ fn main() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     if let Err(e) = rt.block_on(run(cli)) {
         eprintln!("error: {e:#}");
-        std::process::exit(1);
+        // A reliable publication nobody was waited for is neither a success nor a delivery
+        // failure: scripts can tell it apart.
+        let nobody = e.chain().any(|c| {
+            matches!(c.downcast_ref::<starling::runtime::Error>(), Some(starling::runtime::Error::NoSubscribers))
+        });
+        std::process::exit(if nobody { EXIT_NO_SUBSCRIBERS } else { 1 });
     }
 }
 

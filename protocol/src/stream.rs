@@ -76,6 +76,9 @@ pub enum Failure {
     ReceiverGone,
     /// The stream was reset (the peer restarted).
     Reset,
+    /// No subscriber was known when it was published: nobody was waited for, so nothing is
+    /// known to have arrived (it stays retained for subscribers that turn up).
+    NoSubscribers,
 }
 
 /// The message is larger than the stream may retain at all.
@@ -216,7 +219,8 @@ impl OutStream {
             self.chunks.push_back(Chunk { seq, index, count, bytes, sent_at: now, sends: 1 });
         }
         let expires = ttl.map(|t| now + t);
-        self.completions_due |= waiting.is_empty();
+        // Nobody to wait for: the caller reports that itself (it is not a success).
+        let reported = waiting.is_empty();
         self.expiring += usize::from(expires.is_some());
         self.messages.push_back(OutMessage {
             id,
@@ -226,7 +230,7 @@ impl OutStream {
             expires,
             waiting,
             gone: Vec::new(),
-            reported: false,
+            reported,
         });
         for seq in first..self.next_seq {
             records.push(self.encode(now, seq, expires));

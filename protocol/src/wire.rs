@@ -191,6 +191,8 @@ pub mod kind {
     pub const GROUP_KEY: u8 = 0x0b;
     /// Identity mode: ask a peer for its current multicast key.
     pub const KEY_REQUEST: u8 = 0x0c;
+    /// The sender just started and asks every node to beacon soon (PROTOCOL.md §4).
+    pub const SOLICIT: u8 = 0x0d;
 }
 
 /// Reliable stream identifiers (PROTOCOL.md §6.1).
@@ -334,6 +336,8 @@ pub enum Record<'a> {
     },
     /// Identity mode, unicast only: please send your current multicast key.
     KeyRequest,
+    /// The sender just started: nodes answer with an early beacon (PROTOCOL.md §4).
+    Solicit,
     /// A record type this version does not know; skipped.
     Unknown {
         /// Its type code.
@@ -384,7 +388,7 @@ impl<'a> Record<'a> {
             Record::Challenge(n) => size(n),
             Record::Echo { nonce, floor } => size(&(nonce, floor)),
             Record::GroupKey { tag, key, floor } => size(&(tag, key, floor)),
-            Record::Leave | Record::KeyRequest | Record::Unknown { .. } => 0,
+            Record::Leave | Record::KeyRequest | Record::Solicit | Record::Unknown { .. } => 0,
         }
     }
 
@@ -409,6 +413,7 @@ impl<'a> Record<'a> {
             Record::Echo { .. } => kind::ECHO,
             Record::GroupKey { .. } => kind::GROUP_KEY,
             Record::KeyRequest => kind::KEY_REQUEST,
+            Record::Solicit => kind::SOLICIT,
             Record::Unknown { kind } => *kind,
         }
     }
@@ -440,7 +445,7 @@ impl<'a> Record<'a> {
             Record::Challenge(n) => put(out, n),
             Record::Echo { nonce, floor } => put(out, &(nonce, floor)),
             Record::GroupKey { tag, key, floor } => put(out, &(tag, key, floor)),
-            Record::Leave | Record::KeyRequest | Record::Unknown { .. } => {}
+            Record::Leave | Record::KeyRequest | Record::Solicit | Record::Unknown { .. } => {}
         }
     }
 
@@ -496,6 +501,7 @@ impl<'a> Record<'a> {
                 Ok(Record::GroupKey { tag, key, floor })
             }
             kind::KEY_REQUEST => Ok(Record::KeyRequest),
+            kind::SOLICIT => Ok(Record::Solicit),
             kind => Ok(Record::Unknown { kind }),
         }
     }

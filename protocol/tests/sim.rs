@@ -81,13 +81,12 @@ fn discovery_converges_within_two_seconds() {
         assert_eq!(sim.stats(i).dropped(), 0, "nothing is dropped on a perfect link");
     }
 
-    // Traffic bound. Each node queues one beacon when it starts; its next periodic beacon comes
-    // at least 0.75 * 5 s = 3.75 s later, after the 2 s mark. Other beacons in the first 2 s are
-    // early beacons, scheduled only when a peer comes up (4 PeerUps per node) and coalesced when
-    // one is already pending, so a node sends at most 1 + 4 beacons: 25 for the mesh, N^2, where
-    // periodic beacons alone would need N * (N - 1) / 2 intervals to reach the same state. Fewer
-    // than N + 1 would mean nobody answered a newcomer, and the later ones could not have
-    // learnt the earlier ones.
+    // Traffic bound. A node that starts solicits for its first second: a beacon every 150 ms
+    // (jittered by at most -25%, so at most 1 + 1000 / 112.5 = 9 of them), each carrying a Solicit
+    // that every node answers with an early beacon, at most one per 250 ms (at most 1 + 2000 / 250
+    // = 9 in 2 s). Its next periodic beacon comes at least 0.75 * 5 s = 3.75 s later, after the
+    // 2 s mark. So at most 18 beacons per node, 90 for the mesh, in a burst that ends a second
+    // after the last start; fewer than N + 1 would mean nobody answered a newcomer.
     let beacons: Vec<(usize, Instant)> = sim
         .tap()
         .iter()
@@ -95,7 +94,7 @@ fn discovery_converges_within_two_seconds() {
         .filter(|s| sim.open(&s.bytes).expect("own network's frame").has_beacon())
         .map(|s| (s.node, s.at))
         .collect();
-    assert!(beacons.len() <= 25, "{} beacons in 2 s: {beacons:?}", beacons.len());
+    assert!(beacons.len() <= 90, "{} beacons in 2 s: {beacons:?}", beacons.len());
     assert!(beacons.len() > 5, "{} beacons in 2 s: {beacons:?}", beacons.len());
     // Besides beacons, only the freshness handshake: each node challenges each newcomer once
     // and answers each challenge once (PROTOCOL.md §3.4).
@@ -109,7 +108,7 @@ fn discovery_converges_within_two_seconds() {
     assert_eq!(others.count(), 2 * 5 * 4, "one challenge and one echo per ordered pair of nodes");
     for &i in &nodes {
         let own: Vec<Instant> = beacons.iter().filter(|b| b.0 == i).map(|b| b.1).collect();
-        assert!((1..=5).contains(&own.len()), "node {i} sent {} beacons", own.len());
+        assert!((1..=18).contains(&own.len()), "node {i} sent {} beacons", own.len());
         assert_eq!(own[0], ms(starts[i]), "node {i} announces itself as it starts");
     }
 }
@@ -197,7 +196,8 @@ fn restart_scenario(lease_block: Option<u64>) {
     sim.reboot(b);
     assert_eq!(sim.id(b), b_id, "same id after reboot");
     assert_eq!(sim.node(b).epoch(), 2);
-    sim.run_for(Duration::from_millis(500));
+    // Past the new boot's soliciting second, so only the replayed frames arrive below.
+    sim.run_for(Duration::from_millis(1500));
 
     let restarted: Vec<&PeerInfo> = sim
         .events(a)

@@ -290,3 +290,78 @@ fn small_messages_at_forty_percent_loss() {
     assert_corner(Case { loss: 0.40, size: 64, receivers: 10, messages: 100 }, 11, Duration::from_secs(20));
     assert_corner(Case { loss: 0.40, size: 1024, receivers: 1, messages: 300 }, 12, Duration::from_secs(20));
 }
+
+/// What `starling pub --reliable` does, twenty times over at 30% loss: a fresh process (a new
+/// node id each time) listens for a second, publishes once, waits for the outcome and exits.
+/// No publication may report success while a subscriber that was up and subscribed lacks it,
+/// and the mesh is learnt well enough that most of them do succeed.
+///
+/// Known to fail (issue 12 stays open): soliciting beacons and faster freshness retries make the
+/// publisher learn most subscribers within its first second, not all; one it missed is not
+/// waited for, and the publication reports success without it. The fix to build next: a
+/// subscriber learnt while a publication is still retained joins its waiting set, and a fresh
+/// node does not report success before its soliciting period ended.
+#[test]
+#[ignore = "known false success: a fresh publisher can miss a subscriber at 30% loss (issue 12)"]
+fn a_fresh_publisher_under_loss_never_reports_a_false_success() {
+    use common::sim::NodeOpts;
+    let mut sim = Sim::new(0xf1e5);
+    sim.tap_off = true;
+    let subs: Vec<usize> = (0..3).map(|k| sim.spawn(&format!("sub-{k}"))).collect();
+    for &s in &subs {
+        sim.subscribe(s, "plant/#");
+    }
+    sim.run_for(Duration::from_secs(1));
+    sim.link = Link { latency: LATENCY, jitter: Duration::from_micros(200), loss: 0.30, duplicate: 0.0 };
+    let (mut ok, mut failed) = (0, 0);
+    for k in 0..20u32 {
+        let p = sim.add_node_with(&format!("pub-{k}"), NodeOpts::new().ephemeral());
+        sim.start(p);
+        sim.run_for(Duration::from_secs(1));
+        let payload = k.to_be_bytes().to_vec();
+        let known: Vec<usize> =
+            subs.iter().copied().filter(|&s| sim.peers(p).iter().any(|i| i.id == sim.id(s))).collect();
+        let id = sim.publish_reliable(p, "plant/line1/count", &payload, None);
+        let done = |sim: &Sim| {
+            sim.events(p).iter().find_map(|l| match &l.event {
+                Event::PublishDone { id: d, result } if *d == id => Some(result.clone()),
+                _ => None,
+            })
+        };
+        sim.run_until_or(sim.now() + Duration::from_secs(10), |sim| done(sim).is_some());
+        let from = sim.id(p);
+        let have = |s: usize| sim.full_messages(s).iter().any(|m| m.from == from && m.payload == payload);
+        match done(&sim).expect("an outcome within 10 s") {
+            Ok(()) => {
+                ok += 1;
+                for &s in &subs {
+                    assert!(have(s), "publication {k} reported delivered, but subscriber {s} does not have it (known {known:?}) {:?}", sim.stats(s));
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("publication {k}: {e}");
+            }
+        }
+        sim.close(p);
+        sim.run_for(Duration::from_millis(200));
+    }
+    assert!(ok >= 18, "a fresh publisher learns its subscribers despite the loss: {ok} ok, {failed} not");
+}
+
+/// A reliable publication with no subscriber known is not a success: it says so.
+#[test]
+fn a_reliable_publication_without_subscribers_says_so() {
+    let mut sim = Sim::new(3);
+    let p = sim.spawn("alone");
+    sim.run_for(Duration::from_secs(1));
+    let id = sim.publish_reliable(p, "nobody/listens", b"x", None);
+    sim.run_for(Duration::from_millis(10));
+    let result = sim.events(p).iter().find_map(|l| match &l.event {
+        Event::PublishDone { id: d, result } if *d == id => Some(result.clone()),
+        _ => None,
+    });
+    let failure = result.expect("an outcome at once").expect_err("not a success");
+    assert_eq!(failure.reason, starling::stream::Failure::NoSubscribers);
+    assert!(failure.to_string().starts_with("no subscriber"), "{failure}");
+}

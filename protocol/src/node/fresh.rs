@@ -13,13 +13,17 @@ use super::{Destination, Node};
 use crate::time::Instant;
 use crate::wire::{Header, NodeId, Record, RecordIter, SUITE_PSK};
 
-/// Frames (and their bytes) that may wait for one sender's proof of freshness.
-const MAX_HELD_FRAMES: usize = 16;
-const MAX_HELD_BYTES: usize = 16 * 1024;
+/// Least frames (and bytes) that may wait for one sender's proof of freshness; a node holds
+/// enough for its largest message besides (see [`Node::held_bounds`]).
+const MIN_HELD_FRAMES: usize = 16;
+const MIN_HELD_BYTES: usize = 16 * 1024;
+/// All unverified senders together hold at most this many times one sender's bound.
+const HELD_TOTAL_FACTOR: usize = 4;
 /// Challenges sent before giving up on a silent sender.
-const MAX_TRIES: u8 = 4;
-/// First wait for an answer; doubles per try.
-const FIRST_RETRY: Duration = Duration::from_millis(250);
+const MAX_TRIES: u8 = 6;
+/// First wait for an answer; doubles per try (100 ms to 3.1 s in all). A newcomer on a lossy
+/// link is verified, and so discovered, only once a challenge and its echo both get through.
+const FIRST_RETRY: Duration = Duration::from_millis(100);
 /// Least time between two notes of this node's packet number (for "what did you send within
 /// the window"); the floor it answers is conservative by at most this much.
 const MARK_EVERY: Duration = Duration::from_millis(25);
@@ -115,13 +119,27 @@ impl Node {
 
     /// Keeps a frame of an unverified sender until it answers (bounded; beyond, it is dropped).
     pub(super) fn hold(&mut self, sender: NodeId, pn: u64, body: &[u8]) {
+        let (max_frames, max_bytes) = self.held_bounds();
+        let total: usize = self.peers.values().filter_map(|p| p.verify.as_ref()).map(|v| v.held_bytes).sum();
         let Some(v) = self.peers.get_mut(&sender).and_then(|p| p.verify.as_mut()) else { return };
-        if v.held.len() >= MAX_HELD_FRAMES || v.held_bytes + body.len() > MAX_HELD_BYTES {
+        if v.held.len() >= max_frames
+            || v.held_bytes + body.len() > max_bytes
+            || total + body.len() > max_bytes * HELD_TOTAL_FACTOR
+        {
             self.stats.drop_unverified += 1;
             return;
         }
         v.held_bytes += body.len();
         v.held.push((pn, body.to_vec()));
+    }
+
+    /// What one unverified sender may have waiting: a whole largest message as fragments or
+    /// chunks (a fresh process's first publication, PROTOCOL.md §3.4) and then some, so the
+    /// freshness check never eats data; at least the minimums.
+    fn held_bounds(&self) -> (usize, usize) {
+        let bytes = (self.config.max_message + 2048).max(MIN_HELD_BYTES);
+        let per_frame = self.config.max_datagram.saturating_sub(64).max(256);
+        (bytes.div_ceil(per_frame).saturating_add(MIN_HELD_FRAMES).max(MIN_HELD_FRAMES), bytes)
     }
 
     /// Challenges in a held frame are answered at once: answering proves nothing about the

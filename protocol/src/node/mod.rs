@@ -493,6 +493,12 @@ fn record_is_valid(r: &Record<'_>) -> bool {
 /// sample includes, so the timeout never undercuts a receiver that is merely batching.
 const MIN_RTO: Duration = Duration::from_millis(2);
 
+/// How long a node that just started asks the mesh to beacon (PROTOCOL.md §4): at 30% loss
+/// each way an ask and its answer both get through about half the time, so it asks often.
+const SOLICIT_PERIOD: Duration = Duration::from_millis(1000);
+/// Time between soliciting beacons.
+const SOLICIT_INTERVAL: Duration = Duration::from_millis(150);
+
 const EARLY_BEACON_MAX_DELAY: Duration = Duration::from_millis(100);
 /// Least time between two early beacons of one node: bounds the answer rate to four per second.
 const EARLY_BEACON_MIN_GAP: Duration = Duration::from_millis(250);
@@ -531,6 +537,9 @@ pub struct Node {
     events: VecDeque<Event>,
     timers: Timers,
     last_early_beacon: Option<Instant>,
+    /// When the node was created, and whether its beacons still carry a Solicit.
+    started: Instant,
+    soliciting: bool,
     scratch: Vec<u8>,
     rng: ChaCha20Rng,
     stats: Stats,
@@ -605,6 +614,8 @@ impl Node {
             queued_bytes: 0,
             events: VecDeque::new(),
             last_early_beacon: None,
+            started: now,
+            soliciting: true,
             scratch,
             rng,
             stats: Stats::default(),
@@ -625,7 +636,7 @@ impl Node {
         // Announce at once, ahead of anything the application sends, so receivers learn the
         // name and epoch before the first message.
         node.send_beacon();
-        let next = now + node.jittered(node.config.beacon_interval);
+        let next = now + node.next_beacon_delay();
         node.timers.set(Timer::Beacon, Some(next));
         Ok(node)
     }
@@ -844,8 +855,9 @@ impl Node {
     /// Handles expired timers. Calling it early or more than once is harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.timers.get(Timer::Beacon).is_some_and(|t| t <= now) {
+            self.soliciting &= now < self.started + SOLICIT_PERIOD;
             self.send_beacon();
-            let next = now + self.jittered(self.config.beacon_interval);
+            let next = now + self.next_beacon_delay();
             self.timers.set(Timer::Beacon, Some(next));
         }
         if self.timers.get(Timer::Liveness).is_some_and(|t| t <= now) {
@@ -1109,6 +1121,10 @@ impl Node {
         match record {
             Record::Beacon(_) if stale => {}
             Record::Beacon(b) => self.handle_beacon(now, sender, b),
+            Record::Solicit if stale => {}
+            // A newcomer asks: answer soon (rate-limited), even if we know it already, since
+            // our earlier answer may have been lost.
+            Record::Solicit => self.schedule_early_beacon(now),
             Record::Publish { topic, payload } => {
                 if let Ok(topic) = Topic::new(topic) {
                     self.deliver(sender, topic, payload, None);
@@ -1222,6 +1238,11 @@ impl Node {
         let record = Record::Beacon(beacon);
         let mut bytes = Vec::with_capacity(record.encoded_len());
         record.emit(&mut bytes);
+        // Just started: ask everyone to beacon, so a node publishing at once knows its
+        // subscribers. Repeated while soliciting, since answers and asks may be lost.
+        if self.soliciting {
+            Record::Solicit.emit(&mut bytes);
+        }
         // Subscriptions ride along, so a newcomer learns whom reliable publications wait for.
         if !self.subs.is_empty() {
             self.subscriptions_record().emit(&mut bytes);
@@ -1230,6 +1251,16 @@ impl Node {
         self.enqueue_bytes(Destination::Multicast, bytes);
         // Identity mode: members without our multicast key learn our public key from this.
         self.announce();
+    }
+
+    /// The next beacon's delay: every [`SOLICIT_INTERVAL`] while soliciting (just started),
+    /// else the configured interval; both jittered.
+    fn next_beacon_delay(&mut self) -> Duration {
+        if self.soliciting {
+            self.jittered(SOLICIT_INTERVAL.min(self.config.beacon_interval))
+        } else {
+            self.jittered(self.config.beacon_interval)
+        }
     }
 
     fn enqueue(&mut self, destination: Destination, record: &Record<'_>) {

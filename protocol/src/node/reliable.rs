@@ -34,6 +34,10 @@ impl fmt::Display for PublishFailure {
             Failure::Evicted => "it was evicted from the retention buffer",
             Failure::ReceiverGone => "subscribers went down",
             Failure::Reset => "the stream was reset",
+            Failure::NoSubscribers => {
+                return f
+                    .write_str("no subscriber: nothing was waited for (no node with a matching subscription is known)")
+            }
         };
         write!(f, "not acknowledged by {} subscriber(s) (", self.missing.len())?;
         for (i, id) in self.missing.iter().enumerate() {
@@ -95,6 +99,7 @@ impl Node {
         let limits = self.config.streams;
         let mut evicted = Vec::new();
         let chunk = self.config.max_datagram - DATA_OVERHEAD;
+        let nobody = waiting.is_empty();
         let records = self
             .out_mcast
             .send(now, id.0, &inner, chunk, ttl, waiting, &limits, &mut evicted)
@@ -103,6 +108,10 @@ impl Node {
             self.enqueue_bytes(Destination::Multicast, r);
         }
         self.report(evicted);
+        if nobody {
+            let result = Err(PublishFailure { missing: Vec::new(), reason: Failure::NoSubscribers });
+            self.push_event(Event::PublishDone { id, result });
+        }
         let me = self.id();
         self.deliver(me, topic, payload, Some(seq));
         self.service_own_stream(now);

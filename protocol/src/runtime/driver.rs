@@ -363,7 +363,10 @@ impl Driver {
             }
             Event::PublishDone { id, result } => {
                 if let Some(reply) = self.publishes.remove(&id) {
-                    let _ = reply.send(result.map_err(Error::NotDelivered));
+                    let _ = reply.send(result.map_err(|f| match f.reason {
+                        crate::stream::Failure::NoSubscribers => Error::NoSubscribers,
+                        _ => Error::NotDelivered(f),
+                    }));
                 }
                 return;
             }

@@ -78,6 +78,9 @@ pub enum Error {
     Subscribe(SubscribeError),
     /// A reliable publication was not acknowledged by every matching subscriber.
     NotDelivered(PublishFailure),
+    /// A reliable publication found no subscriber to wait for: it was sent (and stays retained
+    /// for subscribers that turn up), but nothing is known to have arrived. Not a success.
+    NoSubscribers,
     /// A call failed.
     Call(CallError),
     /// An allowlist was refused.
@@ -96,6 +99,9 @@ impl fmt::Display for Error {
             Error::Publish(e) => e.fmt(f),
             Error::Subscribe(e) => e.fmt(f),
             Error::NotDelivered(e) => e.fmt(f),
+            Error::NoSubscribers => {
+                f.write_str("no subscriber: nothing was waited for (no node with a matching subscription is known)")
+            }
             Error::Call(e) => e.fmt(f),
             Error::Allowlist(e) => write!(f, "allowlist: {e}"),
             Error::Closed => f.write_str("the node has shut down"),
