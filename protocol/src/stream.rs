@@ -5,6 +5,7 @@
 //! (RPC). Each is an [`OutStream`]; each receiver keeps an [`InStream`] per sender stream. Both
 //! are plain state machines: the node feeds them records and time and sends what they return.
 
+use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::vec::Vec;
 use core::time::Duration;
@@ -79,6 +80,9 @@ pub enum Failure {
     /// No subscriber was known when it was published: nobody was waited for, so nothing is
     /// known to have arrived (it stays retained for subscribers that turn up).
     NoSubscribers,
+    /// Every known subscriber acknowledged, but the node also heard from peers it could not
+    /// identify in time (listed as missing): any of them may be a subscriber without it.
+    Unconfirmed,
 }
 
 /// The message is larger than the stream may retain at all.
@@ -105,6 +109,29 @@ struct OutMessage {
     gone: Vec<NodeId>,
     /// Its completion was already reported (it stays retained for other receivers).
     reported: bool,
+    /// A publication's topic and verdict hold, until its verdict (boxed: RPC messages and
+    /// reported ones carry none, and a board retains many).
+    tag: Option<Box<Tag>>,
+}
+
+/// What an unreported publication keeps for its verdict.
+struct Tag {
+    /// A receiver learnt meanwhile joins its waiting set if its filters match this
+    /// ([`OutStream::add_receiver`]).
+    topic: Box<str>,
+    /// No verdict before this (the sender is still learning who is there).
+    verdict_at: Option<Instant>,
+}
+
+/// The multicast stream's verdict state (boxed: unicast streams never have any).
+#[derive(Default)]
+struct Verdicts {
+    /// The earliest held verdict not yet reached.
+    due: Option<Instant>,
+    /// Peers heard but not identified ([`OutStream::hold_verdicts`]).
+    unidentified: Vec<NodeId>,
+    /// How long after its creation a message's verdict may wait for them.
+    hold: Duration,
 }
 
 /// The sending side of one stream.
@@ -120,14 +147,15 @@ pub struct OutStream {
     repaired_at: BTreeMap<u64, Instant>,
     heartbeat_at: Option<Instant>,
     heartbeat_interval: Duration,
-    /// First heartbeat interval after new data or acknowledged progress (the node sets it
-    /// from the receivers' round trips; `None`: `heartbeat_min` of the limits).
-    heartbeat_base: Option<Duration>,
+    /// First heartbeat interval after new data or acknowledged progress, in µs (the node sets
+    /// it from the receivers' round trips; 0: `heartbeat_min` of the limits).
+    heartbeat_base_us: u32,
     /// Set when acks or waiting sets changed, or a message needs nobody: only then can a
     /// retained message have completed, so `collect` need not look at every one each time.
     completions_due: bool,
     /// Retained messages with a time to live: without any, no expiry needs finding.
     expiring: usize,
+    verdicts: Option<Box<Verdicts>>,
 }
 
 impl OutStream {
@@ -145,20 +173,25 @@ impl OutStream {
             repaired_at: BTreeMap::new(),
             heartbeat_at: None,
             heartbeat_interval: Duration::ZERO,
-            heartbeat_base: None,
+            heartbeat_base_us: 0,
             completions_due: false,
             expiring: 0,
+            verdicts: None,
         }
     }
 
     /// Sets the first heartbeat interval: about one retransmission timeout of the slowest
     /// receiver, so a lost tail is noticed within a round trip or two instead of fixed steps.
     pub fn set_heartbeat_base(&mut self, base: Duration) {
-        self.heartbeat_base = Some(base.max(Duration::from_micros(500)));
+        self.heartbeat_base_us = u32::try_from(base.as_micros()).unwrap_or(u32::MAX).max(500);
     }
 
     fn heartbeat_first(&self, limits: &StreamLimits) -> Duration {
-        self.heartbeat_base.unwrap_or(limits.heartbeat_min)
+        self.heartbeat_base().unwrap_or(limits.heartbeat_min)
+    }
+
+    fn heartbeat_base(&self) -> Option<Duration> {
+        (self.heartbeat_base_us > 0).then(|| Duration::from_micros(u64::from(self.heartbeat_base_us)))
     }
 
     /// Lowest sequence number still retained (everything below is gone for good).
@@ -219,8 +252,7 @@ impl OutStream {
             self.chunks.push_back(Chunk { seq, index, count, bytes, sent_at: now, sends: 1 });
         }
         let expires = ttl.map(|t| now + t);
-        // Nobody to wait for: the caller reports that itself (it is not a success).
-        let reported = waiting.is_empty();
+        self.completions_due |= waiting.is_empty();
         self.expiring += usize::from(expires.is_some());
         self.messages.push_back(OutMessage {
             id,
@@ -230,13 +262,69 @@ impl OutStream {
             expires,
             waiting,
             gone: Vec::new(),
-            reported,
+            reported: false,
+            tag: None,
         });
         for seq in first..self.next_seq {
             records.push(self.encode(now, seq, expires));
         }
         self.arm_heartbeat(now, self.heartbeat_first(limits));
         Ok(records)
+    }
+
+    /// Gives the message just sent its topic, for receivers learnt later, and holds its
+    /// verdict until `verdict_at` (a node that just started may not know every receiver yet).
+    pub fn tag_last(&mut self, topic: &str, verdict_at: Option<Instant>) {
+        if let Some(m) = self.messages.back_mut() {
+            m.tag = Some(Box::new(Tag { topic: topic.into(), verdict_at }));
+            if let Some(at) = verdict_at {
+                let v = self.verdicts.get_or_insert_with(Default::default);
+                v.due = Some(v.due.map_or(at, |d| d.min(at)));
+            }
+        }
+    }
+
+    /// While `hold` is set, no message younger than `limit` gets a verdict: the node knows of
+    /// peers it has not identified yet (unverified, or without a beacon), any of which may be a
+    /// subscriber it would otherwise not wait for.
+    pub fn hold_verdicts(&mut self, unidentified: &[NodeId], limit: Duration) {
+        if self.verdicts.is_none() && unidentified.is_empty() {
+            return;
+        }
+        let v = self.verdicts.get_or_insert_with(Default::default);
+        if v.unidentified != unidentified {
+            self.completions_due = true;
+            v.unidentified = unidentified.to_vec();
+        }
+        v.hold = limit;
+    }
+
+    /// When the verdict of `m` may come, if later than `now`.
+    fn held_until(&self, m: &OutMessage, now: Instant) -> Option<Instant> {
+        let tag = m.tag.as_ref()?;
+        let hold = self.verdicts.as_ref().filter(|v| !v.unidentified.is_empty()).map(|v| m.created + v.hold);
+        tag.verdict_at.into_iter().chain(hold).max().filter(|&t| now < t)
+    }
+
+    fn held(&self, m: &OutMessage, now: Instant) -> bool {
+        self.held_until(m, now).is_some()
+    }
+
+    /// Topics of the messages whose completion is not reported yet (one per message).
+    pub fn unreported_topics(&self) -> impl Iterator<Item = &str> {
+        self.messages.iter().filter(|m| !m.reported).filter_map(|m| m.tag.as_ref().map(|t| &*t.topic))
+    }
+
+    /// A receiver became known (it came up or announced filters): every unreported message whose
+    /// topic `matches` waits for it too. What it acknowledged already counts.
+    pub fn add_receiver(&mut self, who: NodeId, matches: impl Fn(&str) -> bool) {
+        for m in self.messages.iter_mut() {
+            if !m.reported && !m.waiting.contains(&who) && m.tag.as_ref().is_some_and(|t| matches(&t.topic)) {
+                m.waiting.push(who);
+                m.gone.retain(|g| *g != who);
+                self.completions_due = true;
+            }
+        }
     }
 
     fn chunk_index(&self, seq: u64) -> Option<usize> {
@@ -288,8 +376,15 @@ impl OutStream {
         }
         let mut missing: Vec<NodeId> =
             m.waiting.iter().copied().filter(|r| self.acks.get(r).is_none_or(|&a| a < m.end)).collect();
+        let nobody = m.waiting.is_empty() && m.gone.is_empty();
         missing.extend(m.gone);
-        let failure = if missing.is_empty() { None } else { failure };
+        let failure = if nobody {
+            Some(Failure::NoSubscribers)
+        } else if missing.is_empty() {
+            None
+        } else {
+            failure
+        };
         Some((!m.reported).then_some(Completion { id: m.id, missing, failure }))
     }
 
@@ -321,7 +416,7 @@ impl OutStream {
             // Progress: heartbeats start again from the short interval (they only back off
             // while nothing moves).
             if let Some(at) = self.heartbeat_at {
-                let base = self.heartbeat_base.unwrap_or(self.heartbeat_interval);
+                let base = self.heartbeat_base().unwrap_or(self.heartbeat_interval);
                 self.heartbeat_interval = base;
                 self.heartbeat_at = Some(at.min(now + base));
             }
@@ -356,13 +451,54 @@ impl OutStream {
     /// messages. Call after acks and on timeouts.
     pub fn collect(&mut self, now: Instant, live: &[NodeId], limits: &StreamLimits) -> Vec<Completion> {
         let mut done = Vec::new();
+        if let Some(v) = self.verdicts.as_mut() {
+            if v.due.is_some_and(|t| t <= now) {
+                v.due = None;
+                self.completions_due = true;
+            }
+        }
         // Completed messages are reported at once, even if retained longer for other receivers.
         if core::mem::take(&mut self.completions_due) {
-            for m in self.messages.iter_mut() {
-                if !m.reported && m.waiting.iter().all(|r| self.acks.get(r).is_some_and(|&a| a >= m.end)) {
-                    let failure = (!m.gone.is_empty()).then_some(Failure::ReceiverGone);
-                    done.push(Completion { id: m.id, missing: m.gone.clone(), failure });
+            for i in 0..self.messages.len() {
+                let m = &self.messages[i];
+                if m.reported {
+                    continue;
+                }
+                if let Some(t) = self.held_until(m, now) {
+                    // Looked at again when the hold ends (timer) or changes.
+                    let v = self.verdicts.get_or_insert_with(Default::default);
+                    v.due = Some(v.due.map_or(t, |d| d.min(t)));
+                    continue;
+                }
+                let m = &mut self.messages[i];
+                if m.waiting.iter().all(|r| self.acks.get(r).is_some_and(|&a| a >= m.end)) {
+                    // Peers still unidentified once the hold ran out: we cannot know.
+                    let unidentified: &[NodeId] = match &self.verdicts {
+                        Some(v) => &v.unidentified,
+                        None => &[],
+                    };
+                    let unknown: Vec<NodeId> = unidentified
+                        .iter()
+                        .copied()
+                        .filter(|r| !m.waiting.contains(r) && self.acks.get(r).is_none_or(|&a| a < m.end))
+                        .collect();
+                    let failure = if !m.gone.is_empty() {
+                        Some(Failure::ReceiverGone)
+                    } else if !unknown.is_empty() && m.tag.is_some() {
+                        Some(Failure::Unconfirmed)
+                    } else if m.waiting.is_empty() {
+                        // Nobody was waited for: nothing is known to have arrived.
+                        Some(Failure::NoSubscribers)
+                    } else {
+                        None
+                    };
+                    let mut missing = m.gone.clone();
+                    if failure == Some(Failure::Unconfirmed) {
+                        missing = unknown;
+                    }
+                    done.push(Completion { id: m.id, missing, failure });
                     m.reported = true;
+                    m.tag = None; // needed only until the verdict
                 }
             }
         }
@@ -376,11 +512,13 @@ impl OutStream {
                     missing.extend(m.gone.iter().copied());
                     done.push(Completion { id: m.id, missing, failure: Some(Failure::Expired) });
                     m.reported = true;
+                    m.tag = None; // needed only until the verdict
                 }
             }
         }
         while let Some(m) = self.messages.front() {
-            let acked = live.iter().all(|r| self.acks.get(r).is_some_and(|&a| a >= m.end));
+            // Before its verdict a receiver may still turn up: keep it for that one.
+            let acked = !self.held(m, now) && live.iter().all(|r| self.acks.get(r).is_some_and(|&a| a >= m.end));
             let expired = m.expires.is_some_and(|e| e <= now);
             let old = now.saturating_duration_since(m.created) >= limits.max_retained_age;
             if !(acked || expired || old) {
@@ -455,7 +593,8 @@ impl OutStream {
         } else {
             self.messages.iter().filter(|m| !m.reported).filter_map(|m| m.expires).min()
         };
-        [self.heartbeat_at, m, soonest_expiry].into_iter().flatten().min()
+        let verdict = self.verdicts.as_ref().and_then(|v| v.due);
+        [self.heartbeat_at, m, soonest_expiry, verdict].into_iter().flatten().min()
     }
 }
 
@@ -517,11 +656,18 @@ pub struct InStream {
     /// `next` as last acknowledged: a long run of new chunks is acknowledged without waiting
     /// for `ack_delay`, so a fast sender's window keeps moving.
     acked: u64,
-    /// Smoothed time from a NACK to the first repair it asked for: the round trip to the
-    /// sender as this receiver sees it. Repair timers follow it instead of fixed steps.
-    srtt: Option<Duration>,
-    /// One past the highest sequence number any NACK asked for so far.
-    nacked_upto: u64,
+    /// Smoothed time from a NACK to the first repair it asked for, in µs (0: no sample yet):
+    /// the round trip to the sender as this receiver sees it. Repair timers follow it.
+    srtt_us: u32,
+    /// What NACKs asked for while the stream has holes (boxed: an idle stream has none, and a
+    /// board keeps two streams per peer).
+    asked: Option<Box<Asked>>,
+}
+
+/// The NACK bookkeeping of a stream with holes.
+struct Asked {
+    /// One past the highest sequence number any NACK asked for.
+    upto: u64,
     /// A sequence number first asked for by the last NACK, and when: its arrival is a
     /// round-trip sample (a number asked for only once, so the sample is unambiguous).
     probe: Option<(u64, Instant)>,
@@ -550,9 +696,8 @@ impl InStream {
             nack_due: None,
             nack_round: 0,
             acked: start,
-            srtt: None,
-            nacked_upto: start,
-            probe: None,
+            srtt_us: 0,
+            asked: None,
         }
     }
 
@@ -561,7 +706,7 @@ impl InStream {
     /// least [`MIN_REPAIR_WAIT`], at most `limits.repair_wait`, which is also the wait before
     /// any measurement.
     fn repair_wait(&self, limits: &StreamLimits) -> Duration {
-        match self.srtt {
+        match self.srtt() {
             Some(rtt) => {
                 (rtt * 2 + MIN_REPAIR_WAIT / 2).clamp(MIN_REPAIR_WAIT, limits.repair_wait.max(MIN_REPAIR_WAIT))
             }
@@ -571,14 +716,15 @@ impl InStream {
 
     /// The round trip this receiver measured to the sender, if any.
     pub fn srtt(&self) -> Option<Duration> {
-        self.srtt
+        (self.srtt_us > 0).then(|| Duration::from_micros(u64::from(self.srtt_us)))
     }
 
     fn on_rtt_sample(&mut self, sample: Duration) {
-        self.srtt = Some(match self.srtt {
-            None => sample,
-            Some(s) => s - s / 8 + sample / 8,
-        });
+        let sample = u32::try_from(sample.as_micros()).unwrap_or(u32::MAX).max(1);
+        self.srtt_us = match self.srtt_us {
+            0 => sample,
+            s => s - s / 8 + sample / 8,
+        };
     }
 
     /// The sender's epoch this stream belongs to.
@@ -636,9 +782,11 @@ impl InStream {
         if h.seq < self.next || self.pending.contains_key(&h.seq) {
             return out; // duplicate: the ack tells the sender
         }
-        if self.probe.is_some_and(|(seq, _)| seq == h.seq) {
-            let (_, sent) = self.probe.take().expect("checked");
-            self.on_rtt_sample(now.saturating_duration_since(sent));
+        if let Some(a) = self.asked.as_mut() {
+            if let Some((_, sent)) = a.probe.filter(|&(seq, _)| seq == h.seq) {
+                a.probe = None;
+                self.on_rtt_sample(now.saturating_duration_since(sent));
+            }
         }
         let window_end = self.next.saturating_add(limits.max_pending_chunks as u64);
         // A full buffer makes room for a chunk closer to delivery by dropping the farthest
@@ -670,7 +818,7 @@ impl InStream {
         // Progress: the sender is alive and answering, so repair requests need no back-off.
         self.nack_round = 0;
         if self.has_holes() {
-            if self.highest > self.nacked_upto || self.nack_due.is_none() {
+            if self.highest > self.asked.as_ref().map_or(self.next, |a| a.upto) || self.nack_due.is_none() {
                 // A hole no NACK asked for yet.
                 self.schedule_nack(now, limits, jitter);
             } else {
@@ -681,6 +829,7 @@ impl InStream {
         } else {
             self.nack_due = None;
             self.nack_round = 0;
+            self.asked = None;
         }
         out
     }
@@ -688,7 +837,7 @@ impl InStream {
     /// Arms the NACK after a random delay (so one receiver's NACK can suppress the others'):
     /// up to half a measured round trip, at most `limits.nack_delay`.
     fn schedule_nack(&mut self, now: Instant, limits: &StreamLimits, jitter: u64) {
-        let spread = self.srtt.map_or(limits.nack_delay, |rtt| (rtt / 2).min(limits.nack_delay));
+        let spread = self.srtt().map_or(limits.nack_delay, |rtt| (rtt / 2).min(limits.nack_delay));
         let delay = spread.mul_f64((jitter % 1000) as f64 / 1000.0);
         Self::schedule(&mut self.nack_due, now + delay);
     }
@@ -795,16 +944,18 @@ impl InStream {
                 // Back off while no repair arrives, so a dead sender is not flooded; any new
                 // chunk resets it (see `on_data`).
                 self.nack_due = Some(now + self.repair_wait(limits) * (1 << (self.nack_round - 1)));
+                let next = self.next;
+                let a = self.asked.get_or_insert_with(|| Box::new(Asked { upto: next, probe: None }));
                 // Karn's rule: a number asked for twice gives no sample.
                 let asked = |seq: u64| missing.iter().any(|&(s, l)| s <= seq && seq < s + u64::from(l));
-                if self.probe.is_some_and(|(seq, _)| asked(seq)) {
-                    self.probe = None;
+                if a.probe.is_some_and(|(seq, _)| asked(seq)) {
+                    a.probe = None;
                 }
-                if let Some(&(start, len)) = missing.iter().rev().find(|&&(s, l)| s + u64::from(l) > self.nacked_upto) {
-                    if self.probe.is_none() {
-                        self.probe = Some((start.max(self.nacked_upto), now));
+                if let Some(&(start, len)) = missing.iter().rev().find(|&&(s, l)| s + u64::from(l) > a.upto) {
+                    if a.probe.is_none() {
+                        a.probe = Some((start.max(a.upto), now));
                     }
-                    self.nacked_upto = start + u64::from(len);
+                    a.upto = start + u64::from(len);
                 }
                 self.ack_due = None;
                 self.acked = self.next;

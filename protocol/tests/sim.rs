@@ -97,15 +97,26 @@ fn discovery_converges_within_two_seconds() {
     assert!(beacons.len() <= 90, "{} beacons in 2 s: {beacons:?}", beacons.len());
     assert!(beacons.len() > 5, "{} beacons in 2 s: {beacons:?}", beacons.len());
     // Besides beacons, only the freshness handshake: each node challenges each newcomer once
-    // and answers each challenge once (PROTOCOL.md §3.4).
+    // and answers each challenge once (PROTOCOL.md §3.4), and asks a peer it verified before
+    // hearing its beacon for one (a unicast Solicit, §4): at most one of each per ordered pair.
     let handshake = |s: &&common::sim::Sent| {
         sim.open(&s.bytes).expect("own network's frame").records.iter().all(|r| {
             matches!(r, common::sim::Rec::Other(k) if *k == starling::wire::kind::CHALLENGE || *k == starling::wire::kind::ECHO)
+                || matches!(r, common::sim::Rec::Other(k) if *k == starling::wire::kind::SOLICIT)
         })
     };
     let others = sim.tap().iter().filter(|s| s.at < ms(2000)).filter(|s| !sim.open(&s.bytes).unwrap().has_beacon());
     assert!(others.clone().all(|s| handshake(&s)), "only beacons and the freshness handshake were sent");
-    assert_eq!(others.count(), 2 * 5 * 4, "one challenge and one echo per ordered pair of nodes");
+    let count = |kind: u8| {
+        others
+            .clone()
+            .flat_map(|s| sim.open(&s.bytes).unwrap().records)
+            .filter(|r| matches!(r, common::sim::Rec::Other(k) if *k == kind))
+            .count()
+    };
+    use starling::wire::kind::{CHALLENGE, ECHO, SOLICIT};
+    assert_eq!((count(CHALLENGE), count(ECHO)), (5 * 4, 5 * 4), "one challenge and one echo per ordered pair");
+    assert!(count(SOLICIT) <= 5 * 4, "at most one unicast Solicit per ordered pair: {}", count(SOLICIT));
     for &i in &nodes {
         let own: Vec<Instant> = beacons.iter().filter(|b| b.0 == i).map(|b| b.1).collect();
         assert!((1..=18).contains(&own.len()), "node {i} sent {} beacons", own.len());

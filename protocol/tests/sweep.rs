@@ -296,16 +296,19 @@ fn small_messages_at_forty_percent_loss() {
 /// No publication may report success while a subscriber that was up and subscribed lacks it,
 /// and the mesh is learnt well enough that most of them do succeed.
 ///
-/// Known to fail (issue 12 stays open): soliciting beacons and faster freshness retries make the
-/// publisher learn most subscribers within its first second, not all; one it missed is not
-/// waited for, and the publication reports success without it. The fix to build next: a
-/// subscriber learnt while a publication is still retained joins its waiting set, and a fresh
-/// node does not report success before its soliciting period ended.
+/// What makes it hold: soliciting beacons, challenges repeated as soon as the sender speaks
+/// again, subscribers learnt late joining the waiting set, and no verdict while a peer that was
+/// heard is not yet identified (at most 2 s; then `Unconfirmed`, never success).
 #[test]
-#[ignore = "known false success: a fresh publisher can miss a subscriber at 30% loss (issue 12)"]
 fn a_fresh_publisher_under_loss_never_reports_a_false_success() {
+    for seed in [0xf1e5, 2, 3] {
+        fresh_publishers(seed, 20);
+    }
+}
+
+fn fresh_publishers(seed: u64, n: u32) {
     use common::sim::NodeOpts;
-    let mut sim = Sim::new(0xf1e5);
+    let mut sim = Sim::new(seed);
     sim.tap_off = true;
     let subs: Vec<usize> = (0..3).map(|k| sim.spawn(&format!("sub-{k}"))).collect();
     for &s in &subs {
@@ -314,8 +317,10 @@ fn a_fresh_publisher_under_loss_never_reports_a_false_success() {
     sim.run_for(Duration::from_secs(1));
     sim.link = Link { latency: LATENCY, jitter: Duration::from_micros(200), loss: 0.30, duplicate: 0.0 };
     let (mut ok, mut failed) = (0, 0);
-    for k in 0..20u32 {
+    let mut false_ok = Vec::new();
+    for k in 0..n {
         let p = sim.add_node_with(&format!("pub-{k}"), NodeOpts::new().ephemeral());
+        sim.trace = std::env::var("TRACE_K").ok().and_then(|v| v.parse::<u32>().ok()) == Some(k);
         sim.start(p);
         sim.run_for(Duration::from_secs(1));
         let payload = k.to_be_bytes().to_vec();
@@ -335,7 +340,9 @@ fn a_fresh_publisher_under_loss_never_reports_a_false_success() {
             Ok(()) => {
                 ok += 1;
                 for &s in &subs {
-                    assert!(have(s), "publication {k} reported delivered, but subscriber {s} does not have it (known {known:?}) {:?}", sim.stats(s));
+                    if !have(s) {
+                        false_ok.push((k, s, known.clone()));
+                    }
                 }
             }
             Err(e) => {
@@ -346,7 +353,9 @@ fn a_fresh_publisher_under_loss_never_reports_a_false_success() {
         sim.close(p);
         sim.run_for(Duration::from_millis(200));
     }
-    assert!(ok >= 18, "a fresh publisher learns its subscribers despite the loss: {ok} ok, {failed} not");
+    eprintln!("seed {seed}: {ok} of {n} fresh publications succeeded, {failed} said why not");
+    assert!(false_ok.is_empty(), "success reported without (publication, subscriber, known): {false_ok:?}");
+    assert!(ok * 10 >= n * 9, "a fresh publisher learns its subscribers despite the loss: {ok} ok, {failed} not");
 }
 
 /// A reliable publication with no subscriber known is not a success: it says so.

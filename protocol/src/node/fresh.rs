@@ -24,6 +24,8 @@ const MAX_TRIES: u8 = 6;
 /// First wait for an answer; doubles per try (100 ms to 3.1 s in all). A newcomer on a lossy
 /// link is verified, and so discovered, only once a challenge and its echo both get through.
 const FIRST_RETRY: Duration = Duration::from_millis(100);
+/// Least time between two challenges to one sender prompted by its frames.
+const RECHALLENGE_GAP: Duration = Duration::from_millis(50);
 /// Least time between two notes of this node's packet number (for "what did you send within
 /// the window"); the floor it answers is conservative by at most this much.
 const MARK_EVERY: Duration = Duration::from_millis(25);
@@ -38,6 +40,8 @@ pub(crate) struct Verify {
     nonce: u64,
     tries: u8,
     next_try: Instant,
+    /// When the challenge last went out (by timer or because another frame arrived).
+    sent: Instant,
     held: Vec<(u64, Vec<u8>)>,
     held_bytes: usize,
 }
@@ -84,7 +88,8 @@ impl Node {
     pub(super) fn challenge(&mut self, now: Instant, sender: NodeId) {
         let nonce = self.rng.next_u64();
         let Some(p) = self.peers.get_mut(&sender) else { return };
-        p.verify = Some(Verify { nonce, tries: 1, next_try: now + FIRST_RETRY, held: Vec::new(), held_bytes: 0 });
+        p.verify =
+            Some(Verify { nonce, tries: 1, next_try: now + FIRST_RETRY, sent: now, held: Vec::new(), held_bytes: 0 });
         let addr = p.addr;
         self.enqueue(Destination::Unicast(addr), &Record::Challenge(nonce));
     }
@@ -111,16 +116,38 @@ impl Node {
             self.stats.rx_accepted += 1;
             let h = Header { suite: SUITE_PSK, net_tag: header.net_tag, sender: header.sender, pn };
             for record in RecordIter::new(&bytes).flatten() {
-                self.handle_record(now, &h, false, record);
+                // Its challenges were answered while it waited (`answer_challenges`).
+                if !matches!(record, Record::Challenge(_)) {
+                    self.handle_record(now, &h, false, record);
+                }
+            }
+        }
+        // A verified sender whose beacon we still lack (it was lost, or it beacons rarely):
+        // ask it directly, so a reliable publication can learn whether it subscribes.
+        if let Some(p) = self.peers.get(&header.sender) {
+            if p.status == super::PeerStatus::Unannounced && self.identity.is_none() {
+                let to = p.addr;
+                self.enqueue(Destination::Unicast(to), &Record::Solicit);
             }
         }
         true
     }
 
     /// Keeps a frame of an unverified sender until it answers (bounded; beyond, it is dropped).
-    pub(super) fn hold(&mut self, sender: NodeId, pn: u64, body: &[u8]) {
+    pub(super) fn hold(&mut self, now: Instant, sender: NodeId, pn: u64, body: &[u8]) {
         let (max_frames, max_bytes) = self.held_bounds();
         let total: usize = self.peers.values().filter_map(|p| p.verify.as_ref()).map(|v| v.held_bytes).sum();
+        let Some(p) = self.peers.get_mut(&sender) else { return };
+        let addr = p.addr;
+        let Some(v) = p.verify.as_mut() else { return };
+        // The sender is talking, so the challenge or its echo was likely lost: ask again now
+        // rather than at the next (doubling) retry, at most once per RECHALLENGE_GAP, so a
+        // flood of frames is answered by a trickle of challenges.
+        if now >= v.sent + RECHALLENGE_GAP {
+            v.sent = now;
+            let nonce = v.nonce;
+            self.enqueue(Destination::Unicast(addr), &Record::Challenge(nonce));
+        }
         let Some(v) = self.peers.get_mut(&sender).and_then(|p| p.verify.as_mut()) else { return };
         if v.held.len() >= max_frames
             || v.held_bytes + body.len() > max_bytes
@@ -177,6 +204,7 @@ impl Node {
             } else {
                 v.tries += 1;
                 v.next_try = now + FIRST_RETRY * (1 << (v.tries - 1));
+                v.sent = now;
                 again.push((p.addr, v.nonce));
             }
         }

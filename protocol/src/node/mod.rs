@@ -840,7 +840,7 @@ impl Node {
         let body = &scratch[HEADER_LEN..body_end];
         if self.peers[&header.sender].verify.is_some() && !self.verify(now, &header, body) {
             self.answer_challenges(now, from, body);
-            self.hold(header.sender, header.pn, body);
+            self.hold(now, header.sender, header.pn, body);
         } else {
             self.stats.rx_accepted += 1;
             for record in RecordIter::new(body).flatten() {
@@ -1185,6 +1185,8 @@ impl Node {
                 Some(Event::PeerUp(p.info(sender)))
             }
         };
+        // Filters known from before (or announced ahead of this beacon) count at once.
+        self.join_waiting(sender);
         if let Some(e) = event {
             self.push_event(e);
             self.schedule_early_beacon(now);
@@ -1251,6 +1253,12 @@ impl Node {
         self.enqueue_bytes(Destination::Multicast, bytes);
         // Identity mode: members without our multicast key learn our public key from this.
         self.announce();
+    }
+
+    /// Until when this node solicits beacons (it just started and is learning the mesh), if
+    /// it still does.
+    pub(super) fn soliciting_until(&self) -> Option<Instant> {
+        self.soliciting.then_some(self.started + SOLICIT_PERIOD)
     }
 
     /// The next beacon's delay: every [`SOLICIT_INTERVAL`] while soliciting (just started),

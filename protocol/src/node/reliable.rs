@@ -1,6 +1,7 @@
 //! Reliable and fragmented publications, subscription announcements and the stream plumbing
 //! shared with RPC (PROTOCOL.md §6).
 
+use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 use core::time::Duration;
@@ -34,6 +35,7 @@ impl fmt::Display for PublishFailure {
             Failure::Evicted => "it was evicted from the retention buffer",
             Failure::ReceiverGone => "subscribers went down",
             Failure::Reset => "the stream was reset",
+            Failure::Unconfirmed => "they are nodes heard from but not identified in time, which may subscribe",
             Failure::NoSubscribers => {
                 return f
                     .write_str("no subscriber: nothing was waited for (no node with a matching subscription is known)")
@@ -57,6 +59,9 @@ impl core::error::Error for PublishFailure {}
 pub(super) const DATA_OVERHEAD: usize = FRAME_OVERHEAD + 3 + 41;
 /// The same for a Fragment record.
 const FRAGMENT_OVERHEAD: usize = FRAME_OVERHEAD + 3 + 15;
+/// Longest a reliable publication's verdict waits for peers the node heard from but has not
+/// identified yet (unverified, or no beacon): one of them may be a subscriber it must wait for.
+const IDENTIFY_WAIT: Duration = Duration::from_secs(2);
 /// Announced filters larger than this are replaced by `#` (conservative: publishers then wait
 /// for this node's acknowledgement of everything, which it sends anyway).
 const MAX_ANNOUNCED_FILTER_BYTES: usize = 600;
@@ -99,7 +104,6 @@ impl Node {
         let limits = self.config.streams;
         let mut evicted = Vec::new();
         let chunk = self.config.max_datagram - DATA_OVERHEAD;
-        let nobody = waiting.is_empty();
         let records = self
             .out_mcast
             .send(now, id.0, &inner, chunk, ttl, waiting, &limits, &mut evicted)
@@ -107,11 +111,11 @@ impl Node {
         for r in records {
             self.enqueue_bytes(Destination::Multicast, r);
         }
+        // A node in its first second may not know every subscriber yet: those it learns before
+        // then are waited for too, and no verdict (success or "no subscriber") comes sooner.
+        let verdict_at = self.soliciting_until().filter(|&t| now < t);
+        self.out_mcast.tag_last(topic.as_str(), verdict_at);
         self.report(evicted);
-        if nobody {
-            let result = Err(PublishFailure { missing: Vec::new(), reason: Failure::NoSubscribers });
-            self.push_event(Event::PublishDone { id, result });
-        }
         let me = self.id();
         self.deliver(me, topic, payload, Some(seq));
         self.service_own_stream(now);
@@ -154,6 +158,29 @@ impl Node {
         if let Some(p) = self.peers.get_mut(&sender) {
             p.filters = filters.iter().filter_map(|f| TopicFilter::new(f).ok()).take(max).collect();
         }
+        self.join_waiting(sender);
+    }
+
+    /// A peer that is up, with its filters known: unreported reliable publications it
+    /// matches wait for it too (it may have been a subscriber all along that this node had not
+    /// learnt yet, e.g. because beacons were lost).
+    pub(super) fn join_waiting(&mut self, peer: NodeId) {
+        let Some(p) = self.peers.get(&peer) else { return };
+        if p.status != PeerStatus::Up || p.filters.is_empty() {
+            return;
+        }
+        let matching: Vec<&str> = self
+            .out_mcast
+            .unreported_topics()
+            .filter(|topic| {
+                Topic::new(topic).is_ok_and(|t| p.filters.iter().any(|f| f.matches(&t)) && self.may_receive(peer, &t))
+            })
+            .collect();
+        if matching.is_empty() {
+            return;
+        }
+        let matching: Vec<String> = matching.into_iter().map(String::from).collect();
+        self.out_mcast.add_receiver(peer, |topic| matching.iter().any(|m| m == topic));
     }
 
     pub(super) fn handle_fragment(&mut self, now: Instant, sender: NodeId, h: &FragmentHeader, chunk: &[u8]) {
@@ -333,6 +360,9 @@ impl Node {
         let limits = self.config.streams;
         let (holdoff, heartbeat) = self.multicast_timing();
         self.out_mcast.set_heartbeat_base(heartbeat);
+        let unidentified: Vec<NodeId> =
+            self.peers.iter().filter(|(_, p)| p.status == PeerStatus::Unannounced).map(|(id, _)| *id).collect();
+        self.out_mcast.hold_verdicts(&unidentified, IDENTIFY_WAIT);
         let records = self.out_mcast.poll(now, holdoff, limits.heartbeat_max);
         for r in records {
             if r.first() == Some(&kind::DATA) {
