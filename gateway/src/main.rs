@@ -560,6 +560,7 @@ async fn publish(a: PubArgs) -> Result<()> {
         // and in identity mode receivers can read us only once a session gave them our key.
         tokio::time::sleep(a.discover).await;
     }
+
     let mut result = Ok(());
     for i in 0..a.repeat {
         if i > 0 {

@@ -109,6 +109,9 @@ struct OutMessage {
     gone: Vec<NodeId>,
     /// Its completion was already reported (it stays retained for other receivers).
     reported: bool,
+    /// Some receiver was waited for at some point (one that acknowledged and then left is no
+    /// longer in `waiting`, but the message did reach someone).
+    had_receivers: bool,
     /// A publication's topic and verdict hold, until its verdict (boxed: RPC messages and
     /// reported ones carry none, and a board retains many).
     tag: Option<Box<Tag>>,
@@ -121,6 +124,9 @@ struct Tag {
     topic: Box<str>,
     /// No verdict before this (the sender is still learning who is there).
     verdict_at: Option<Instant>,
+    /// Peers that were heard while it waited but never identified, then forgotten: the
+    /// verdict cannot be success ([`OutStream::unidentified_lost`]).
+    lost: Vec<NodeId>,
 }
 
 /// The multicast stream's verdict state (boxed: unicast streams never have any).
@@ -252,7 +258,8 @@ impl OutStream {
             self.chunks.push_back(Chunk { seq, index, count, bytes, sent_at: now, sends: 1 });
         }
         let expires = ttl.map(|t| now + t);
-        self.completions_due |= waiting.is_empty();
+        let waiting_empty = waiting.is_empty();
+        self.completions_due |= waiting_empty;
         self.expiring += usize::from(expires.is_some());
         self.messages.push_back(OutMessage {
             id,
@@ -263,6 +270,7 @@ impl OutStream {
             waiting,
             gone: Vec::new(),
             reported: false,
+            had_receivers: !waiting_empty,
             tag: None,
         });
         for seq in first..self.next_seq {
@@ -276,7 +284,7 @@ impl OutStream {
     /// verdict until `verdict_at` (a node that just started may not know every receiver yet).
     pub fn tag_last(&mut self, topic: &str, verdict_at: Option<Instant>) {
         if let Some(m) = self.messages.back_mut() {
-            m.tag = Some(Box::new(Tag { topic: topic.into(), verdict_at }));
+            m.tag = Some(Box::new(Tag { topic: topic.into(), verdict_at, lost: Vec::new() }));
             if let Some(at) = verdict_at {
                 let v = self.verdicts.get_or_insert_with(Default::default);
                 v.due = Some(v.due.map_or(at, |d| d.min(at)));
@@ -310,6 +318,19 @@ impl OutStream {
         self.held_until(m, now).is_some()
     }
 
+    /// A peer this node heard but could not identify is forgotten (its freshness check gave
+    /// up): publications still waiting for a verdict can no longer be confirmed.
+    pub fn unidentified_lost(&mut self, who: NodeId) {
+        for m in self.messages.iter_mut().filter(|m| !m.reported) {
+            if let Some(tag) = m.tag.as_mut() {
+                if !tag.lost.contains(&who) && tag.lost.len() < 16 {
+                    tag.lost.push(who);
+                    self.completions_due = true;
+                }
+            }
+        }
+    }
+
     /// Topics of the messages whose completion is not reported yet (one per message).
     pub fn unreported_topics(&self) -> impl Iterator<Item = &str> {
         self.messages.iter().filter(|m| !m.reported).filter_map(|m| m.tag.as_ref().map(|t| &*t.topic))
@@ -321,6 +342,7 @@ impl OutStream {
         for m in self.messages.iter_mut() {
             if !m.reported && !m.waiting.contains(&who) && m.tag.as_ref().is_some_and(|t| matches(&t.topic)) {
                 m.waiting.push(who);
+                m.had_receivers = true;
                 m.gone.retain(|g| *g != who);
                 self.completions_due = true;
             }
@@ -357,6 +379,15 @@ impl OutStream {
         out
     }
 
+    /// The next heartbeat no later than one short interval from now, and the back-off undone.
+    fn heartbeat_soon(&mut self, now: Instant) {
+        if let Some(at) = self.heartbeat_at {
+            let base = self.heartbeat_base().unwrap_or(self.heartbeat_interval);
+            self.heartbeat_interval = base;
+            self.heartbeat_at = Some(at.min(now + base));
+        }
+    }
+
     fn arm_heartbeat(&mut self, now: Instant, first: Duration) {
         if self.heartbeat_at.is_none() {
             self.heartbeat_interval = first;
@@ -376,7 +407,7 @@ impl OutStream {
         }
         let mut missing: Vec<NodeId> =
             m.waiting.iter().copied().filter(|r| self.acks.get(r).is_none_or(|&a| a < m.end)).collect();
-        let nobody = m.waiting.is_empty() && m.gone.is_empty();
+        let nobody = !m.had_receivers;
         missing.extend(m.gone);
         let failure = if nobody {
             Some(Failure::NoSubscribers)
@@ -398,28 +429,29 @@ impl OutStream {
         }
         let prev = self.acks.get(&from).copied().unwrap_or(0);
         if ack.next > prev {
-            // Karn's rule for a cumulative ack: it is a sample only when nothing it newly covers
-            // was resent, measured from the latest of those sends (the one that completed it;
-            // an earlier one may have waited behind a hole).
+            // A cumulative ack comes no sooner than the last send of what it newly covers
+            // arrived: measure from that latest send (an earlier one may have waited behind a
+            // hole). Repairs go only when asked for, so the latest send of a repaired chunk is
+            // the one that arrived (Karn's ambiguity, a spurious resend, only makes the sample
+            // smaller, and the timeout has a floor).
             let low = self.low();
             let newly = prev.max(low)..ack.next;
-            if !newly.is_empty() && newly.start >= low {
+            if !newly.is_empty() {
                 let (from_i, to_i) = ((newly.start - low) as usize, (newly.end - low) as usize);
-                let once = self.chunks.range(from_i..to_i.min(self.chunks.len())).all(|c| c.sends == 1);
                 let latest = self.chunks.range(from_i..to_i.min(self.chunks.len())).map(|c| c.sent_at).max();
-                if let (true, Some(at)) = (once, latest) {
+                if let Some(at) = latest {
                     *rtt_sample = Some(now.saturating_duration_since(at));
                 }
             }
             self.acks.insert(from, ack.next);
             self.completions_due = true;
-            // Progress: heartbeats start again from the short interval (they only back off
-            // while nothing moves).
-            if let Some(at) = self.heartbeat_at {
-                let base = self.heartbeat_base().unwrap_or(self.heartbeat_interval);
-                self.heartbeat_interval = base;
-                self.heartbeat_at = Some(at.min(now + base));
-            }
+        }
+        // A receiver that still lacks something is alive and talking: heartbeats (which fetch
+        // its next ack or NACK) start again from the short interval; they back off only while
+        // nobody who owes an ack says anything. Complete acks do not count, so a dead
+        // receiver beside a live one is still probed slowly.
+        if ack.next < self.next_seq || !ack.missing.is_empty() {
+            self.heartbeat_soon(now);
         }
         for &(start, len) in &ack.missing {
             for seq in start.max(self.low())..start.saturating_add(u64::from(len)).min(self.next_seq) {
@@ -477,8 +509,10 @@ impl OutStream {
                         Some(v) => &v.unidentified,
                         None => &[],
                     };
+                    let lost = m.tag.as_ref().map_or(&[][..], |t| &t.lost);
                     let unknown: Vec<NodeId> = unidentified
                         .iter()
+                        .chain(lost)
                         .copied()
                         .filter(|r| !m.waiting.contains(r) && self.acks.get(r).is_none_or(|&a| a < m.end))
                         .collect();
@@ -486,7 +520,7 @@ impl OutStream {
                         Some(Failure::ReceiverGone)
                     } else if !unknown.is_empty() && m.tag.is_some() {
                         Some(Failure::Unconfirmed)
-                    } else if m.waiting.is_empty() {
+                    } else if !m.had_receivers {
                         // Nobody was waited for: nothing is known to have arrived.
                         Some(Failure::NoSubscribers)
                     } else {
@@ -568,8 +602,13 @@ impl OutStream {
                 continue;
             }
             self.chunks[i].sends += 1;
+            self.chunks[i].sent_at = now;
             self.repaired_at.insert(seq, now);
             out.push(self.encode(now, seq, expires));
+        }
+        if !out.is_empty() {
+            // A lost repair at the tail is noticed like lost new data.
+            self.heartbeat_soon(now);
         }
         if self.heartbeat_at.is_some_and(|t| t <= now) {
             let hb = Heartbeat { stream: self.kind, epoch: self.epoch, low: self.low(), next: self.next_seq };
@@ -651,8 +690,6 @@ pub struct InStream {
     pending: BTreeMap<u64, Pending>,
     pending_bytes: usize,
     ack_due: Option<Instant>,
-    nack_due: Option<Instant>,
-    nack_round: u32,
     /// `next` as last acknowledged: a long run of new chunks is acknowledged without waiting
     /// for `ack_delay`, so a fast sender's window keeps moving.
     acked: u64,
@@ -664,14 +701,36 @@ pub struct InStream {
     asked: Option<Box<Asked>>,
 }
 
-/// The NACK bookkeeping of a stream with holes.
+/// The NACK bookkeeping of a stream with holes. Two timers: holes never asked for are asked
+/// for once they survived a short reordering delay (`fresh_due`, covering holes below
+/// `limit`); holes asked for already are asked again when their repair is overdue
+/// (`repeat_at`).
 struct Asked {
     /// One past the highest sequence number any NACK asked for.
     upto: u64,
+    /// Holes in `upto..limit` are the ones `fresh_due` asks for (`limit` is where the
+    /// stream's extent stood when they were seen, so later chunks still may arrive reordered).
+    limit: u64,
+    fresh_due: Option<Instant>,
+    repeat_at: Option<Instant>,
+    /// Repeats without any new chunk since (each doubles the wait).
+    round: u32,
+    /// The further Ack records of a NACK round with more than [`MAX_ACK_RANGES`] ranges.
+    queued: Vec<Ack>,
     /// A sequence number first asked for by the last NACK, and when: its arrival is a
     /// round-trip sample (a number asked for only once, so the sample is unambiguous).
     probe: Option<(u64, Instant)>,
 }
+
+impl Asked {
+    fn due(&self) -> Option<Instant> {
+        [self.fresh_due, self.repeat_at].into_iter().flatten().min()
+    }
+}
+
+/// Most ranges one round of NACKs asks for: sent as several Ack records of at most
+/// [`MAX_ACK_RANGES`] each, so a NACK can name every hole of a 64 KiB message at any loss.
+const NACK_RANGES: usize = 4 * MAX_ACK_RANGES;
 
 /// Shortest wait for a repair before a receiver asks again (a host's timer granularity).
 pub const MIN_REPAIR_WAIT: Duration = Duration::from_millis(1);
@@ -693,8 +752,6 @@ impl InStream {
             pending: BTreeMap::new(),
             pending_bytes: 0,
             ack_due: None,
-            nack_due: None,
-            nack_round: 0,
             acked: start,
             srtt_us: 0,
             asked: None,
@@ -717,6 +774,14 @@ impl InStream {
     /// The round trip this receiver measured to the sender, if any.
     pub fn srtt(&self) -> Option<Duration> {
         (self.srtt_us > 0).then(|| Duration::from_micros(u64::from(self.srtt_us)))
+    }
+
+    /// Starts the round-trip estimate from one measured elsewhere (the node's handshake or
+    /// acknowledgements with this peer), if the stream has none yet.
+    pub fn seed_srtt(&mut self, rtt: Duration) {
+        if self.srtt_us == 0 {
+            self.on_rtt_sample(rtt);
+        }
     }
 
     fn on_rtt_sample(&mut self, sample: Duration) {
@@ -815,31 +880,57 @@ impl InStream {
         if self.next.saturating_sub(self.acked) >= ACK_EVERY {
             Self::schedule(&mut self.ack_due, now);
         }
-        // Progress: the sender is alive and answering, so repair requests need no back-off.
-        self.nack_round = 0;
         if self.has_holes() {
-            if self.highest > self.asked.as_ref().map_or(self.next, |a| a.upto) || self.nack_due.is_none() {
-                // A hole no NACK asked for yet.
-                self.schedule_nack(now, limits, jitter);
-            } else {
-                // Holes already asked for: keep waiting for their repair, without back-off.
-                let wait = now + self.repair_wait(limits);
-                self.nack_due = self.nack_due.map(|t| t.min(wait));
+            // Progress: the sender is alive and answering, so repeats need no back-off.
+            let wait = now + self.repair_wait(limits);
+            if let Some(a) = self.asked.as_mut() {
+                a.round = 0;
+                a.repeat_at = a.repeat_at.map(|t| t.min(wait));
             }
+            self.schedule_nack(now, limits, jitter);
         } else {
-            self.nack_due = None;
-            self.nack_round = 0;
             self.asked = None;
         }
         out
     }
 
-    /// Arms the NACK after a random delay (so one receiver's NACK can suppress the others'):
-    /// up to half a measured round trip, at most `limits.nack_delay`.
+    /// Arms a NACK for holes no NACK asked for yet, unless one is armed: after a reordering
+    /// delay (a quarter of the measured round trip, at least 250 µs; 1 ms before any
+    /// measurement; a chunk that is merely late is not a loss) plus a random delay so one
+    /// receiver's NACK can suppress the others' (up to half a round trip, at most
+    /// `limits.nack_delay`).
     fn schedule_nack(&mut self, now: Instant, limits: &StreamLimits, jitter: u64) {
         let spread = self.srtt().map_or(limits.nack_delay, |rtt| (rtt / 2).min(limits.nack_delay));
-        let delay = spread.mul_f64((jitter % 1000) as f64 / 1000.0);
-        Self::schedule(&mut self.nack_due, now + delay);
+        let delay = self.reorder_delay(limits) + spread.mul_f64((jitter % 1000) as f64 / 1000.0);
+        let (next, highest) = (self.next, self.highest);
+        let a = self.asked.get_or_insert_with(|| {
+            Box::new(Asked {
+                upto: next,
+                limit: next,
+                fresh_due: None,
+                repeat_at: None,
+                round: 0,
+                queued: Vec::new(),
+                probe: None,
+            })
+        });
+        a.upto = a.upto.max(next);
+        if a.fresh_due.is_none() && highest > a.upto.max(a.limit) {
+            a.limit = highest;
+            a.fresh_due = Some(now + delay);
+        }
+    }
+
+    /// How long a hole may be mere reordering: a quarter of the measured round trip, at least
+    /// 250 µs, 1 ms before any measurement, at most `limits.nack_delay`.
+    fn reorder_delay(&self, limits: &StreamLimits) -> Duration {
+        let d = self.srtt().map_or(Duration::from_millis(1), |r| (r / 4).max(Duration::from_micros(250)));
+        d.min(limits.nack_delay)
+    }
+
+    /// Holes in `from..to`, at most [`NACK_RANGES`] ranges.
+    fn holes_in(&self, from: u64, to: u64) -> Vec<SeqRange> {
+        self.missing_from(from.max(self.next), to, NACK_RANGES)
     }
 
     fn deliver(&mut self, now: Instant, out: &mut Vec<Delivery>) {
@@ -890,7 +981,18 @@ impl InStream {
         self.highest = self.highest.max(hb.next.min(self.next.saturating_add(limits.max_pending_chunks as u64)));
         if self.has_holes() {
             self.schedule_nack(now, limits, jitter);
+            // The sender is alive and we still miss what we asked for: ask again soon (after a
+            // random delay, for suppression), without back-off.
+            let spread = self.srtt().map_or(limits.nack_delay, |rtt| (rtt / 2).min(limits.nack_delay));
+            let soon = now + spread.mul_f64((jitter % 1000) as f64 / 1000.0);
+            if let Some(a) = self.asked.as_mut() {
+                a.round = 0;
+                if a.upto > self.next {
+                    a.repeat_at = Some(a.repeat_at.map_or(soon, |t| t.min(soon)));
+                }
+            }
         } else {
+            self.asked = None;
             // Up to date: say so promptly so the sender can release and stop heartbeating.
             Self::schedule(&mut self.ack_due, now);
         }
@@ -900,7 +1002,7 @@ impl InStream {
 
     /// Another receiver NACKed ranges of the same stream: if they cover ours, wait for the repair.
     pub fn on_foreign_nack(&mut self, now: Instant, ack: &Ack, limits: &StreamLimits) {
-        if self.nack_due.is_none() {
+        if self.asked.as_ref().and_then(|a| a.due()).is_none() {
             return;
         }
         let covered = self
@@ -908,25 +1010,107 @@ impl InStream {
             .iter()
             .all(|&(s, l)| ack.missing.iter().any(|&(os, ol)| os <= s && s + u64::from(l) <= os + u64::from(ol)));
         if covered {
-            self.nack_due = Some(now + self.repair_wait(limits));
+            let wait = self.repair_wait(limits);
+            let a = self.asked.as_mut().expect("checked");
+            // As if we had asked: wait for the repair the other receiver asked for.
+            if a.fresh_due.take().is_some() {
+                a.upto = a.upto.max(a.limit);
+            }
+            a.repeat_at = Some(now + wait);
         }
     }
 
     /// Missing ranges at or above `next`, at most [`MAX_ACK_RANGES`].
     pub fn missing(&self) -> Vec<SeqRange> {
+        self.missing_from(self.next, u64::MAX, MAX_ACK_RANGES)
+    }
+
+    /// Missing ranges in `from..to` (`from >= next`), at most `cap`.
+    fn missing_from(&self, from: u64, to: u64, cap: usize) -> Vec<SeqRange> {
         let mut out = Vec::new();
-        let mut at = self.next;
-        for &seq in self.pending.keys().chain(core::iter::once(&self.highest)) {
+        let end = self.highest.min(to);
+        let mut at = from;
+        for &seq in self.pending.range(from..).map(|(k, _)| k).chain(core::iter::once(&end)) {
+            let seq = seq.min(end);
             if seq > at {
                 let len = u32::try_from(seq - at).unwrap_or(u32::MAX);
                 out.push((at, len));
-                if out.len() == MAX_ACK_RANGES {
+                if out.len() == cap {
                     break;
                 }
             }
             at = at.max(seq + 1);
+            if at >= end {
+                break;
+            }
         }
         out
+    }
+
+    /// The ranges a NACK due now asks for, updating the timers; `None` if nothing is to be
+    /// asked yet (fresh holes still within their reordering delay, repeats not yet overdue).
+    fn nack_now(&mut self, now: Instant, limits: &StreamLimits) -> Option<Vec<SeqRange>> {
+        let wait = self.repair_wait(limits);
+        let reorder = self.reorder_delay(limits);
+        let highest = self.highest;
+        let a = self.asked.as_mut().expect("due");
+        let repeat = a.repeat_at.is_some_and(|t| t <= now);
+        let fresh = a.fresh_due.is_some_and(|t| t <= now);
+        if fresh {
+            // Everything seen by now: the delay since the first of these holes let reordered
+            // chunks of the same burst arrive.
+            a.limit = a.limit.max(highest);
+        }
+        let (upto, limit) = (a.upto, a.limit);
+        let missing = match (repeat, fresh) {
+            (true, true) => self.holes_in(self.next, limit.max(upto)),
+            (true, false) => self.holes_in(self.next, upto),
+            (false, true) => self.holes_in(upto, limit),
+            (false, false) => Vec::new(),
+        };
+        // A truncated list covers holes only up to its last range; the rest are asked next.
+        let covered = match missing.last() {
+            Some(&(s, l)) if missing.len() == NACK_RANGES => s + u64::from(l),
+            _ => u64::MAX,
+        };
+        let a = self.asked.as_mut().expect("due");
+        if repeat {
+            // Back off while no repair arrives, so a dead sender is not flooded; any new
+            // chunk resets it (see `on_data`).
+            a.round = (a.round + 1).min(6);
+            a.repeat_at = Some(now + wait * (1 << (a.round - 1)));
+        }
+        if fresh {
+            a.fresh_due = None;
+            a.upto = a.upto.max(limit.min(covered));
+            if a.repeat_at.is_none() {
+                a.repeat_at = Some(now + wait);
+            }
+            // Karn's rule: a number asked for twice gives no sample.
+            let asked = |seq: u64| missing.iter().any(|&(s, l)| s <= seq && seq < s + u64::from(l));
+            if a.probe.is_some_and(|(seq, _)| asked(seq)) {
+                a.probe = None;
+            }
+            if a.probe.is_none() {
+                a.probe = missing.iter().map(|&(s, _)| s).find(|&s| s >= upto).map(|s| (s, now));
+            }
+        }
+        if repeat && !fresh {
+            if let Some((seq, _)) = a.probe {
+                if missing.iter().any(|&(s, l)| s <= seq && seq < s + u64::from(l)) {
+                    a.probe = None;
+                }
+            }
+        }
+        // Holes beyond what was armed get their own reordering delay; holes left out of a
+        // full list go at once.
+        if a.fresh_due.is_none() && a.upto < a.limit {
+            a.fresh_due = Some(now);
+        } else if a.fresh_due.is_none() && highest > a.upto.max(a.limit) {
+            a.limit = highest;
+            a.fresh_due = Some(now + reorder);
+        }
+        (!missing.is_empty()).then_some(missing)
     }
 
     fn ack(&self, missing: Vec<SeqRange>) -> Ack {
@@ -935,31 +1119,22 @@ impl InStream {
 
     /// Feedback to send now, if any.
     pub fn poll(&mut self, now: Instant, limits: &StreamLimits) -> Option<Feedback> {
-        if self.nack_due.is_some_and(|t| t <= now) {
+        if let Some(ack) = self.asked.as_mut().and_then(|a| a.queued.pop()) {
+            return Some(Feedback::Nack(ack));
+        }
+        if self.asked.as_ref().and_then(|a| a.due()).is_some_and(|t| t <= now) {
             if !self.has_holes() {
-                self.nack_due = None;
-            } else {
-                let missing = self.missing();
-                self.nack_round = (self.nack_round + 1).min(6);
-                // Back off while no repair arrives, so a dead sender is not flooded; any new
-                // chunk resets it (see `on_data`).
-                self.nack_due = Some(now + self.repair_wait(limits) * (1 << (self.nack_round - 1)));
-                let next = self.next;
-                let a = self.asked.get_or_insert_with(|| Box::new(Asked { upto: next, probe: None }));
-                // Karn's rule: a number asked for twice gives no sample.
-                let asked = |seq: u64| missing.iter().any(|&(s, l)| s <= seq && seq < s + u64::from(l));
-                if a.probe.is_some_and(|(seq, _)| asked(seq)) {
-                    a.probe = None;
-                }
-                if let Some(&(start, len)) = missing.iter().rev().find(|&&(s, l)| s + u64::from(l) > a.upto) {
-                    if a.probe.is_none() {
-                        a.probe = Some((start.max(a.upto), now));
-                    }
-                    a.upto = start + u64::from(len);
-                }
+                self.asked = None;
+            } else if let Some(missing) = self.nack_now(now, limits) {
                 self.ack_due = None;
                 self.acked = self.next;
-                return Some(Feedback::Nack(self.ack(missing)));
+                let mut parts: Vec<Ack> = missing.chunks(MAX_ACK_RANGES).map(|r| self.ack(r.to_vec())).collect();
+                let first = parts.remove(0);
+                parts.reverse(); // popped in order
+                if let Some(a) = self.asked.as_mut() {
+                    a.queued = parts;
+                }
+                return Some(Feedback::Nack(first));
             }
         }
         if self.ack_due.is_some_and(|t| t <= now) {
@@ -973,13 +1148,13 @@ impl InStream {
     /// A plain acknowledgement of everything received so far, sent at once (before leaving).
     pub fn final_ack(&mut self) -> Ack {
         self.ack_due = None;
-        self.nack_due = None;
+        self.asked = None;
         self.ack(Vec::new())
     }
 
     /// When this stream wants [`poll`](Self::poll) next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [self.ack_due, self.nack_due].into_iter().flatten().min()
+        [self.ack_due, self.asked.as_ref().and_then(|a| a.due())].into_iter().flatten().min()
     }
 }
 
@@ -1118,6 +1293,27 @@ mod tests {
     }
 
     #[test]
+    fn the_only_receiver_acknowledging_then_leaving_is_a_success_not_no_subscribers() {
+        // Found with `starling sub --count 2`: the subscriber acknowledged the last message and
+        // exited at once; its Leave emptied the waiting set and the publisher said "no subscriber".
+        let limits = StreamLimits::default();
+        let mut tx = OutStream::new(0, 1);
+        let t0 = Instant::ZERO;
+        tx.send(t0, 1, b"m", 100, None, vec![A], &limits, &mut Vec::new()).unwrap();
+        tx.tag_last("t", None);
+        let ack = Ack { target: 1, stream: 0, epoch: 1, next: 1, missing: vec![] };
+        assert!(tx.on_ack(t0, A, &ack, &mut None));
+        tx.receiver_gone(A);
+        let done = tx.collect(t0, &[], &limits);
+        assert_eq!(done, vec![Completion { id: 1, missing: vec![], failure: None }]);
+        // Nobody at all is another matter.
+        tx.send(t0, 2, b"m", 100, None, vec![], &limits, &mut Vec::new()).unwrap();
+        tx.tag_last("t", None);
+        let done = tx.collect(t0, &[], &limits);
+        assert_eq!(done, vec![Completion { id: 2, missing: vec![], failure: Some(Failure::NoSubscribers) }]);
+    }
+
+    #[test]
     fn acks_for_unsent_sequence_numbers_are_refused() {
         let mut tx = OutStream::new(0, 1);
         let bogus = Ack { target: 1, stream: 0, epoch: 1, next: 5, missing: vec![] };
@@ -1143,7 +1339,9 @@ mod tests {
         let mut rx = InStream::new(NodeId::from_u64(1), 0, 1, 0);
         rx.on_heartbeat(first, &hb, &limits, 999);
         assert_eq!(rx.missing(), vec![(0, 1)]);
-        assert!(matches!(rx.poll(first + limits.nack_delay, &limits), Some(Feedback::Nack(_))));
+        // After the reordering delay (1 ms before any round trip is measured) and the random one.
+        let due = first + Duration::from_millis(1) + limits.nack_delay;
+        assert!(matches!(rx.poll(due, &limits), Some(Feedback::Nack(_))));
     }
 
     #[test]

@@ -26,7 +26,9 @@ fn peer_filters_rtt_and_served_methods_are_visible() {
     assert!(sim.node(watcher).peer_filters(sim.id(watcher)).is_none(), "not a peer of itself");
     assert_eq!(sim.node(sensor).served_methods().collect::<Vec<_>>(), ["relay.set"]);
 
-    assert_eq!(sim.node(watcher).peer_rtt(sensor_id), None, "no unicast exchange yet");
+    // First contact's freshness challenge and echo are a round trip (PROTOCOL.md §3.4).
+    let first = sim.node(watcher).peer_rtt(sensor_id).expect("measured by the freshness check");
+    assert!(first < Duration::from_millis(100), "{first:?}");
     sim.call(watcher, sensor_id, "relay.set", b"1", Duration::from_secs(2));
     sim.run_for(Duration::from_secs(1));
     assert_eq!(sim.call_results(watcher).len(), 1);

@@ -89,7 +89,8 @@ fn run(case: Case, seed: u64, limit: Duration) -> Measured {
         subs.iter().all(|&s| peers.iter().any(|p| p.id == sim.id(s)))
     };
     sim.run_until_or(sim.now() + Duration::from_secs(2), subs_known).expect("discovery on a clean link");
-    sim.run_for(Duration::from_millis(50));
+    // A long-running publisher: past its first (soliciting) second, whose verdicts wait.
+    sim.run_until(Instant::from_millis(1100).max(sim.now() + Duration::from_millis(50)));
     sim.link.loss = case.loss;
     sim.trace = std::env::var_os("SWEEP_TRACE").is_some();
 
@@ -194,6 +195,11 @@ fn messages_for(size: usize) -> usize {
     }
 }
 
+/// The seed of a table cell, so that `one_cell` replays it exactly.
+fn table_seed(case: Case) -> u64 {
+    0x5eed_0000 + (case.size as u64) * 31 + case.receivers as u64
+}
+
 /// The whole sweep as a table (long: run it in release mode).
 #[test]
 #[ignore = "the full sweep; run with --ignored --nocapture"]
@@ -210,7 +216,7 @@ fn sweep_table() {
             let mut base = None;
             for &loss in &losses {
                 let case = Case { loss, size, receivers: rx, messages: messages_for(size) };
-                let m = run(case, 0x5eed_0000 + (size as u64) * 31 + rx as u64, Duration::from_secs(20));
+                let m = run(case, table_seed(case), Duration::from_secs(20));
                 let rate = m.rate();
                 let base_rate = *base.get_or_insert(rate);
                 let ratio = if m.worst_lost_bytes > 0 {
@@ -255,7 +261,7 @@ fn one_cell() {
         receivers: num("RX", 1.0) as usize,
         messages: num("N", 1.0) as usize,
     };
-    let m = run(case, 0x5eed_0000 + 16384 * 31 + 10, Duration::from_secs(20));
+    let m = run(case, table_seed(case), Duration::from_secs(20));
     println!("{m:?}");
 }
 
@@ -298,11 +304,14 @@ fn small_messages_at_forty_percent_loss() {
 ///
 /// What makes it hold: soliciting beacons, challenges repeated as soon as the sender speaks
 /// again, subscribers learnt late joining the waiting set, and no verdict while a peer that was
-/// heard is not yet identified (at most 2 s; then `Unconfirmed`, never success).
+/// heard is not yet identified (at most 3 s; then `Unconfirmed`, never success).
 #[test]
 fn a_fresh_publisher_under_loss_never_reports_a_false_success() {
+    let only: Option<u64> = std::env::var("FRESH_SEED").ok().and_then(|v| v.parse().ok());
     for seed in [0xf1e5, 2, 3] {
-        fresh_publishers(seed, 20);
+        if only.is_none_or(|o| o == seed) {
+            fresh_publishers(seed, 20);
+        }
     }
 }
 

@@ -24,6 +24,8 @@ const MAX_TRIES: u8 = 6;
 /// First wait for an answer; doubles per try (100 ms to 3.1 s in all). A newcomer on a lossy
 /// link is verified, and so discovered, only once a challenge and its echo both get through.
 const FIRST_RETRY: Duration = Duration::from_millis(100);
+/// Least time between two unicast Solicits of this node (to peers verified without a beacon).
+const RESOLICIT_GAP: Duration = Duration::from_millis(50);
 /// Least time between two challenges to one sender prompted by its frames.
 const RECHALLENGE_GAP: Duration = Duration::from_millis(50);
 /// Least time between two notes of this node's packet number (for "what did you send within
@@ -106,6 +108,10 @@ impl Node {
         let Some(floor) = answered else { return false };
         let mut v = p.verify.take().expect("checked above");
         p.floor = floor;
+        // The challenge and its echo are this peer's first round trip: repair and retransmit
+        // timers start from it rather than from fixed guesses. (Measured from the latest
+        // challenge; an echo of an earlier one only makes it smaller, and timeouts have floors.)
+        p.rtt.on_sample(now.saturating_duration_since(v.sent));
         v.held.sort_by_key(|(pn, _)| *pn);
         for (pn, bytes) in v.held {
             if pn < floor {
@@ -122,15 +128,25 @@ impl Node {
                 }
             }
         }
-        // A verified sender whose beacon we still lack (it was lost, or it beacons rarely):
-        // ask it directly, so a reliable publication can learn whether it subscribes.
-        if let Some(p) = self.peers.get(&header.sender) {
-            if p.status == super::PeerStatus::Unannounced && self.identity.is_none() {
+        self.solicit_if_unannounced(now, header.sender);
+        true
+    }
+
+    /// A verified sender whose beacon we still lack (it was lost, or it beacons rarely): ask it
+    /// directly, so a reliable publication can learn whether it subscribes. Repeated as its
+    /// frames keep coming (the ask or the answer may be lost), at most once per
+    /// [`RESOLICIT_GAP`] for the whole node.
+    pub(super) fn solicit_if_unannounced(&mut self, now: Instant, sender: NodeId) {
+        if self.identity.is_some() || self.last_solicit.is_some_and(|t| now < t + RESOLICIT_GAP) {
+            return;
+        }
+        if let Some(p) = self.peers.get(&sender) {
+            if p.status == super::PeerStatus::Unannounced && p.verify.is_none() {
                 let to = p.addr;
+                self.last_solicit = Some(now);
                 self.enqueue(Destination::Unicast(to), &Record::Solicit);
             }
         }
-        true
     }
 
     /// Keeps a frame of an unverified sender until it answers (bounded; beyond, it is dropped).
@@ -217,6 +233,7 @@ impl Node {
             if let Some(p) = self.peers.remove(&id) {
                 self.stats.drop_unverified += p.verify.map_or(0, |v| v.held.len() as u64);
             }
+            self.out_mcast.unidentified_lost(id);
         }
     }
 

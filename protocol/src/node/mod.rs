@@ -537,6 +537,8 @@ pub struct Node {
     events: VecDeque<Event>,
     timers: Timers,
     last_early_beacon: Option<Instant>,
+    /// When this node last asked a peer for its beacon by unicast (PROTOCOL.md §4).
+    last_solicit: Option<Instant>,
     /// When the node was created, and whether its beacons still carry a Solicit.
     started: Instant,
     soliciting: bool,
@@ -614,6 +616,7 @@ impl Node {
             queued_bytes: 0,
             events: VecDeque::new(),
             last_early_beacon: None,
+            last_solicit: None,
             started: now,
             soliciting: true,
             scratch,
@@ -845,6 +848,9 @@ impl Node {
             self.stats.rx_accepted += 1;
             for record in RecordIter::new(body).flatten() {
                 self.handle_record(now, &header, stale, record);
+            }
+            if !stale {
+                self.solicit_if_unannounced(now, header.sender);
             }
         }
         self.scratch = scratch;

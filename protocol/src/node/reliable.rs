@@ -59,9 +59,12 @@ impl core::error::Error for PublishFailure {}
 pub(super) const DATA_OVERHEAD: usize = FRAME_OVERHEAD + 3 + 41;
 /// The same for a Fragment record.
 const FRAGMENT_OVERHEAD: usize = FRAME_OVERHEAD + 3 + 15;
+/// Shortest time between two repairs of one chunk (a receiver asks again no sooner than 1 ms);
+/// four times this before any round trip is measured.
+const MIN_HOLDOFF: Duration = Duration::from_micros(250);
 /// Longest a reliable publication's verdict waits for peers the node heard from but has not
 /// identified yet (unverified, or no beacon): one of them may be a subscriber it must wait for.
-const IDENTIFY_WAIT: Duration = Duration::from_secs(2);
+const IDENTIFY_WAIT: Duration = Duration::from_secs(3);
 /// Announced filters larger than this are replaced by `#` (conservative: publishers then wait
 /// for this node's acknowledgement of everything, which it sends anyway).
 const MAX_ANNOUNCED_FILTER_BYTES: usize = 600;
@@ -214,7 +217,14 @@ impl Node {
         match slot {
             Some(s) if s.epoch() == epoch => {}
             Some(s) if epoch < s.epoch() => return None,
-            _ => *slot = Some(InStream::new(sender, kind, epoch, start)),
+            _ => {
+                let mut s = InStream::new(sender, kind, epoch, start);
+                // Start repair timers from the round trip already measured to this peer.
+                if let Some(rtt) = p.rtt.srtt() {
+                    s.seed_srtt(rtt);
+                }
+                *slot = Some(s);
+            }
         }
         slot.as_mut()
     }
@@ -333,9 +343,8 @@ impl Node {
                 }
             }
             if let Some(s) = p.out_ucast.as_mut() {
-                let holdoff = p.rtt.srtt().map_or(limits.repair_wait / 2, |r| {
-                    (r / 2).clamp(Duration::from_micros(250), limits.repair_wait / 2)
-                });
+                let holdoff =
+                    p.rtt.srtt().map_or(MIN_HOLDOFF * 4, |r| (r / 2).max(MIN_HOLDOFF)).min(limits.repair_wait / 2);
                 s.set_heartbeat_base(p.rtt.rto().min(limits.heartbeat_min));
                 for r in s.poll(now, holdoff, p.rtt.rto()) {
                     if r.first() == Some(&kind::DATA) {
@@ -386,8 +395,7 @@ impl Node {
         let up = || self.peers.values().filter(|p| p.status == PeerStatus::Up && p.rtt.srtt().is_some());
         let srtt = up().filter_map(|p| p.rtt.srtt()).max();
         let rto = up().map(|p| p.rtt.rto()).max();
-        let holdoff =
-            srtt.map_or(limits.repair_wait / 2, |r| (r / 4).clamp(Duration::from_micros(250), limits.repair_wait / 2));
+        let holdoff = srtt.map_or(MIN_HOLDOFF * 4, |r| (r / 4).max(MIN_HOLDOFF)).min(limits.repair_wait / 2);
         let heartbeat = rto.map_or(limits.heartbeat_min, |r| r.min(limits.heartbeat_min));
         (holdoff, heartbeat)
     }
