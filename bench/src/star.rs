@@ -351,27 +351,85 @@ pub async fn throughput(plan: &Plan, subs: usize) -> Vec<Row> {
     rows
 }
 
-/// Reliable publications when every node drops 10% or 30% of what it receives.
+/// Section of reliable delivery under loss with three subscribers, each losing independently.
+pub const SECTION_LOSSY_3: &str = "reliable under injected receive loss, 3 subscribers";
+/// Section of single large reliable messages: publish to every acknowledgement.
+pub const SECTION_LOSSY_COMPLETION: &str = "one 64 KiB reliable message to 3 subscribers, publish to all acknowledged";
+
+/// Message sizes of the loss rows: the throughput sizes and the largest message.
+pub const LOSS_SIZES: [usize; 4] = [64, 1024, 16 * 1024, 64 * 1024];
+
+/// Reliable publications when every node drops 10% or 30% of what it receives, to one and to
+/// three subscribers, at every size up to the largest message; each loss row is set against
+/// the loss-free row of the same run.
 pub async fn lossy(plan: &Plan) -> Vec<Row> {
     let mut rows = Vec::new();
-    for loss in [0u8, 10, 30] {
-        for size in SIZES {
-            let n = plan.messages_for(size, plan.lossy_messages).min(plan.lossy_messages);
-            let (mut rates, mut delivered) = (Vec::new(), Vec::new());
-            for _ in 0..plan.runs {
-                let r = run_once(n, size, 1, true, loss, plan.run_limit).await;
-                rates.push(r.rate);
-                delivered.push(r.delivered);
+    for (subs, section) in [(1, SECTION_LOSSY), (3, SECTION_LOSSY_3)] {
+        for loss in [0u8, 10, 30] {
+            for size in LOSS_SIZES {
+                let n = plan.messages_for(size, plan.lossy_messages).min(plan.lossy_messages);
+                let (mut rates, mut delivered) = (Vec::new(), Vec::new());
+                for _ in 0..plan.runs {
+                    let r = run_once(n, size, subs, true, loss, plan.run_limit).await;
+                    rates.push(r.rate);
+                    delivered.push(r.delivered);
+                }
+                let name = match loss {
+                    0 => "Starling reliable, no loss",
+                    10 => "Starling reliable, 10% loss",
+                    _ => "Starling reliable, 30% loss",
+                };
+                let note = format!("{n} sent per run, slowest subscriber got {}", pct_range(&delivered));
+                let row = Row::rate(section, name, Some(size), "msg/s", &mut rates).note(note);
+                rows.push(if loss > 0 { row.against(&["Starling reliable, no loss"]) } else { row });
             }
-            let name = match loss {
-                0 => "Starling reliable, no loss",
-                10 => "Starling reliable, 10% loss",
-                _ => "Starling reliable, 30% loss",
-            };
-            let note = format!("{n} sent per run, delivered {}", pct_range(&delivered));
-            let row = Row::rate(SECTION_LOSSY, name, Some(size), "msg/s", &mut rates).note(note);
-            rows.push(if loss > 0 { row.against(&["Starling reliable, no loss"]) } else { row });
         }
+    }
+    rows.extend(completion(plan).await);
+    rows
+}
+
+/// One 64 KiB reliable message at a time to three subscribers: the time from publishing to
+/// every subscriber's acknowledgement (what an awaited publish waits), loss-free and at 30%.
+async fn completion(plan: &Plan) -> Vec<Row> {
+    const SIZE: usize = 64 * 1024;
+    let count = match plan.mode {
+        crate::Mode::Smoke => 3,
+        crate::Mode::Quick => 30,
+        crate::Mode::Full => 200,
+    };
+    let mut rows = Vec::new();
+    for loss in [0u8, 30] {
+        let nodes = mesh(4, loss).await;
+        let mut subscriptions = Vec::new();
+        for node in &nodes[1..] {
+            subscriptions.push(node.subscribe(TOPIC).await.expect("subscribe"));
+        }
+        warm_up(&nodes[0], &mut subscriptions).await;
+        let drains: Vec<_> = subscriptions
+            .into_iter()
+            .map(|mut s| tokio::spawn(async move { while s.recv().await.is_some() {} }))
+            .collect();
+        let mut samples = Vec::new();
+        let (mut failed, mut timed_out) = (0, 0);
+        for i in 0..count {
+            let start = Instant::now();
+            let p = nodes[0].publish(TOPIC, crate::payload(SIZE, i as u64)).reliable();
+            match tokio::time::timeout(plan.run_limit, p).await {
+                Ok(Ok(())) => samples.push(start.elapsed()),
+                Ok(Err(_)) => failed += 1,
+                Err(_) => timed_out += 1,
+            }
+        }
+        close(nodes).await;
+        for d in drains {
+            d.abort();
+        }
+        let name = if loss == 0 { "Starling reliable, no loss" } else { "Starling reliable, 30% loss" };
+        let mut row = Row::latency(SECTION_LOSSY_COMPLETION, name, SIZE, &mut samples);
+        row.note =
+            format!("{} of {count} acknowledged by all 3, {failed} failed, {timed_out} timed out", samples.len());
+        rows.push(row);
     }
     rows
 }

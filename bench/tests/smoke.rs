@@ -56,6 +56,29 @@ fn smoke_run_prints_every_row() {
             assert!(stdout.contains(name), "the table lacks {name}");
         }
     }
+    // The loss rows go up to the largest message, with one and three subscribers, and the
+    // completion of single 64 KiB messages.
+    for section in
+        ["reliable under injected receive loss, 1 subscriber", "reliable under injected receive loss, 3 subscribers"]
+    {
+        for name in ["Starling reliable, no loss", "Starling reliable, 10% loss", "Starling reliable, 30% loss"] {
+            for size in [64, 1024, 16384, 65536] {
+                let row = rows
+                    .iter()
+                    .find(|r| r["section"] == section && r["name"] == name && r["size"] == size)
+                    .unwrap_or_else(|| panic!("missing row {section} / {name} / {size}"));
+                assert!(row["p50"].is_number() || row["skipped"].is_string(), "row {section} / {name} / {size}");
+            }
+        }
+    }
+    let completion = "one 64 KiB reliable message to 3 subscribers, publish to all acknowledged";
+    for name in ["Starling reliable, no loss", "Starling reliable, 30% loss"] {
+        let row = rows
+            .iter()
+            .find(|r| r["section"] == completion && r["name"] == name && r["size"] == 65536)
+            .unwrap_or_else(|| panic!("missing row {completion} / {name}"));
+        assert!(row["p50"].is_number() || row["skipped"].is_string(), "row {completion} / {name}");
+    }
     for size in [64, 1024, 1168] {
         let seal = "ChaCha20-Poly1305 seal + open of one frame body";
         let found = rows.iter().any(|r| r["section"] == seal && r["size"] == size && r["p50"].is_number());

@@ -153,6 +153,8 @@ pub struct OutStream {
     repaired_at: BTreeMap<u64, Instant>,
     heartbeat_at: Option<Instant>,
     heartbeat_interval: Duration,
+    /// Heartbeats since the last sign of a receiver that still lacks something.
+    heartbeats_unanswered: u8,
     /// First heartbeat interval after new data or acknowledged progress, in µs (the node sets
     /// it from the receivers' round trips; 0: `heartbeat_min` of the limits).
     heartbeat_base_us: u32,
@@ -179,6 +181,7 @@ impl OutStream {
             repaired_at: BTreeMap::new(),
             heartbeat_at: None,
             heartbeat_interval: Duration::ZERO,
+            heartbeats_unanswered: 0,
             heartbeat_base_us: 0,
             completions_due: false,
             expiring: 0,
@@ -386,12 +389,14 @@ impl OutStream {
             self.heartbeat_interval = base;
             self.heartbeat_at = Some(at.min(now + base));
         }
+        self.heartbeats_unanswered = 0;
     }
 
     fn arm_heartbeat(&mut self, now: Instant, first: Duration) {
         if self.heartbeat_at.is_none() {
             self.heartbeat_interval = first;
             self.heartbeat_at = Some(now + first);
+            self.heartbeats_unanswered = 0;
         }
     }
 
@@ -615,7 +620,14 @@ impl OutStream {
             let mut rec = Vec::new();
             Record::Heartbeat(hb).emit(&mut rec);
             out.push(rec);
-            self.heartbeat_interval = (self.heartbeat_interval * 2).min(heartbeat_cap.max(Duration::from_millis(1)));
+            // A heartbeat or its answer is lost half the time at 30% loss each way: keep the
+            // short interval for a few unanswered ones, then back off (a dead receiver is
+            // found by its peer timeout; until then it costs a heartbeat per interval).
+            self.heartbeats_unanswered = self.heartbeats_unanswered.saturating_add(1);
+            if self.heartbeats_unanswered > HEARTBEATS_BEFORE_BACKOFF {
+                self.heartbeat_interval =
+                    (self.heartbeat_interval * 2).min(heartbeat_cap.max(Duration::from_millis(1)));
+            }
             self.heartbeat_at = Some(now + self.heartbeat_interval);
         }
         out
@@ -731,6 +743,9 @@ impl Asked {
 /// Most ranges one round of NACKs asks for: sent as several Ack records of at most
 /// [`MAX_ACK_RANGES`] each, so a NACK can name every hole of a 64 KiB message at any loss.
 const NACK_RANGES: usize = 4 * MAX_ACK_RANGES;
+
+/// Heartbeats at the short interval before they back off.
+const HEARTBEATS_BEFORE_BACKOFF: u8 = 6;
 
 /// Shortest wait for a repair before a receiver asks again (a host's timer granularity).
 pub const MIN_REPAIR_WAIT: Duration = Duration::from_millis(1);
@@ -1335,7 +1350,15 @@ mod tests {
         let hb = tx.poll(first, limits.repair_wait, limits.heartbeat_max);
         let Some(Ok(Record::Heartbeat(hb))) = RecordIter::new(&hb[0]).next() else { panic!() };
         assert_eq!((hb.low, hb.next), (0, 1));
-        assert_eq!(tx.poll_timeout(&limits).unwrap(), first + limits.heartbeat_min * 2);
+        // The short interval holds for a few unanswered heartbeats, then it doubles.
+        let mut at = first;
+        for k in 1..=u32::from(HEARTBEATS_BEFORE_BACKOFF) {
+            let next = tx.poll_timeout(&limits).unwrap();
+            assert_eq!(next, at + limits.heartbeat_min, "heartbeat {}", k + 1);
+            at = next;
+            assert_eq!(tx.poll(at, limits.repair_wait, limits.heartbeat_max).len(), 1);
+        }
+        assert_eq!(tx.poll_timeout(&limits).unwrap(), at + limits.heartbeat_min * 2);
         let mut rx = InStream::new(NodeId::from_u64(1), 0, 1, 0);
         rx.on_heartbeat(first, &hb, &limits, 999);
         assert_eq!(rx.missing(), vec![(0, 1)]);
