@@ -9,12 +9,13 @@ step "toolchain pieces"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 rustup target add riscv32imc-unknown-none-elf
 
-step "mosquitto, its clients and openssl, for the gateway's tests against a real broker (TLS too); tmux for watch's"
+step "mosquitto, its clients and openssl, for the gateway's tests against a real broker (TLS too); tmux for watch's; nftables and iproute2 for the loss test in a network namespace"
 if ! command -v mosquitto >/dev/null 2>&1 || ! command -v mosquitto_sub >/dev/null 2>&1 \
-    || ! command -v openssl >/dev/null 2>&1 || ! command -v tmux >/dev/null 2>&1; then
+    || ! command -v openssl >/dev/null 2>&1 || ! command -v tmux >/dev/null 2>&1 \
+    || ! command -v nft >/dev/null 2>&1 || ! command -v ip >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq mosquitto mosquitto-clients openssl tmux >/dev/null
+    apt-get install -y -qq mosquitto mosquitto-clients openssl tmux nftables iproute2 >/dev/null
 fi
 { mosquitto -h 2>&1 || true; } | head -n 1
 tmux -V
