@@ -341,14 +341,21 @@ impl OutStream {
 
     /// A receiver became known (it came up or announced filters): every unreported message whose
     /// topic `matches` waits for it too. What it acknowledged already counts.
-    pub fn add_receiver(&mut self, who: NodeId, matches: impl Fn(&str) -> bool) {
+    pub fn add_receiver(&mut self, now: Instant, who: NodeId, matches: impl Fn(&str) -> bool) {
+        let mut added = false;
         for m in self.messages.iter_mut() {
             if !m.reported && !m.waiting.contains(&who) && m.tag.as_ref().is_some_and(|t| matches(&t.topic)) {
                 m.waiting.push(who);
                 m.had_receivers = true;
                 m.gone.retain(|g| *g != who);
-                self.completions_due = true;
+                added = true;
             }
+        }
+        if added {
+            self.completions_due = true;
+            // Its acknowledgement (which may have come and gone before it was known) is
+            // fetched with the next heartbeat: soon, whatever the back-off was.
+            self.heartbeat_soon(now);
         }
     }
 
@@ -615,6 +622,28 @@ impl OutStream {
             // A lost repair at the tail is noticed like lost new data.
             self.heartbeat_soon(now);
         }
+        if self.heartbeat_at.is_some_and(|t| t <= now) && self.kind == crate::wire::stream::UNICAST {
+            // Tail-loss probe (as TCP's and QUIC's): a unicast stream carries a call or an
+            // answer of a few chunks, so resend what is unacknowledged rather than wait a round
+            // trip for the receiver's NACK of it.
+            let from = self.acks.values().copied().min().unwrap_or(0).max(self.low());
+            if self.next_seq.saturating_sub(from) <= TAIL_PROBE_CHUNKS {
+                for seq in from..self.next_seq {
+                    if self.repaired_at.get(&seq).is_some_and(|&t| now < t + holdoff) {
+                        continue;
+                    }
+                    let Some(i) = self.chunk_index(seq) else { continue };
+                    let expires = self.message_of(seq).and_then(|m| m.expires);
+                    if expires.is_some_and(|e| e <= now) {
+                        continue;
+                    }
+                    self.chunks[i].sends += 1;
+                    self.chunks[i].sent_at = now;
+                    self.repaired_at.insert(seq, now);
+                    out.push(self.encode(now, seq, expires));
+                }
+            }
+        }
         if self.heartbeat_at.is_some_and(|t| t <= now) {
             let hb = Heartbeat { stream: self.kind, epoch: self.epoch, low: self.low(), next: self.next_seq };
             let mut rec = Vec::new();
@@ -743,6 +772,10 @@ impl Asked {
 /// Most ranges one round of NACKs asks for: sent as several Ack records of at most
 /// [`MAX_ACK_RANGES`] each, so a NACK can name every hole of a 64 KiB message at any loss.
 const NACK_RANGES: usize = 4 * MAX_ACK_RANGES;
+
+/// A unicast stream with at most this many unacknowledged chunks resends them when its
+/// heartbeat is due (tail-loss probe).
+const TAIL_PROBE_CHUNKS: u64 = 4;
 
 /// Heartbeats at the short interval before they back off.
 const HEARTBEATS_BEFORE_BACKOFF: u8 = 6;
@@ -893,6 +926,13 @@ impl InStream {
         self.highest = self.highest.max(h.seq + 1);
         self.deliver(now, &mut out);
         if self.next.saturating_sub(self.acked) >= ACK_EVERY {
+            Self::schedule(&mut self.ack_due, now);
+        }
+        // A unicast stream carries calls and answers: acknowledge a whole message at once, so
+        // the sender's round-trip samples are round trips, not `ack_delay`, and a lost request
+        // or response is resent after a timeout that fits the link. (An RPC pays these acks
+        // anyway; they just go sooner.)
+        if self.kind == crate::wire::stream::UNICAST && out.iter().any(|d| matches!(d, Delivery::Message { .. })) {
             Self::schedule(&mut self.ack_due, now);
         }
         if self.has_holes() {

@@ -1150,7 +1150,7 @@ impl Node {
             Record::Ack(ack) => self.handle_ack(now, sender, &ack),
             Record::Heartbeat(hb) => self.handle_heartbeat(now, sender, &hb),
             Record::Fragment { header: h, chunk } => self.handle_fragment(now, sender, &h, chunk),
-            Record::Subscriptions(filters) => self.handle_subscriptions(sender, &filters),
+            Record::Subscriptions(filters) => self.handle_subscriptions(now, sender, &filters),
             Record::Challenge(nonce) => {
                 if let Some(addr) = self.peers.get(&sender).map(|p| p.addr) {
                     self.echo(now, addr, nonce);
@@ -1192,7 +1192,7 @@ impl Node {
             }
         };
         // Filters known from before (or announced ahead of this beacon) count at once.
-        self.join_waiting(sender);
+        self.join_waiting(now, sender);
         if let Some(e) = event {
             self.push_event(e);
             self.schedule_early_beacon(now);

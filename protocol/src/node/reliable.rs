@@ -156,18 +156,18 @@ impl Node {
         self.enqueue_bytes(Destination::Multicast, bytes);
     }
 
-    pub(super) fn handle_subscriptions(&mut self, sender: NodeId, filters: &[&str]) {
+    pub(super) fn handle_subscriptions(&mut self, now: Instant, sender: NodeId, filters: &[&str]) {
         let max = self.config.max_subscriptions;
         if let Some(p) = self.peers.get_mut(&sender) {
             p.filters = filters.iter().filter_map(|f| TopicFilter::new(f).ok()).take(max).collect();
         }
-        self.join_waiting(sender);
+        self.join_waiting(now, sender);
     }
 
     /// A peer that is up, with its filters known: unreported reliable publications it
     /// matches wait for it too (it may have been a subscriber all along that this node had not
     /// learnt yet, e.g. because beacons were lost).
-    pub(super) fn join_waiting(&mut self, peer: NodeId) {
+    pub(super) fn join_waiting(&mut self, now: Instant, peer: NodeId) {
         let Some(p) = self.peers.get(&peer) else { return };
         if p.status != PeerStatus::Up || p.filters.is_empty() {
             return;
@@ -183,7 +183,7 @@ impl Node {
             return;
         }
         let matching: Vec<String> = matching.into_iter().map(String::from).collect();
-        self.out_mcast.add_receiver(peer, |topic| matching.iter().any(|m| m == topic));
+        self.out_mcast.add_receiver(now, peer, |topic| matching.iter().any(|m| m == topic));
     }
 
     pub(super) fn handle_fragment(&mut self, now: Instant, sender: NodeId, h: &FragmentHeader, chunk: &[u8]) {
@@ -343,8 +343,8 @@ impl Node {
                 }
             }
             if let Some(s) = p.out_ucast.as_mut() {
-                let holdoff =
-                    p.rtt.srtt().map_or(MIN_HOLDOFF * 4, |r| (r / 2).max(MIN_HOLDOFF)).min(limits.repair_wait / 2);
+                // One receiver: no NACKs of others to merge, only one that crossed its repair.
+                let holdoff = p.rtt.srtt().map_or(MIN_HOLDOFF * 4, |r| (r / 4).clamp(MIN_HOLDOFF, MIN_HOLDOFF * 4));
                 s.set_heartbeat_base(p.rtt.rto().min(limits.heartbeat_min));
                 for r in s.poll(now, holdoff, p.rtt.rto()) {
                     if r.first() == Some(&kind::DATA) {
