@@ -235,6 +235,33 @@ fn call_against_serve_echo_as_separate_processes() {
     assert_eq!(log.lines().filter(|l| l.starts_with("echo ")).count(), 2, "each call ran once: {log}");
 }
 
+/// The README's quick start sends images with a fresh `starling pub --file`, best effort: the
+/// subscriber has never heard of that process, and must not lose what it sends while it checks
+/// that the sender is fresh (48cd6cf held 16 KiB of it: a 32 KiB file arrived 0 times in 3, and
+/// the first of `--repeat 2` was always lost).
+#[test]
+fn fresh_best_effort_publishers_of_large_files_are_not_eaten_by_the_freshness_check() {
+    let env = Env::new("bigfile");
+    let mut sub = env.sub(&["img/#", "--json", "--count", "6", "--timeout", "30s"]);
+    // Each line is 120 KB of hex: read them as they come, or the pipe fills and blocks `sub`.
+    let lines = BufReader::new(sub.stdout.take().unwrap());
+    let reader = std::thread::spawn(move || lines.lines().map_while(Result::ok).collect::<Vec<String>>());
+    let image: Vec<u8> = (0..60_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    let img = env.dir.join("img.bin");
+    std::fs::write(&img, &image).unwrap();
+    for _ in 0..4 {
+        env.publish(&["img/cam", "--file", img.to_str().unwrap()]);
+    }
+    env.publish(&["img/cam", "--file", img.to_str().unwrap(), "--repeat", "2", "--interval", "100ms"]);
+    let status = finish(sub, Duration::from_secs(30)).status;
+    let out = reader.join().unwrap();
+    assert!(status.success(), "sub got its 6 messages and exited");
+    let msgs: Vec<serde_json::Value> = out.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(msgs.len(), 6, "every copy from every fresh process arrived: {} of 6", msgs.len());
+    let hex: String = image.iter().map(|b| format!("{b:02x}")).collect();
+    assert!(msgs.iter().all(|m| m["hex"] == hex.as_str()), "byte for byte");
+}
+
 #[test]
 fn reliable_pub_waits_for_subscribers_and_reports_sequence() {
     let env = Env::new("reliable");
