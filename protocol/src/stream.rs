@@ -777,6 +777,12 @@ const NACK_RANGES: usize = 4 * MAX_ACK_RANGES;
 /// heartbeat is due (tail-loss probe).
 const TAIL_PROBE_CHUNKS: u64 = 4;
 
+/// The chunks a receiver with `limits` can buffer from its next expected one.
+fn receive_window(limits: &StreamLimits) -> u32 {
+    let by_bytes = limits.max_pending_bytes / crate::wire::MAX_DATAGRAM;
+    u32::try_from(limits.max_pending_chunks.min(by_bytes).max(1)).unwrap_or(u32::MAX)
+}
+
 /// Heartbeats at the short interval before they back off.
 const HEARTBEATS_BEFORE_BACKOFF: u8 = 6;
 
@@ -925,7 +931,10 @@ impl InStream {
         self.pending.insert(h.seq, Pending { index: h.index, count: h.count, expires, bytes: chunk.to_vec() });
         self.highest = self.highest.max(h.seq + 1);
         self.deliver(now, &mut out);
-        if self.next.saturating_sub(self.acked) >= ACK_EVERY {
+        // Half a receive window delivered since the last ack: ack now, so a sender in a burst
+        // (its retention filling, or a small board's window overrun) keeps moving.
+        let every = ACK_EVERY.min(u64::from(receive_window(limits) / 2).max(1));
+        if self.next.saturating_sub(self.acked) >= every {
             Self::schedule(&mut self.ack_due, now);
         }
         // A unicast stream carries calls and answers: acknowledge a whole message at once, so
