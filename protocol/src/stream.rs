@@ -599,24 +599,30 @@ impl OutStream {
         done
     }
 
+    /// The Data record resending chunk `seq`, unless it went out less than `holdoff` ago, is
+    /// no longer retained, or its message expired.
+    fn resend(&mut self, now: Instant, seq: u64, holdoff: Duration) -> Option<Vec<u8>> {
+        if self.repaired_at.get(&seq).is_some_and(|&t| now < t + holdoff) {
+            return None;
+        }
+        let i = self.chunk_index(seq)?;
+        let expires = self.message_of(seq).and_then(|m| m.expires);
+        if expires.is_some_and(|e| e <= now) {
+            return None;
+        }
+        self.chunks[i].sends += 1;
+        self.chunks[i].sent_at = now;
+        self.repaired_at.insert(seq, now);
+        Some(self.encode(now, seq, expires))
+    }
+
     /// Records to send now: requested repairs (each at most once per `holdoff`) and a heartbeat
     /// when due. `heartbeat_cap` bounds the heartbeat interval (unicast streams pass the RTO).
     pub fn poll(&mut self, now: Instant, holdoff: Duration, heartbeat_cap: Duration) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         let repairs = core::mem::take(&mut self.repairs);
         for seq in repairs {
-            if self.repaired_at.get(&seq).is_some_and(|&t| now < t + holdoff) {
-                continue;
-            }
-            let Some(i) = self.chunk_index(seq) else { continue };
-            let expires = self.message_of(seq).and_then(|m| m.expires);
-            if expires.is_some_and(|e| e <= now) {
-                continue;
-            }
-            self.chunks[i].sends += 1;
-            self.chunks[i].sent_at = now;
-            self.repaired_at.insert(seq, now);
-            out.push(self.encode(now, seq, expires));
+            out.extend(self.resend(now, seq, holdoff));
         }
         if !out.is_empty() {
             // A lost repair at the tail is noticed like lost new data.
@@ -629,18 +635,7 @@ impl OutStream {
             let from = self.acks.values().copied().min().unwrap_or(0).max(self.low());
             if self.next_seq.saturating_sub(from) <= TAIL_PROBE_CHUNKS {
                 for seq in from..self.next_seq {
-                    if self.repaired_at.get(&seq).is_some_and(|&t| now < t + holdoff) {
-                        continue;
-                    }
-                    let Some(i) = self.chunk_index(seq) else { continue };
-                    let expires = self.message_of(seq).and_then(|m| m.expires);
-                    if expires.is_some_and(|e| e <= now) {
-                        continue;
-                    }
-                    self.chunks[i].sends += 1;
-                    self.chunks[i].sent_at = now;
-                    self.repaired_at.insert(seq, now);
-                    out.push(self.encode(now, seq, expires));
+                    out.extend(self.resend(now, seq, holdoff));
                 }
             }
         }

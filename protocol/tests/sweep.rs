@@ -450,17 +450,7 @@ fn a_small_window_receiver_gets_every_largest_message_from_a_fast_host() {
     let host = sim.spawn("host");
     let board = sim.add_node_with(
         "board",
-        NodeOpts::new().config(|c| {
-            let embedded = starling::Config::embedded("board", c.rng_seed);
-            c.max_peers = embedded.max_peers;
-            c.max_subscriptions = embedded.max_subscriptions;
-            c.max_events = embedded.max_events;
-            c.max_queued_bytes = embedded.max_queued_bytes;
-            c.max_message = embedded.max_message;
-            c.streams = embedded.streams;
-            c.max_pending_calls = embedded.max_pending_calls;
-            c.response_cache_entries = embedded.response_cache_entries;
-        }),
+        NodeOpts::new().config(|c| *c = starling::Config::embedded(c.name.clone(), c.rng_seed)),
     );
     sim.start(board);
     let max = sim.node(board).config().max_message;

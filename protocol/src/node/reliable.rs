@@ -367,11 +367,17 @@ impl Node {
     /// finished reliable publications.
     pub(super) fn service_own_stream(&mut self, now: Instant) {
         let limits = self.config.streams;
-        let (holdoff, heartbeat) = self.multicast_timing();
-        self.out_mcast.set_heartbeat_base(heartbeat);
-        let unidentified: Vec<NodeId> =
-            self.peers.iter().filter(|(_, p)| p.status == PeerStatus::Unannounced).map(|(id, _)| *id).collect();
-        self.out_mcast.hold_verdicts(&unidentified, IDENTIFY_WAIT);
+        let mut holdoff = limits.repair_wait / 2;
+        // Timing and verdict holds matter only while something is retained (this runs for
+        // every datagram; an idle publisher skips the walks over its peers).
+        if self.out_mcast.retained_messages() > 0 {
+            let (h, heartbeat) = self.multicast_timing();
+            holdoff = h;
+            self.out_mcast.set_heartbeat_base(heartbeat);
+            let unidentified: Vec<NodeId> =
+                self.peers.iter().filter(|(_, p)| p.status == PeerStatus::Unannounced).map(|(id, _)| *id).collect();
+            self.out_mcast.hold_verdicts(&unidentified, IDENTIFY_WAIT);
+        }
         let records = self.out_mcast.poll(now, holdoff, limits.heartbeat_max);
         for r in records {
             if r.first() == Some(&kind::DATA) {
@@ -386,10 +392,10 @@ impl Node {
     }
 
     /// Repair hold-off and first heartbeat interval of the multicast stream, from the round
-    /// trips measured to the receivers that are up: a repair is resent at most once per half
-    /// the slowest round trip (NACKs of several receivers for one chunk arrive within that
-    /// spread), and the heartbeat follows the slowest retransmission timeout. Before any
-    /// measurement, the configured steps apply.
+    /// trips measured to the receivers that are up: a repair is resent at most once per quarter
+    /// of the slowest round trip (NACKs of several receivers for one chunk arrive within that
+    /// spread; each asks again no sooner than two round trips), and the heartbeat follows the
+    /// slowest retransmission timeout. Before any measurement: 1 ms and the configured 40 ms.
     fn multicast_timing(&self) -> (Duration, Duration) {
         let limits = &self.config.streams;
         let up = || self.peers.values().filter(|p| p.status == PeerStatus::Up && p.rtt.srtt().is_some());
