@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use starling::runtime::{Node, NodeBuilder, Request};
+use starling::runtime::{Node, NodeBuilder, Request, Subscription};
 use starling::NetworkKey;
 use starling_integration::{eventually, isolated_mesh, random_key};
 use tokio::time::timeout;
@@ -30,18 +30,43 @@ async fn sees(n: &Node, count: usize) -> bool {
     eventually(Duration::from_secs(10), || async { n.peers().await.unwrap().len() >= count }).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reliable_messages_arrive_once_in_order_and_intact_despite_loss() {
+/// A lossy publisher and two lossy subscribers (filters `fa` and `fb`) that it knows.
+async fn publisher_and_two_subscribers(fa: &str, fb: &str) -> (Node, [Node; 2], [Subscription; 2]) {
     let mesh = isolated_mesh();
     let key = random_key();
     let publisher = lossy(&key, mesh, "pub").await;
     let a = lossy(&key, mesh, "a").await;
     let b = lossy(&key, mesh, "b").await;
-    let mut sa = a.subscribe("line/#").await.unwrap();
-    let mut sb = b.subscribe("line/+/count").await.unwrap();
+    let sa = a.subscribe(fa).await.unwrap();
+    let sb = b.subscribe(fb).await.unwrap();
     assert!(sees(&publisher, 2).await);
     // the publisher must know both subscriptions before it publishes
     tokio::time::sleep(Duration::from_millis(500)).await;
+    (publisher, [a, b], [sa, sb])
+}
+
+/// The next `n` messages of `sub`: rising sequence numbers, each message's number (its first
+/// four bytes) once; `check` sees every message. Returns the numbers in arrival order.
+async fn in_order(name: &str, sub: &mut Subscription, n: u32, check: impl Fn(u32, &[u8])) -> Vec<u32> {
+    let mut order = Vec::new();
+    let mut last = None;
+    for _ in 0..n {
+        let m = timeout(Duration::from_secs(10), sub.recv()).await.unwrap().unwrap();
+        assert!(m.seq > last, "{name}: sequence numbers increase");
+        last = m.seq;
+        let i = u32::from_be_bytes(m.payload[..4].try_into().unwrap());
+        check(i, &m.payload);
+        order.push(i);
+    }
+    let mut sorted = order.clone();
+    sorted.sort();
+    assert_eq!(sorted, (0..n).collect::<Vec<_>>(), "{name}: every message once");
+    order
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reliable_messages_arrive_once_in_order_and_intact_despite_loss() {
+    let (publisher, _nodes, [mut sa, mut sb]) = publisher_and_two_subscribers("line/#", "line/+/count").await;
 
     const N: u32 = 200;
     let mut tasks = Vec::new();
@@ -63,17 +88,7 @@ async fn reliable_messages_arrive_once_in_order_and_intact_despite_loss() {
     // must see that same order (rising sequence numbers), each message exactly once.
     let mut orders = Vec::new();
     for (name, sub) in [("a", &mut sa), ("b", &mut sb)] {
-        let mut order = Vec::new();
-        let mut last = None;
-        for _ in 0..N {
-            let m = timeout(Duration::from_secs(10), sub.recv()).await.unwrap().unwrap();
-            assert!(m.seq > last, "{name}: sequence numbers increase");
-            last = m.seq;
-            order.push(u32::from_be_bytes(m.payload[..4].try_into().unwrap()));
-        }
-        let mut sorted = order.clone();
-        sorted.sort();
-        assert_eq!(sorted, (0..N).collect::<Vec<_>>(), "{name}: every message once");
+        let order = in_order(name, sub, N, |_, _| {}).await;
         let m = timeout(Duration::from_secs(10), sub.recv()).await.unwrap().unwrap();
         assert_eq!(m.payload, big, "{name}: 64 KiB intact");
         assert!(timeout(Duration::from_millis(300), sub.recv()).await.is_err(), "{name}: nothing more");
@@ -131,15 +146,7 @@ async fn calls_complete_once_each_despite_loss() {
 /// publisher took them, and every awaited publish reports success only then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_reliable_messages_reach_two_lossy_subscribers_once_and_in_order() {
-    let mesh = isolated_mesh();
-    let key = random_key();
-    let publisher = lossy(&key, mesh, "pub").await;
-    let a = lossy(&key, mesh, "a").await;
-    let b = lossy(&key, mesh, "b").await;
-    let mut sa = a.subscribe("big/#").await.unwrap();
-    let mut sb = b.subscribe("big/#").await.unwrap();
-    assert!(sees(&publisher, 2).await);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (publisher, _nodes, [mut sa, mut sb]) = publisher_and_two_subscribers("big/#", "big/#").await;
 
     let body = |i: u32| -> Vec<u8> {
         let size = if i < 20 { 16 * 1024 } else { 64 * 1024 };
@@ -159,19 +166,8 @@ async fn large_reliable_messages_reach_two_lossy_subscribers_once_and_in_order()
     }
     let mut orders = Vec::new();
     for (name, sub) in [("a", &mut sa), ("b", &mut sb)] {
-        let mut order = Vec::new();
-        let mut last = None;
-        for _ in 0..25 {
-            let m = timeout(Duration::from_secs(10), sub.recv()).await.unwrap().unwrap();
-            assert!(m.seq > last, "{name}: sequence numbers increase");
-            last = m.seq;
-            let i = u32::from_be_bytes(m.payload[..4].try_into().unwrap());
-            assert_eq!(m.payload, body(i), "{name}: message {i} intact");
-            order.push(i);
-        }
-        let mut sorted = order.clone();
-        sorted.sort();
-        assert_eq!(sorted, (0..25).collect::<Vec<_>>(), "{name}: every message once");
+        let order =
+            in_order(name, sub, 25, |i, payload| assert!(payload == body(i), "{name}: message {i} intact")).await;
         assert!(timeout(Duration::from_millis(300), sub.recv()).await.is_err(), "{name}: nothing more");
         assert_eq!(sub.gaps(), 0);
         orders.push(order);
