@@ -538,10 +538,7 @@ impl OutStream {
                     } else {
                         None
                     };
-                    let mut missing = m.gone.clone();
-                    if failure == Some(Failure::Unconfirmed) {
-                        missing = unknown;
-                    }
+                    let missing = if failure == Some(Failure::Unconfirmed) { unknown } else { m.gone.clone() };
                     done.push(Completion { id: m.id, missing, failure });
                     m.reported = true;
                     m.tag = None; // needed only until the verdict
@@ -959,8 +956,7 @@ impl InStream {
     /// receiver's NACK can suppress the others' (up to half a round trip, at most
     /// `limits.nack_delay`).
     fn schedule_nack(&mut self, now: Instant, limits: &StreamLimits, jitter: u64) {
-        let spread = self.srtt().map_or(limits.nack_delay, |rtt| (rtt / 2).min(limits.nack_delay));
-        let delay = self.reorder_delay(limits) + spread.mul_f64((jitter % 1000) as f64 / 1000.0);
+        let delay = self.reorder_delay(limits) + self.suppression_delay(limits, jitter);
         let (next, highest) = (self.next, self.highest);
         let a = self.asked.get_or_insert_with(|| {
             Box::new(Asked {
@@ -978,6 +974,13 @@ impl InStream {
             a.limit = highest;
             a.fresh_due = Some(now + delay);
         }
+    }
+
+    /// A random delay before a NACK, so one receiver's NACK can suppress the others': up to
+    /// half the measured round trip, at most `limits.nack_delay` (`jitter` is 0..1000).
+    fn suppression_delay(&self, limits: &StreamLimits, jitter: u64) -> Duration {
+        let spread = self.srtt().map_or(limits.nack_delay, |rtt| (rtt / 2).min(limits.nack_delay));
+        spread.mul_f64((jitter % 1000) as f64 / 1000.0)
     }
 
     /// How long a hole may be mere reordering: a quarter of the measured round trip, at least
@@ -1042,8 +1045,7 @@ impl InStream {
             self.schedule_nack(now, limits, jitter);
             // The sender is alive and we still miss what we asked for: ask again soon (after a
             // random delay, for suppression), without back-off.
-            let spread = self.srtt().map_or(limits.nack_delay, |rtt| (rtt / 2).min(limits.nack_delay));
-            let soon = now + spread.mul_f64((jitter % 1000) as f64 / 1000.0);
+            let soon = now + self.suppression_delay(limits, jitter);
             if let Some(a) = self.asked.as_mut() {
                 a.round = 0;
                 if a.upto > self.next {
@@ -1145,21 +1147,14 @@ impl InStream {
             if a.repeat_at.is_none() {
                 a.repeat_at = Some(now + wait);
             }
-            // Karn's rule: a number asked for twice gives no sample.
-            let asked = |seq: u64| missing.iter().any(|&(s, l)| s <= seq && seq < s + u64::from(l));
-            if a.probe.is_some_and(|(seq, _)| asked(seq)) {
-                a.probe = None;
-            }
-            if a.probe.is_none() {
-                a.probe = missing.iter().map(|&(s, _)| s).find(|&s| s >= upto).map(|s| (s, now));
-            }
         }
-        if repeat && !fresh {
-            if let Some((seq, _)) = a.probe {
-                if missing.iter().any(|&(s, l)| s <= seq && seq < s + u64::from(l)) {
-                    a.probe = None;
-                }
-            }
+        // Karn's rule: a number asked for twice gives no sample; a fresh one asked now may.
+        let asked = |seq: u64| missing.iter().any(|&(s, l)| s <= seq && seq < s + u64::from(l));
+        if a.probe.is_some_and(|(seq, _)| asked(seq)) {
+            a.probe = None;
+        }
+        if fresh && a.probe.is_none() {
+            a.probe = missing.iter().map(|&(s, _)| s).find(|&s| s >= upto).map(|s| (s, now));
         }
         // Holes beyond what was armed get their own reordering delay; holes left out of a
         // full list go at once.

@@ -181,7 +181,7 @@ impl Node {
     fn held_bounds(&self) -> (usize, usize) {
         let bytes = self.config.max_message + 2048;
         let per_frame = self.config.max_datagram.saturating_sub(64).max(256);
-        (bytes.div_ceil(per_frame).saturating_add(MIN_HELD_FRAMES).max(MIN_HELD_FRAMES), bytes)
+        (bytes.div_ceil(per_frame).saturating_add(MIN_HELD_FRAMES), bytes)
     }
 
     /// Challenges in a held frame are answered at once: answering proves nothing about the

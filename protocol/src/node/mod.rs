@@ -489,8 +489,8 @@ fn record_is_valid(r: &Record<'_>) -> bool {
 
 /// Delay before an early beacon that answers a new peer, so that a newcomer learns everyone fast.
 /// Lowest retransmission timeout: a host timer's granularity and then some. Round trips on a
-/// LAN are far below RFC 6298's 1 s floor; acknowledgements wait `ack_delay`, which every
-/// sample includes, so the timeout never undercuts a receiver that is merely batching.
+/// LAN are far below RFC 6298's 1 s floor. A multicast receiver batches its acks for up to
+/// `ack_delay`, longer than this: a heartbeat that comes first only makes it ack at once.
 const MIN_RTO: Duration = Duration::from_millis(2);
 
 /// How long a node that just started asks the mesh to beacon (PROTOCOL.md §4): at 30% loss
