@@ -8,6 +8,8 @@ mod identity;
 mod reliable;
 mod rpc;
 
+#[cfg(feature = "std")]
+pub(crate) use reliable::NO_SUBSCRIBERS;
 pub use reliable::{PublishFailure, PublishId};
 pub use rpc::{CallError, CallId};
 

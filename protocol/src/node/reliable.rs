@@ -36,10 +36,7 @@ impl fmt::Display for PublishFailure {
             Failure::ReceiverGone => "subscribers went down",
             Failure::Reset => "the stream was reset",
             Failure::Unconfirmed => "they are nodes heard from but not identified in time, which may subscribe",
-            Failure::NoSubscribers => {
-                return f
-                    .write_str("no subscriber: nothing was waited for (no node with a matching subscription is known)")
-            }
+            Failure::NoSubscribers => return f.write_str(NO_SUBSCRIBERS),
         };
         write!(f, "not acknowledged by {} subscriber(s) (", self.missing.len())?;
         for (i, id) in self.missing.iter().enumerate() {
@@ -53,6 +50,11 @@ impl fmt::Display for PublishFailure {
 }
 
 impl core::error::Error for PublishFailure {}
+
+/// What a reliable publication with nobody to wait for says (the core's failure and the
+/// runtime's error alike).
+pub(crate) const NO_SUBSCRIBERS: &str =
+    "no subscriber: nothing was waited for (no node with a matching subscription is known)";
 
 /// Bytes of a datagram left for a Data record's chunk: header and tag, record type and length,
 /// and the largest possible Data header (PROTOCOL.md §6.2).

@@ -99,9 +99,7 @@ impl fmt::Display for Error {
             Error::Publish(e) => e.fmt(f),
             Error::Subscribe(e) => e.fmt(f),
             Error::NotDelivered(e) => e.fmt(f),
-            Error::NoSubscribers => {
-                f.write_str("no subscriber: nothing was waited for (no node with a matching subscription is known)")
-            }
+            Error::NoSubscribers => f.write_str(crate::node::NO_SUBSCRIBERS),
             Error::Call(e) => e.fmt(f),
             Error::Allowlist(e) => write!(f, "allowlist: {e}"),
             Error::Closed => f.write_str("the node has shut down"),
