@@ -18,6 +18,7 @@ pub const KEY_LEN: usize = 32;
 const LABEL_NET_TAG: &[u8] = b"starling/v1/net-tag";
 const LABEL_DATA: &[u8] = b"starling/v1/data";
 const LABEL_SENDER: &[u8] = b"starling/v1/sender";
+const LABEL_PAIR: &[u8] = b"starling/v1/pair";
 
 /// The 32-byte pre-shared key that every member of a PSK-mode network holds.
 ///
@@ -139,6 +140,16 @@ impl NetworkKeys {
     /// The AEAD key of one sender: `BLAKE2s(data_key, "starling/v1/sender" || sender_id)`.
     pub fn sender_key(&self, sender: NodeId) -> SenderKey {
         SenderKey::new(prf(&self.data, LABEL_SENDER, &sender.to_bytes()))
+    }
+
+    /// The AEAD key of unicast frames from `sender` to `receiver`:
+    /// `BLAKE2s(data_key, "starling/v1/pair" || sender_id || receiver_id)`. A frame sealed with it
+    /// opens only at `receiver`, so a captured call cannot be replayed to another node.
+    pub fn pair_key(&self, sender: NodeId, receiver: NodeId) -> SenderKey {
+        let mut ids = [0u8; 16];
+        ids[..8].copy_from_slice(&sender.to_bytes());
+        ids[8..].copy_from_slice(&receiver.to_bytes());
+        SenderKey::new(prf(&self.data, LABEL_PAIR, &ids))
     }
 }
 

@@ -24,8 +24,11 @@ pub const SUITE_COOKIE: u8 = 4;
 pub const SUITE_UNICAST: u8 = 5;
 /// Identity mode: a frame sealed with the sender's multicast key (byte 1 is the key tag).
 pub const SUITE_MULTICAST: u8 = 6;
+/// PSK mode: a frame to one peer, sealed with the key of that pair (sender, receiver), so it
+/// opens only at the node it was sent to (PROTOCOL.md §3.1).
+pub const SUITE_PSK_UNICAST: u8 = 7;
 /// Highest suite this version speaks.
-const SUITE_MAX: u8 = SUITE_MULTICAST;
+const SUITE_MAX: u8 = SUITE_PSK_UNICAST;
 /// Length of the cleartext, authenticated header.
 pub const HEADER_LEN: usize = 16;
 /// Length of the Poly1305 tag that ends every frame.
@@ -343,6 +346,49 @@ pub enum Record<'a> {
         /// Its type code.
         kind: u8,
     },
+}
+
+/// The class of key a sealed frame opened under: what decides which records it may carry
+/// (PROTOCOL.md §2.7). A record outside its frame's class makes the frame malformed, so a key
+/// many nodes hold can never carry what only a pairwise key may (calls, responses, their acks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyClass {
+    /// PSK mode, suite 0: the sender's key, which every member can derive. Multicast.
+    Group,
+    /// PSK suite 7 (the pair's key) or identity suite 5 (the pair's Noise session). Unicast.
+    Pairwise,
+    /// Identity suite 6 under the sender's data key: publications and their stream.
+    GroupData,
+    /// Identity suite 6 under the sender's discovery key: beacons, subscriptions, NACKs.
+    GroupDiscovery,
+}
+
+impl Record<'_> {
+    /// Whether this record may arrive in a frame of `class`: the table of PROTOCOL.md §2.7,
+    /// enforced in this one place for both modes.
+    pub fn allowed_in(&self, class: KeyClass) -> bool {
+        use KeyClass::{Group, GroupData, GroupDiscovery, Pairwise};
+        let multicast_stream = |s: u8| s == stream::MULTICAST;
+        match self {
+            // Publications and the multicast stream that carries them.
+            Record::Publish { .. } | Record::Fragment { .. } => matches!(class, Group | GroupData),
+            Record::Data { header, .. } if multicast_stream(header.stream) => matches!(class, Group | GroupData),
+            Record::Heartbeat(h) if multicast_stream(h.stream) => matches!(class, Group | GroupData),
+            // A unicast stream (calls and responses) and its acks: pairwise keys only.
+            Record::Data { .. } | Record::Heartbeat(_) => class == Pairwise,
+            Record::Ack(a) if multicast_stream(a.stream) => matches!(class, Group | Pairwise | GroupDiscovery),
+            Record::Ack(_) => class == Pairwise,
+            // Discovery.
+            Record::Beacon(_) | Record::Leave | Record::Subscriptions(_) => matches!(class, Group | GroupDiscovery),
+            Record::Solicit => class != GroupData,
+            // Freshness and key handling answer one peer.
+            Record::Challenge(_) | Record::Echo { .. } | Record::GroupKey { .. } | Record::KeyRequest => {
+                class == Pairwise
+            }
+            // Skipped by every receiver, so harmless anywhere.
+            Record::Unknown { .. } => true,
+        }
+    }
 }
 
 /// Length of the LEB128 (postcard varint) encoding of `v`.
@@ -677,7 +723,9 @@ mod tests {
         assert_eq!(Header::parse(&buf), Err(WireError::UnsupportedVersion));
         buf[0] = 0x16; // identity mode's multicast suite: parsed, the node decides
         assert_eq!(Header::parse(&buf).map(|h| h.suite), Ok(SUITE_MULTICAST));
-        buf[0] = 0x17;
+        buf[0] = 0x17; // PSK mode's unicast suite
+        assert_eq!(Header::parse(&buf).map(|h| h.suite), Ok(SUITE_PSK_UNICAST));
+        buf[0] = 0x18;
         assert_eq!(Header::parse(&buf), Err(WireError::UnsupportedVersion));
         assert_eq!(Header::parse(&[0x10; MAX_DATAGRAM + 1]), Err(WireError::Oversized));
     }

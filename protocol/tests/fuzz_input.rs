@@ -15,7 +15,7 @@ use proptest::sample::Index;
 use proptest::test_runner::RngSeed;
 use starling::crypto::NetworkKeys;
 use starling::wire::{kind, Header, NodeId, HEADER_LEN, MAX_DATAGRAM};
-use starling::{Boot, Config, Event, Instant, NetworkKey, Node, Stats};
+use starling::{Boot, Config, Destination, Event, Instant, NetworkKey, Node, Stats};
 
 const VICTIM_ID: u64 = 0x0c0c_0c0c_0c0c_0c0c;
 
@@ -80,7 +80,10 @@ fn capture() -> &'static Capture {
         sim.close(b);
         sim.run_for(Duration::from_millis(10));
         assert_eq!(sim.messages(a).len(), 3);
-        let frames: Vec<Vec<u8>> = sim.tap().iter().map(|s| s.bytes.clone()).collect();
+        // Multicast frames only: unicast ones are sealed for their receiver alone (PROTOCOL.md
+        // §3.1), so the victim, a third node, rightly refuses them.
+        let frames: Vec<Vec<u8>> =
+            sim.tap().iter().filter(|s| s.destination == Destination::Multicast).map(|s| s.bytes.clone()).collect();
         assert!(frames.len() >= 6, "{} frames", frames.len());
         let opened: Vec<_> = frames.iter().map(|f| sim.open(f).unwrap()).collect();
         assert!(opened.iter().any(|o| o.publishes() == 2), "a frame with two records");

@@ -14,9 +14,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::sim::{seal_frame, Link, NodeOpts, Sim, SplitMix64, DEFAULT_KEY};
+use common::sim::{seal_frame, seal_unicast_frame, Link, NodeOpts, Sim, SplitMix64, DEFAULT_KEY};
 use starling::stream::Failure;
-use starling::wire::{stream, Ack, Beacon, DataHeader, FragmentHeader, Heartbeat, Inner, Record, MAX_DATAGRAM};
+use starling::wire::{
+    stream, Ack, Beacon, DataHeader, FragmentHeader, Heartbeat, Inner, KeyClass, Record, MAX_DATAGRAM,
+};
 use starling::{
     Boot, CallError, CallId, Config, Event, Instant, NetworkKey, Node, NodeId, PublishError, PublishFailure, PublishId,
 };
@@ -831,22 +833,27 @@ impl Forger {
         }
     }
 
-    /// A sealed frame from `sender` carrying `records`, with its next packet number.
-    fn frame(&mut self, sender: NodeId, records: &[Record<'_>]) -> Vec<u8> {
+    /// A sealed frame from `sender` to `receiver` carrying `records`, with its next packet
+    /// number: multicast when every record may go to the group, else unicast (sealed for the pair).
+    fn frame(&mut self, sender: NodeId, receiver: NodeId, records: &[Record<'_>]) -> Vec<u8> {
         let mut body = Vec::new();
         for r in records {
             r.emit(&mut body);
         }
         let pn = self.pn.entry(sender).or_insert(0);
         *pn += 1;
-        let frame = seal_frame(&self.key, sender, *pn, &body);
+        let frame = if records.iter().all(|r| r.allowed_in(KeyClass::Group)) {
+            seal_frame(&self.key, sender, *pn, &body)
+        } else {
+            seal_unicast_frame(&self.key, sender, receiver, *pn, &body)
+        };
         assert!(frame.len() <= MAX_DATAGRAM, "forged frame of {} bytes", frame.len());
         frame
     }
 
     /// Hands `records` from `sender` to `node` at `now`; returns the node's events.
     fn send(&mut self, node: &mut Node, now: Instant, sender: NodeId, records: &[Record<'_>]) -> Vec<Event> {
-        let frame = self.frame(sender, records);
+        let frame = self.frame(sender, node.id(), records);
         node.handle_datagram(now, self.addr, &frame);
         drain(node, now)
     }
@@ -1170,13 +1177,11 @@ fn forged_acks_and_responses_are_dropped_and_counted() {
     let misplaced = Inner::Request { call_id: 1, method: "echo", payload: b"x" }.encode();
     let garbage = [0x7f, 1, 2, 3];
     now += Duration::from_millis(1);
-    let records = [
-        data(stream::UNICAST, 0, 0, 1, &never),
-        data(stream::UNICAST, 1, 0, 1, &wrong_peer),
-        data(stream::MULTICAST, 0, 0, 1, &misplaced),
-        data(stream::MULTICAST, 1, 0, 1, &garbage),
-    ];
-    assert_eq!(f.send(&mut v, now, sub, &records), vec![]);
+    // (A unicast stream's records travel only in unicast frames, PROTOCOL.md §2.7: two frames.)
+    let unicast = [data(stream::UNICAST, 0, 0, 1, &never), data(stream::UNICAST, 1, 0, 1, &wrong_peer)];
+    assert_eq!(f.send(&mut v, now, sub, &unicast), vec![]);
+    let multicast = [data(stream::MULTICAST, 0, 0, 1, &misplaced), data(stream::MULTICAST, 1, 0, 1, &garbage)];
+    assert_eq!(f.send(&mut v, now, sub, &multicast), vec![]);
     let after = v.stats().clone();
     assert_eq!(after.drop_stream - mid.drop_stream, 2, "two responses to calls never made to sub");
     assert_eq!(after.malformed_messages - mid.malformed_messages, 2, "a misplaced request and garbage");
@@ -1213,7 +1218,7 @@ fn forged_acks_and_responses_are_dropped_and_counted() {
             _ => {
                 bad_records += 1;
                 let response = Inner::Response { call_id: rng.next_u64(), status: 0, payload: &[0; 500] }.encode();
-                let frame = f.frame(sub, &[data(stream::UNICAST, 2 + n / 3, 0, 1, &response)]);
+                let frame = f.frame(sub, v.id(), &[data(stream::UNICAST, 2 + n / 3, 0, 1, &response)]);
                 v.handle_datagram(now, f.addr, &frame);
                 assert_eq!(drain(&mut v, now), vec![]);
                 continue;

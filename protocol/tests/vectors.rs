@@ -9,6 +9,7 @@ use blake2::digest::{KeyInit, Mac};
 use blake2::Blake2sMac256;
 use chacha20poly1305::aead::AeadInPlace;
 use chacha20poly1305::ChaCha20Poly1305;
+use starling::crypto::NetworkKeys;
 use starling::state::{Boot, PersistedState};
 use starling::wire::MAX_DATAGRAM;
 use starling::{Config, Event, Instant, NetworkKey, Node, NodeId};
@@ -191,6 +192,57 @@ fn node_accepts_vector_frames() {
         .collect();
     assert_eq!(msgs, [("home/kitchen/temp", &b"21.5"[..]), ("cam/1", &[0x00, 0xff, 0x00][..])]);
     assert_eq!(rx.stats().rx_accepted, 3);
+}
+
+const RECEIVER: u64 = 0xfedc_ba98_7654_3210;
+
+/// PSK unicast frames (suite 7) are sealed with the key of the pair: built from the spec's text,
+/// accepted by the node they are addressed to, refused by any other member (PROTOCOL.md §3.1).
+#[test]
+fn unicast_frames_are_sealed_for_their_receiver() {
+    let v = vectors();
+    let mut ids = SENDER.to_be_bytes().to_vec();
+    ids.extend_from_slice(&RECEIVER.to_be_bytes());
+    let pair = prf(&v["data_key"], &[b"starling/v1/pair", &ids]);
+    check(&v, "pair_key", &pair);
+    let pn = 4u64;
+    let mut frame = vec![0x17, v["net_tag"][0]];
+    frame.extend_from_slice(&SENDER.to_be_bytes());
+    frame.extend_from_slice(&pn.to_be_bytes()[2..]);
+    let mut nonce = [0u8; 12];
+    nonce[4..].copy_from_slice(&pn.to_be_bytes());
+    let mut buf = v["challenge_record"].clone();
+    let aead = ChaCha20Poly1305::new_from_slice(&pair).unwrap();
+    let tag = aead.encrypt_in_place_detached(&nonce.into(), &frame, &mut buf).unwrap();
+    frame.extend_from_slice(&buf);
+    frame.extend_from_slice(&tag);
+    check(&v, "unicast_frame", &frame);
+
+    let key = NetworkKey::from_bytes(v["network_key"].clone().try_into().unwrap());
+    let from: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+    let node = |id: u64| {
+        let mut config = Config::new("rx", [1; 32]);
+        config.require_fresh = false;
+        let boot = Boot { node_id: NodeId::from_u64(id), epoch: 1, first_pn: 0, lease_end: 1 << 20 };
+        Node::new(config, &key, boot, Instant::ZERO).unwrap()
+    };
+    // Its receiver opens it and answers the Challenge with an Echo, by unicast, for the sender alone.
+    let mut rx = node(RECEIVER);
+    let mut out = [0u8; MAX_DATAGRAM];
+    while rx.poll_transmit(Instant::ZERO, &mut out).unwrap().is_some() {}
+    rx.handle_datagram(Instant::from_millis(1), from, &frame);
+    assert_eq!(rx.stats().rx_accepted, 1);
+    let t = rx.poll_transmit(Instant::from_millis(1), &mut out).unwrap().expect("an echo");
+    assert_eq!(t.destination, starling::Destination::Unicast(from));
+    assert_eq!(out[0], 0x17);
+    let mut echo = out[..t.len].to_vec();
+    let back = NetworkKeys::derive(&key).pair_key(NodeId::from_u64(RECEIVER), NodeId::from_u64(SENDER));
+    let echo_pn = starling::wire::Header::parse(&echo).unwrap().pn;
+    back.open(echo_pn, &mut echo, 16).expect("sealed for the pair (receiver, sender)");
+    // Any other member refuses it: a call captured on its way to one node cannot run on another.
+    let mut other = node(1);
+    other.handle_datagram(Instant::from_millis(1), from, &frame);
+    assert_eq!((other.stats().rx_accepted, other.stats().drop_auth), (0, 1));
 }
 
 #[test]

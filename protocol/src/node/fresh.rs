@@ -4,12 +4,11 @@
 
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
-use core::net::SocketAddr;
 use core::time::Duration;
 
 use rand_core::RngCore;
 
-use super::{Destination, Node};
+use super::{Node, To};
 use crate::time::Instant;
 use crate::wire::{Header, NodeId, Record, RecordIter, SUITE_PSK};
 
@@ -91,8 +90,7 @@ impl Node {
         let Some(p) = self.peers.get_mut(&sender) else { return };
         p.verify =
             Some(Verify { nonce, tries: 1, next_try: now + FIRST_RETRY, sent: now, held: Vec::new(), held_bytes: 0 });
-        let addr = p.addr;
-        self.enqueue(Destination::Unicast(addr), &Record::Challenge(nonce));
+        self.enqueue(To::Peer(sender), &Record::Challenge(nonce));
     }
 
     /// If `body` answers our challenge, the sender is verified: frames it sent within the
@@ -141,9 +139,8 @@ impl Node {
         }
         if let Some(p) = self.peers.get(&sender) {
             if p.status == super::PeerStatus::Unannounced && p.verify.is_none() {
-                let to = p.addr;
                 self.last_solicit = Some(now);
-                self.enqueue(Destination::Unicast(to), &Record::Solicit);
+                self.enqueue(To::Peer(sender), &Record::Solicit);
             }
         }
     }
@@ -153,7 +150,6 @@ impl Node {
         let (max_frames, max_bytes) = self.held_bounds();
         let total: usize = self.peers.values().filter_map(|p| p.verify.as_ref()).map(|v| v.held_bytes).sum();
         let Some(p) = self.peers.get_mut(&sender) else { return };
-        let addr = p.addr;
         let Some(v) = p.verify.as_mut() else { return };
         // The sender is talking, so the challenge or its echo was likely lost: ask again now
         // rather than at the next (doubling) retry, at most once per RECHALLENGE_GAP, so a
@@ -161,7 +157,7 @@ impl Node {
         if now >= v.sent + RECHALLENGE_GAP {
             v.sent = now;
             let nonce = v.nonce;
-            self.enqueue(Destination::Unicast(addr), &Record::Challenge(nonce));
+            self.enqueue(To::Peer(sender), &Record::Challenge(nonce));
         }
         let Some(v) = self.peers.get_mut(&sender).and_then(|p| p.verify.as_mut()) else { return };
         if v.held.len() >= max_frames
@@ -186,7 +182,7 @@ impl Node {
 
     /// Challenges in a held frame are answered at once: answering proves nothing about the
     /// challenger and costs one small frame.
-    pub(super) fn answer_challenges(&mut self, now: Instant, from: SocketAddr, body: &[u8]) {
+    pub(super) fn answer_challenges(&mut self, now: Instant, from: NodeId, body: &[u8]) {
         let nonces: Vec<u64> = RecordIter::new(body)
             .flatten()
             .filter_map(|r| match r {
@@ -199,10 +195,10 @@ impl Node {
         }
     }
 
-    pub(super) fn echo(&mut self, now: Instant, to: SocketAddr, nonce: u64) {
+    pub(super) fn echo(&mut self, now: Instant, to: NodeId, nonce: u64) {
         let floor = self.freshness.floor(now, self.config.freshness_window, self.next_pn);
         self.freshness.last_echo = Some(now);
-        self.enqueue(Destination::Unicast(to), &Record::Echo { nonce, floor });
+        self.enqueue(To::Peer(to), &Record::Echo { nonce, floor });
     }
 
     /// Repeats unanswered challenges; gives up on senders that stay silent.
@@ -220,11 +216,11 @@ impl Node {
                 v.tries += 1;
                 v.next_try = now + FIRST_RETRY * (1 << (v.tries - 1));
                 v.sent = now;
-                again.push((p.addr, v.nonce));
+                again.push((*id, v.nonce));
             }
         }
-        for (addr, nonce) in again {
-            self.enqueue(Destination::Unicast(addr), &Record::Challenge(nonce));
+        for (id, nonce) in again {
+            self.enqueue(To::Peer(id), &Record::Challenge(nonce));
         }
         for id in silent {
             // Forget it entirely: its frames were replays or it is gone; a live sender that

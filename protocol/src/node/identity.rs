@@ -13,7 +13,7 @@ use core::time::Duration;
 
 use rand_core::RngCore;
 
-use super::{Destination, Event, Node, PeerStatus, Transmit};
+use super::{Destination, Event, Node, PeerStatus, Sealer, To, Transmit};
 use crate::config::{Config, ConfigError};
 use crate::crypto::SenderKey;
 use crate::identity::{Allowlist, AllowlistError, Identity, Permissions, PublicKey};
@@ -23,8 +23,8 @@ use crate::state::Boot;
 use crate::time::Instant;
 use crate::topic::Topic;
 use crate::wire::{
-    Header, NodeId, Record, HEADER_LEN, SUITE_ANNOUNCE, SUITE_COOKIE, SUITE_HS_INIT, SUITE_HS_RESP, SUITE_MULTICAST,
-    SUITE_PSK, SUITE_UNICAST, TAG_LEN,
+    Header, KeyClass, NodeId, Record, HEADER_LEN, SUITE_ANNOUNCE, SUITE_COOKIE, SUITE_HS_INIT, SUITE_HS_RESP,
+    SUITE_MULTICAST, SUITE_PSK, SUITE_UNICAST, TAG_LEN,
 };
 
 /// Body of an Announce: public key, epoch.
@@ -747,9 +747,15 @@ impl Node {
             return false;
         }
         let body = &self.scratch[HEADER_LEN..self.scratch.len() - TAG_LEN];
-        // Under a multicast key, only its class of records: a member holding someone's discovery
-        // key cannot pass off publications under it.
-        if !super::records_valid(body) || (!unicast && !records_fit_key(header.net_tag, body)) {
+        // Only the records of the key's class (PROTOCOL.md §2.7): a member holding someone's
+        // multicast keys can pass off neither publications under the discovery key nor calls,
+        // responses or their acks under either.
+        let class = match (unicast, header.net_tag & DISCOVERY_TAG != 0) {
+            (true, _) => KeyClass::Pairwise,
+            (false, true) => KeyClass::GroupDiscovery,
+            (false, false) => KeyClass::GroupData,
+        };
+        if !super::records_valid(body, class) {
             self.stats.drop_malformed += 1;
             return false;
         }
@@ -818,10 +824,7 @@ impl Node {
     }
 
     fn enqueue_to_peer(&mut self, id: NodeId, record: &Record<'_>) {
-        let addr = self.identity.as_ref().and_then(|s| s.peers.get(&id)).map(|p| p.addr);
-        if let Some(addr) = addr {
-            self.enqueue(Destination::Unicast(addr), record);
-        }
+        self.enqueue(To::Peer(id), record);
     }
 
     /// Replaces this node's multicast keys. `at_once` switches at once (revocation: the old keys
@@ -865,32 +868,35 @@ impl Node {
         Some(Transmit { destination, len: f.len() })
     }
 
-    /// The suite, tag and key that seal a frame to `destination`, or `None` when no session
-    /// exists yet (then a handshake is started, and the records are dropped: streams resend).
-    pub(super) fn identity_sealer(
-        &mut self,
-        now: Instant,
-        destination: Destination,
-        data: bool,
-    ) -> Option<(u8, u8, SenderKey)> {
+    /// How a frame to `to` is sealed, or `None` when no session with that peer exists yet (then
+    /// a handshake is started, and the records are dropped: streams resend). Sessions are found
+    /// by the peer's id, and frames go to the address its session proved.
+    pub(super) fn identity_sealer(&mut self, now: Instant, to: To, data: bool) -> Option<Sealer> {
         let rekey_frames = self.config.identity.rekey_after_frames;
         let state = self.identity.as_mut()?;
-        match destination {
-            Destination::Multicast => {
+        match to {
+            To::Group => {
                 let g = if data { &state.group.data } else { &state.group.disc };
-                Some((SUITE_MULTICAST, g.tag, g.key.clone()))
+                Some(Sealer {
+                    destination: Destination::Multicast,
+                    suite: SUITE_MULTICAST,
+                    tag: g.tag,
+                    key: Some(g.key.clone()),
+                })
             }
-            Destination::Unicast(addr) => {
-                let found = state.peers.iter_mut().find(|(_, p)| p.addr == addr && p.current.is_some());
-                match found {
-                    Some((id, p)) => {
-                        let s = p.current.as_mut().expect("filtered");
+            To::Peer(id) => {
+                let p = state.peers.get_mut(&id)?;
+                match p.current.as_mut() {
+                    Some(s) => {
                         s.sent += 1;
-                        let sealer = (SUITE_UNICAST, s.tag, s.send.clone());
+                        let sealer = Sealer {
+                            destination: Destination::Unicast(p.addr),
+                            suite: SUITE_UNICAST,
+                            tag: s.tag,
+                            key: Some(s.send.clone()),
+                        };
                         // The frame budget is checked as frames go; the time budget by the timer.
-                        let renew = s.initiator && s.sent >= rekey_frames && p.handshake.is_none();
-                        let id = *id;
-                        if renew {
+                        if s.initiator && s.sent >= rekey_frames && p.handshake.is_none() {
                             self.initiate(now, id);
                         }
                         Some(sealer)
@@ -899,9 +905,7 @@ impl Node {
                         self.stats.tx_no_session += 1;
                         // A peer whose handshake we answered confirms it with its next frame: no
                         // second handshake for that.
-                        let id =
-                            state.peers.iter().find(|(_, p)| p.addr == addr && p.pending.is_none()).map(|(id, _)| *id);
-                        if let Some(id) = id {
+                        if p.pending.is_none() {
                             self.initiate(now, id);
                         }
                         None
@@ -1039,12 +1043,6 @@ fn forget_older_keys(p: &mut IdPeer, tag: u8) {
             keep
         });
     }
-}
-
-/// Whether every record of an opened multicast body may travel under a key of this tag's class.
-pub(super) fn records_fit_key(tag: u8, body: &[u8]) -> bool {
-    let data = tag & DISCOVERY_TAG == 0;
-    crate::wire::RecordIter::new(body).all(|r| r.is_ok_and(|r| is_data_record(r.kind()) == data))
 }
 
 /// Whether an encoded record goes under the data key.

@@ -34,7 +34,8 @@ use crate::stream::{InStream, OutStream};
 use crate::time::Instant;
 use crate::topic::{Topic, TopicError, TopicFilter};
 use crate::wire::{
-    self, Beacon, Header, NodeId, Record, RecordIter, WireError, FRAME_OVERHEAD, HEADER_LEN, MAX_PN, SUITE_PSK,
+    self, Beacon, Header, KeyClass, NodeId, Record, RecordIter, WireError, FRAME_OVERHEAD, HEADER_LEN, MAX_PN,
+    SUITE_PSK, SUITE_PSK_UNICAST,
 };
 
 /// Where a datagram from [`Node::poll_transmit`] goes.
@@ -465,8 +466,16 @@ impl Timers {
     }
 }
 
+/// Where a queued record goes: the group, or one peer. A peer's address and pairwise key are
+/// looked up when the frame is sealed, never taken from a frame that could be forged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum To {
+    Group,
+    Peer(NodeId),
+}
+
 struct Queued {
-    destination: Destination,
+    to: To,
     record: Vec<u8>,
 }
 
@@ -476,9 +485,20 @@ enum Lifecycle {
     Closing,
 }
 
-/// Validates every record of an opened body, so a frame is taken whole or not at all.
-fn records_valid(body: &[u8]) -> bool {
-    RecordIter::new(body).all(|r| r.as_ref().is_ok_and(record_is_valid))
+/// How a frame is sealed: where it goes, its suite and tag, and its key (`None`: this node's
+/// own PSK sender key).
+pub(crate) struct Sealer {
+    destination: Destination,
+    suite: u8,
+    tag: u8,
+    key: Option<SenderKey>,
+}
+
+/// Validates every record of an opened body, so a frame is taken whole or not at all: each must
+/// parse, and each must be allowed under the class of key the frame opened under (the table of
+/// PROTOCOL.md §2.7, [`Record::allowed_in`]).
+fn records_valid(body: &[u8], class: KeyClass) -> bool {
+    RecordIter::new(body).all(|r| r.as_ref().is_ok_and(|r| record_is_valid(r) && r.allowed_in(class)))
 }
 
 /// Checks what the record parser leaves to the node: a Publish topic must be a valid name.
@@ -745,7 +765,7 @@ impl Node {
         if self.queued_bytes + record.encoded_len() > self.config.max_queued_bytes {
             return Err(PublishError::QueueFull);
         }
-        self.enqueue(Destination::Multicast, &record);
+        self.enqueue(To::Group, &record);
         let id = self.id();
         self.deliver(id, topic, payload, None);
         Ok(())
@@ -786,18 +806,21 @@ impl Node {
             // Acknowledge what arrived, so publishers waiting for this node are not left hanging.
             // The acks travel to the group in the same datagram as the Leave, ahead of it: a
             // publisher must not see the departure before the acknowledgement.
+            // A unicast stream's acks go to its sender alone (PROTOCOL.md §2.7).
             let mut acks = Vec::new();
-            for p in self.peers.values_mut() {
-                for s in [p.in_mcast.as_mut(), p.in_ucast.as_mut()].into_iter().flatten() {
-                    let mut bytes = Vec::new();
-                    Record::Ack(s.final_ack()).emit(&mut bytes);
-                    acks.push(bytes);
+            for (id, p) in self.peers.iter_mut() {
+                for (s, to) in [(p.in_mcast.as_mut(), To::Group), (p.in_ucast.as_mut(), To::Peer(*id))] {
+                    if let Some(s) = s {
+                        let mut bytes = Vec::new();
+                        Record::Ack(s.final_ack()).emit(&mut bytes);
+                        acks.push((to, bytes));
+                    }
                 }
             }
-            for bytes in acks {
-                self.enqueue_bytes(Destination::Multicast, bytes);
+            for (to, bytes) in acks {
+                self.enqueue_bytes(to, bytes);
             }
-            self.enqueue(Destination::Multicast, &Record::Leave);
+            self.enqueue(To::Group, &Record::Leave);
             self.timers = Timers::default();
         }
     }
@@ -844,7 +867,7 @@ impl Node {
         let scratch = core::mem::take(&mut self.scratch);
         let body = &scratch[HEADER_LEN..body_end];
         if self.peers[&header.sender].verify.is_some() && !self.verify(now, &header, body) {
-            self.answer_challenges(now, from, body);
+            self.answer_challenges(now, header.sender, body);
             self.hold(now, header.sender, header.pn, body);
         } else {
             self.stats.rx_accepted += 1;
@@ -940,9 +963,9 @@ impl Node {
             let Some(first) = self.queue.front() else {
                 return Ok(None);
             };
-            let destination = first.destination;
+            let to = first.to;
             // Identity mode seals publications and discovery under different multicast keys.
-            let split = self.identity.is_some() && destination == Destination::Multicast;
+            let split = self.identity.is_some() && to == To::Group;
             let data = split && identity::is_data(&first.record);
             if self.next_pn >= self.lease_end {
                 self.stats.lease_stalls += 1;
@@ -951,7 +974,7 @@ impl Node {
             }
             let mut len = HEADER_LEN;
             while let Some(q) = self.queue.front() {
-                if q.destination != destination
+                if q.to != to
                     || len + q.record.len() + wire::TAG_LEN > max
                     || (split && identity::is_data(&q.record) != data)
                 {
@@ -969,28 +992,27 @@ impl Node {
                 }
                 continue;
             }
-            let identity = if self.identity.is_some() {
-                match self.identity_sealer(now, destination, data) {
-                    Some(sealer) => Some(sealer),
+            let sealer = if self.identity.is_some() {
+                match self.identity_sealer(now, to, data) {
+                    Some(sealer) => sealer,
                     None => continue, // no session yet: dropped, a handshake is under way
                 }
             } else {
-                None
+                match self.psk_sealer(to) {
+                    Some(sealer) => sealer,
+                    None => continue, // the peer was forgotten meanwhile: streams resend
+                }
             };
             let pn = self.next_pn;
             // Note when this packet number goes out, to answer freshness challenges exactly.
             self.freshness.mark(now, pn, self.config.freshness_window);
             self.next_pn += 1;
             len += wire::TAG_LEN;
-            match identity {
-                Some((suite, tag, key)) => {
-                    Header { suite, net_tag: tag, sender: self.id(), pn }.emit(buf);
-                    key.seal(pn, &mut buf[..len], HEADER_LEN);
-                }
-                None => {
-                    Header { suite: SUITE_PSK, net_tag: self.keys.net_tag(), sender: self.id(), pn }.emit(buf);
-                    self.own_key.seal(pn, &mut buf[..len], HEADER_LEN);
-                }
+            let Sealer { destination, suite, tag, key } = sealer;
+            Header { suite, net_tag: tag, sender: self.id(), pn }.emit(buf);
+            match &key {
+                Some(key) => key.seal(pn, &mut buf[..len], HEADER_LEN),
+                None => self.own_key.seal(pn, &mut buf[..len], HEADER_LEN),
             }
             self.stats.tx_datagrams += 1;
             self.stats.tx_bytes += len as u64;
@@ -1013,13 +1035,38 @@ impl Node {
 
     // ----- internals -----
 
+    /// PSK mode: multicast frames are sealed with this node's key, unicast frames with the key of
+    /// the pair, to the address the peer last proved. `None` for a peer no longer known.
+    fn psk_sealer(&self, to: To) -> Option<Sealer> {
+        let net_tag = self.keys.net_tag();
+        match to {
+            To::Group => {
+                Some(Sealer { destination: Destination::Multicast, suite: SUITE_PSK, tag: net_tag, key: None })
+            }
+            To::Peer(id) => {
+                let addr = self.peers.get(&id)?.addr;
+                let key = self.keys.pair_key(self.id(), id);
+                Some(Sealer {
+                    destination: Destination::Unicast(addr),
+                    suite: SUITE_PSK_UNICAST,
+                    tag: net_tag,
+                    key: Some(key),
+                })
+            }
+        }
+    }
+
     /// PSK mode: checks and opens a frame into `self.scratch`, learning a new sender. Returns
     /// true when the frame is authentic, fresh and well formed.
     fn open_psk(&mut self, now: Instant, from: SocketAddr, header: &Header, datagram: &[u8]) -> bool {
-        if header.suite != SUITE_PSK {
-            self.stats.drop_version += 1;
-            return false;
-        }
+        let unicast = match header.suite {
+            SUITE_PSK => false,
+            SUITE_PSK_UNICAST => true,
+            _ => {
+                self.stats.drop_version += 1;
+                return false;
+            }
+        };
         if header.net_tag != self.keys.net_tag() {
             self.stats.drop_foreign_network += 1;
             return false;
@@ -1044,11 +1091,12 @@ impl Node {
                 false
             }
         };
-        // One AEAD attempt, never more.
+        // One AEAD attempt, never more: with the sender's key for multicast, the pair's for unicast.
         let fresh_key = (!known).then(|| self.keys.sender_key(header.sender));
-        let key = match &fresh_key {
-            Some(k) => k,
-            None => match &self.peers[&header.sender].key {
+        let pair_key = unicast.then(|| self.keys.pair_key(header.sender, self.id()));
+        let key = match (&pair_key, &fresh_key) {
+            (Some(k), _) | (None, Some(k)) => k,
+            (None, None) => match &self.peers[&header.sender].key {
                 Some(k) => k,
                 None => return false,
             },
@@ -1061,7 +1109,8 @@ impl Node {
         }
         let body_end = self.scratch.len() - wire::TAG_LEN;
         // Validate every record before acting on any, so a frame is taken whole or not at all.
-        if !records_valid(&self.scratch[HEADER_LEN..body_end]) {
+        let class = if unicast { KeyClass::Pairwise } else { KeyClass::Group };
+        if !records_valid(&self.scratch[HEADER_LEN..body_end], class) {
             self.stats.drop_malformed += 1;
             return false;
         }
@@ -1153,11 +1202,7 @@ impl Node {
             Record::Heartbeat(hb) => self.handle_heartbeat(now, sender, &hb),
             Record::Fragment { header: h, chunk } => self.handle_fragment(now, sender, &h, chunk),
             Record::Subscriptions(filters) => self.handle_subscriptions(now, sender, &filters),
-            Record::Challenge(nonce) => {
-                if let Some(addr) = self.peers.get(&sender).map(|p| p.addr) {
-                    self.echo(now, addr, nonce);
-                }
-            }
+            Record::Challenge(nonce) => self.echo(now, sender, nonce),
             Record::Echo { .. } => {} // only meaningful while verifying, handled there
             Record::GroupKey { .. } | Record::KeyRequest => self.handle_key_record(header, record),
             Record::Unknown { .. } => self.stats.unknown_records += 1,
@@ -1258,7 +1303,7 @@ impl Node {
             self.subscriptions_record().emit(&mut bytes);
         }
         // Beacons are small and periodic: queue them even past the byte bound rather than go silent.
-        self.enqueue_bytes(Destination::Multicast, bytes);
+        self.enqueue_bytes(To::Group, bytes);
         // Identity mode: members without our multicast key learn our public key from this.
         self.announce();
     }
@@ -1279,10 +1324,10 @@ impl Node {
         }
     }
 
-    fn enqueue(&mut self, destination: Destination, record: &Record<'_>) {
+    fn enqueue(&mut self, to: To, record: &Record<'_>) {
         let mut bytes = Vec::with_capacity(record.encoded_len());
         record.emit(&mut bytes);
-        self.enqueue_bytes(destination, bytes);
+        self.enqueue_bytes(to, bytes);
     }
 
     fn push_event(&mut self, e: Event) {

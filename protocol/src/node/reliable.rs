@@ -8,7 +8,7 @@ use core::time::Duration;
 
 use rand_core::RngCore;
 
-use super::{Destination, Event, Lifecycle, Node, PeerStatus, PublishError};
+use super::{Event, Lifecycle, Node, PeerStatus, PublishError, To};
 use crate::reassembly::FragmentOutcome;
 use crate::stream::{Completion, Delivery, Failure, Feedback, InStream};
 use crate::time::Instant;
@@ -114,7 +114,7 @@ impl Node {
             .send(now, id.0, &inner, chunk, ttl, waiting, &limits, &mut evicted)
             .map_err(|_| PublishError::TooLarge { size: payload.len(), max: limits.max_retained_bytes })?;
         for r in records {
-            self.enqueue_bytes(Destination::Multicast, r);
+            self.enqueue_bytes(To::Group, r);
         }
         // A node in its first second may not know every subscriber yet: those it learns before
         // then are waited for too, and no verdict (success or "no subscriber") comes sooner.
@@ -140,7 +140,7 @@ impl Node {
         self.next_fragmented = self.next_fragmented.wrapping_add(1);
         for (index, part) in inner.chunks(chunk).enumerate() {
             let header = FragmentHeader { msg_id, index: index as u32, count: count as u32 };
-            self.enqueue(Destination::Multicast, &Record::Fragment { header, chunk: part });
+            self.enqueue(To::Group, &Record::Fragment { header, chunk: part });
         }
         Ok(())
     }
@@ -155,7 +155,7 @@ impl Node {
     pub(super) fn announce_subscriptions(&mut self) {
         let mut bytes = Vec::new();
         self.subscriptions_record().emit(&mut bytes);
-        self.enqueue_bytes(Destination::Multicast, bytes);
+        self.enqueue_bytes(To::Group, bytes);
     }
 
     pub(super) fn handle_subscriptions(&mut self, now: Instant, sender: NodeId, filters: &[&str]) {
@@ -207,9 +207,15 @@ impl Node {
 
     /// The receiving stream a record refers to, created when it starts a newer epoch.
     fn in_stream(&mut self, sender: NodeId, kind: u8, epoch: u32, start: u64) -> Option<&mut InStream> {
+        let identity = self.identity.is_some();
         let p = self.peers.get_mut(&sender)?;
         if epoch < p.epoch {
             return None; // a late frame of an earlier incarnation
+        }
+        // Identity mode knows the peer's epoch from its authenticated handshake: no other epoch
+        // opens a stream (PROTOCOL.md §11.2). PSK mode may learn it from the stream first.
+        if identity && epoch != p.epoch {
+            return None;
         }
         let slot = match kind {
             stream::MULTICAST => &mut p.in_mcast,
@@ -328,15 +334,15 @@ impl Node {
             Some(id) => alloc::vec![id],
             None => self.peers.keys().copied().collect(),
         };
-        let mut out: Vec<(Destination, Vec<u8>)> = Vec::new();
+        let mut out: Vec<(To, Vec<u8>)> = Vec::new();
         for id in ids {
             let Some(p) = self.peers.get_mut(&id) else { continue };
-            let to = Destination::Unicast(p.addr);
+            let to = To::Peer(id);
             for (s, kind) in [(&mut p.in_mcast, stream::MULTICAST), (&mut p.in_ucast, stream::UNICAST)] {
                 let Some(s) = s.as_mut() else { continue };
                 while let Some(fb) = s.poll(now, &limits) {
                     let (dest, ack) = match fb {
-                        Feedback::Nack(a) if kind == stream::MULTICAST => (Destination::Multicast, a),
+                        Feedback::Nack(a) if kind == stream::MULTICAST => (To::Group, a),
                         Feedback::Nack(a) | Feedback::Ack(a) => (to, a),
                     };
                     let mut bytes = Vec::new();
@@ -385,7 +391,7 @@ impl Node {
             if r.first() == Some(&kind::DATA) {
                 self.stats.retransmissions += 1;
             }
-            self.enqueue_bytes(Destination::Multicast, r);
+            self.enqueue_bytes(To::Group, r);
         }
         let live: Vec<NodeId> =
             self.peers.iter().filter(|(_, p)| p.status == PeerStatus::Up).map(|(id, _)| *id).collect();
@@ -444,9 +450,9 @@ impl Node {
 
     /// Queues an already encoded record. Stream records are bounded by the stream limits, so
     /// they bypass the send-queue bound that protects against best-effort floods.
-    pub(super) fn enqueue_bytes(&mut self, destination: Destination, record: Vec<u8>) {
+    pub(super) fn enqueue_bytes(&mut self, to: To, record: Vec<u8>) {
         self.queued_bytes += record.len();
-        self.queue.push_back(super::Queued { destination, record });
+        self.queue.push_back(super::Queued { to, record });
     }
 
     /// Bytes and messages this node retains for repair of its reliable publications.

@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::time::Duration;
 
-use super::{Destination, Event, Lifecycle, Node, PeerStatus};
+use super::{Event, Lifecycle, Node, PeerStatus, To};
 use crate::response_cache::Lookup;
 use crate::stream::OutStream;
 use crate::time::Instant;
@@ -163,14 +163,13 @@ impl Node {
         let limits = self.config.streams;
         let chunk = self.config.max_datagram - super::reliable::DATA_OVERHEAD;
         let Some(p) = self.peers.get_mut(&to) else { return };
-        let addr = p.addr;
         let out = p.out_ucast.get_or_insert_with(|| OutStream::new(stream::UNICAST, epoch));
         let mut evicted = Vec::new();
         let Ok(records) = out.send(now, tag, bytes, chunk, ttl, alloc::vec![to], &limits, &mut evicted) else {
             return;
         };
         for r in records {
-            self.enqueue_bytes(Destination::Unicast(addr), r);
+            self.enqueue_bytes(To::Peer(to), r);
         }
     }
 

@@ -318,6 +318,8 @@ pub struct SimNode {
     node: Option<Node>,
     /// Stats of previous boots' nodes, kept when they crash or close.
     pub past_stats: Vec<Stats>,
+    /// Every id it ran under (an ephemeral node draws a new one at each start).
+    pub ids: Vec<NodeId>,
     responder: Option<Responder>,
 }
 
@@ -419,6 +421,7 @@ impl Sim {
             identity: opts.identity,
             node: None,
             past_stats: Vec::new(),
+            ids: Vec::new(),
             responder: None,
         });
         i
@@ -476,6 +479,7 @@ impl Sim {
                 node.serve(m).expect("valid method name");
             }
         }
+        sn.ids.push(node.id());
         sn.node = Some(node);
         sn.boots += 1;
         self.flush(i);
@@ -731,9 +735,11 @@ impl Sim {
         self.push_flight(at, dst, src, bytes.to_vec());
     }
 
-    /// Opens a frame with the sim's network key, as any member could.
+    /// Opens a frame with the sim's network key, as any member could (a unicast frame with the
+    /// key of its pair, trying every node of the sim as its receiver).
     pub fn open(&self, bytes: &[u8]) -> Option<Opened> {
-        open_frame(&self.key, bytes)
+        let ids: Vec<NodeId> = self.nodes.iter().flat_map(|n| n.ids.iter().copied()).collect();
+        open_frame_among(&self.key, bytes, &ids)
     }
 
     // ----- running -----
@@ -997,13 +1003,27 @@ impl Sim {
 
 /// Opens `bytes` as a member of the network of `key` would, without any replay check.
 pub fn open_frame(key: &NetworkKey, bytes: &[u8]) -> Option<Opened> {
+    open_frame_among(key, bytes, &[])
+}
+
+/// Opens a multicast frame, or a unicast frame addressed to one of `receivers`.
+pub fn open_frame_among(key: &NetworkKey, bytes: &[u8], receivers: &[NodeId]) -> Option<Opened> {
     let keys = NetworkKeys::derive(key);
     let header = Header::parse(bytes).ok()?;
     if header.net_tag != keys.net_tag() {
         return None;
     }
     let mut buf = bytes.to_vec();
-    keys.sender_key(header.sender).open(header.pn, &mut buf, HEADER_LEN).ok()?;
+    match header.suite {
+        wire::SUITE_PSK => keys.sender_key(header.sender).open(header.pn, &mut buf, HEADER_LEN).ok()?,
+        wire::SUITE_PSK_UNICAST => receivers.iter().find_map(|&r| {
+            let mut b = bytes.to_vec();
+            keys.pair_key(header.sender, r).open(header.pn, &mut b, HEADER_LEN).ok()?;
+            buf = b;
+            Some(())
+        })?,
+        _ => return None,
+    }
     let body = &buf[HEADER_LEN..buf.len() - wire::TAG_LEN];
     let records = RecordIter::new(body)
         .map(|r| match r {
@@ -1034,6 +1054,16 @@ pub fn seal_frame(key: &NetworkKey, sender: NodeId, pn: u64, body: &[u8]) -> Vec
     Header { suite: wire::SUITE_PSK, net_tag: keys.net_tag(), sender, pn }.emit(&mut buf);
     buf[HEADER_LEN..HEADER_LEN + body.len()].copy_from_slice(body);
     keys.sender_key(sender).seal(pn, &mut buf, HEADER_LEN);
+    buf
+}
+
+/// Seals `body` as a unicast frame from `sender` to `receiver`, as a member holding `key` could.
+pub fn seal_unicast_frame(key: &NetworkKey, sender: NodeId, receiver: NodeId, pn: u64, body: &[u8]) -> Vec<u8> {
+    let keys = NetworkKeys::derive(key);
+    let mut buf = vec![0u8; HEADER_LEN + body.len() + wire::TAG_LEN];
+    Header { suite: wire::SUITE_PSK_UNICAST, net_tag: keys.net_tag(), sender, pn }.emit(&mut buf);
+    buf[HEADER_LEN..HEADER_LEN + body.len()].copy_from_slice(body);
+    keys.pair_key(sender, receiver).seal(pn, &mut buf, HEADER_LEN);
     buf
 }
 
