@@ -1,11 +1,11 @@
 //! PSK mode (PROTOCOL.md §3): every member holds [`NETWORK_KEY`] and seals with its per-sender key.
 
 use starling::crypto::NetworkKeys;
-use starling::wire::{Header, HEADER_LEN, SUITE_PSK, TAG_LEN};
+use starling::wire::{Header, KeyClass, RecordIter, HEADER_LEN, SUITE_PSK, SUITE_PSK_UNICAST, TAG_LEN};
 use starling::{Boot, Config, Instant, NetworkKey, Node, NodeId};
 
 use crate::harness::Mode;
-use crate::{NETWORK_KEY, VICTIM};
+use crate::{NETWORK_KEY, PEER_A, PEER_B, VICTIM};
 
 /// The PSK [`Mode`]: fixed peers that hold the network key.
 pub struct Psk {
@@ -31,15 +31,26 @@ impl Psk {
         self.keys.net_tag()
     }
 
-    /// Opens any frame sealed under the network key: its header and plaintext body.
+    /// Opens any frame sealed under the network key: its header and plaintext body (a unicast
+    /// frame if it was sent to the victim or to one of the fixed peers).
     pub fn open(&self, frame: &[u8]) -> Option<(Header, Vec<u8>)> {
         let header = Header::parse(frame).ok()?;
         if header.net_tag != self.keys.net_tag() {
             return None;
         }
-        let mut buf = frame.to_vec();
-        self.keys.sender_key(header.sender).open(header.pn, &mut buf, HEADER_LEN).ok()?;
-        Some((header, buf[HEADER_LEN..buf.len() - TAG_LEN].to_vec()))
+        let open = |key: starling::crypto::SenderKey| {
+            let mut buf = frame.to_vec();
+            key.open(header.pn, &mut buf, HEADER_LEN).ok()?;
+            Some(buf[HEADER_LEN..buf.len() - TAG_LEN].to_vec())
+        };
+        let body = match header.suite {
+            SUITE_PSK => open(self.keys.sender_key(header.sender))?,
+            SUITE_PSK_UNICAST => [VICTIM, PEER_A, PEER_B]
+                .into_iter()
+                .find_map(|to| open(self.keys.pair_key(header.sender, NodeId::from_u64(to))))?,
+            _ => return None,
+        };
+        Some((header, body))
     }
 }
 
@@ -49,11 +60,19 @@ impl Mode for Psk {
             .expect("the victim's configuration is valid")
     }
 
+    /// A multicast frame when every record may go to the group, else a unicast frame to the
+    /// victim (PROTOCOL.md §2.7), so fuzzed bodies reach the records' handlers either way.
     fn seal(&self, sender: NodeId, pn: u64, body: &[u8]) -> Vec<u8> {
+        let group = RecordIter::new(body).all(|r| r.is_ok_and(|r| r.allowed_in(KeyClass::Group)));
+        let (suite, key) = if group {
+            (SUITE_PSK, self.keys.sender_key(sender))
+        } else {
+            (SUITE_PSK_UNICAST, self.keys.pair_key(sender, NodeId::from_u64(VICTIM)))
+        };
         let mut buf = vec![0u8; HEADER_LEN + body.len() + TAG_LEN];
-        Header { suite: SUITE_PSK, net_tag: self.keys.net_tag(), sender, pn }.emit(&mut buf);
+        Header { suite, net_tag: self.keys.net_tag(), sender, pn }.emit(&mut buf);
         buf[HEADER_LEN..HEADER_LEN + body.len()].copy_from_slice(body);
-        self.keys.sender_key(sender).seal(pn, &mut buf, HEADER_LEN);
+        key.seal(pn, &mut buf, HEADER_LEN);
         buf
     }
 

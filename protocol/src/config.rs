@@ -40,6 +40,9 @@ pub struct Config {
     pub max_message: usize,
     /// Bounds and timers of reliable streams.
     pub streams: StreamLimits,
+    /// Most bytes buffered out of order over all receiving streams together (the per-stream
+    /// bound is `streams.max_pending_bytes`): many senders cannot add up to more than this.
+    pub max_pending_total: usize,
     /// Most RPC calls this node may have in flight.
     pub max_pending_calls: usize,
     /// Most calls a callee remembers to answer retransmissions without running them again.
@@ -102,6 +105,7 @@ impl Config {
             rng_seed,
             max_message: 64 * 1024,
             streams: StreamLimits::default(),
+            max_pending_total: 4 << 20,
             max_pending_calls: 256,
             response_cache_entries: 1024,
             response_cache_lifetime: Duration::from_secs(60),
@@ -129,6 +133,7 @@ impl Config {
                 max_pending_bytes: 8 * 1024,
                 ..StreamLimits::default()
             },
+            max_pending_total: 16 * 1024,
             max_pending_calls: 8,
             response_cache_entries: 16,
             ..Config::new(name, rng_seed)
@@ -190,6 +195,12 @@ impl Config {
             return err(
                 "streams.max_pending_bytes",
                 "must hold the largest message (max_message + 271 bytes of topic and framing) so receivers can reassemble it",
+            );
+        }
+        if self.max_pending_total < self.streams.max_pending_bytes {
+            return err(
+                "max_pending_total",
+                "must be at least streams.max_pending_bytes, or one sender could never fill its window",
             );
         }
         if self.streams.max_retained_messages == 0 || self.streams.max_pending_chunks == 0 {

@@ -13,6 +13,9 @@
 //! has authenticated, so forged frames can never move the window.
 
 use core::fmt;
+use core::time::Duration;
+
+use crate::time::Instant;
 
 /// Number of packet numbers behind the highest one that are still tracked individually.
 ///
@@ -154,6 +157,94 @@ impl ReplayWindow {
     }
 }
 
+/// Most packet numbers a sender is assumed to use per second (far above any real rate). A number
+/// further ahead of what its sender could have used since the last one is refused, so one forged
+/// frame from a key holder cannot push the window so far that every genuine frame looks old.
+pub const MAX_PN_RATE: u64 = 1 << 22;
+
+/// A [`ReplayWindow`] that also bounds, in time, how late a frame may come (PROTOCOL.md §3.4).
+///
+/// A packet-number window alone accepts, once, any number in it that it has not seen, at any
+/// later time: a frame the receiver lost, captured by an attacker, could be replayed minutes
+/// later. This window notes `(local time, highest number)` at most every `max_age`; once a note
+/// is `max_age` old, every number below it was sent at least that long ago and is refused. A
+/// frame is therefore accepted at most about `2 × max_age` after a later frame of its sender
+/// arrived. No clock is shared with the sender: both times are the receiver's.
+#[derive(Debug, Clone)]
+pub struct AgedWindow {
+    window: ReplayWindow,
+    /// When the newest note was taken, and the highest number accepted at that time.
+    mark: Option<(Instant, u64)>,
+    /// Numbers below this are refused (they were sent at least `max_age` ago).
+    floor: u64,
+}
+
+/// Why [`AgedWindow`] refused a packet number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgeError {
+    /// Seen before or outside the window ([`ReplayWindow`]).
+    Replay(ReplayError),
+    /// Sent at least `max_age` before a later frame of its sender was accepted here.
+    Late,
+    /// Further ahead than its sender can have counted since its last frame ([`MAX_PN_RATE`]).
+    TooFar,
+}
+
+impl AgedWindow {
+    /// An empty window, which accepts any packet number.
+    pub const fn new() -> Self {
+        AgedWindow { window: ReplayWindow::new(), mark: None, floor: 0 }
+    }
+
+    fn floor_at(&self, now: Instant, max_age: Duration) -> u64 {
+        match self.mark {
+            Some((at, pn)) if at + max_age <= now => self.floor.max(pn),
+            _ => self.floor,
+        }
+    }
+
+    /// Checks without recording; call before the AEAD open.
+    pub fn check(&self, pn: u64, now: Instant, max_age: Duration) -> Result<(), AgeError> {
+        if pn < self.floor_at(now, max_age) {
+            return Err(AgeError::Late);
+        }
+        if let Some((at, mark_pn)) = self.mark {
+            let secs = now.saturating_duration_since(at).as_secs().saturating_add(1);
+            if pn > mark_pn.saturating_add(MAX_PN_RATE.saturating_mul(secs)) {
+                return Err(AgeError::TooFar);
+            }
+        }
+        self.window.check(pn).map_err(AgeError::Replay)
+    }
+
+    /// Records `pn` (call only after the frame authenticated).
+    pub fn accept(&mut self, pn: u64, now: Instant, max_age: Duration) -> Result<(), AgeError> {
+        self.check(pn, now, max_age)?;
+        self.window.accept(pn).map_err(AgeError::Replay)?;
+        let highest = self.window.highest().unwrap_or(pn);
+        match self.mark {
+            Some((at, mark_pn)) if at + max_age <= now => {
+                self.floor = self.floor.max(mark_pn);
+                self.mark = Some((now, highest));
+            }
+            Some(_) => {}
+            None => self.mark = Some((now, highest)),
+        }
+        Ok(())
+    }
+
+    /// Highest packet number accepted so far, if any.
+    pub fn highest(&self) -> Option<u64> {
+        self.window.highest()
+    }
+}
+
+impl Default for AgedWindow {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Default for ReplayWindow {
     fn default() -> Self {
         Self::new()
@@ -176,6 +267,31 @@ mod tests {
     use std::string::ToString;
 
     const MAX_PN: u64 = (1 << 48) - 1;
+
+    #[test]
+    fn aged_window_refuses_late_frames_and_far_jumps() {
+        let age = Duration::from_secs(2);
+        let t = Instant::from_millis;
+        let mut w = AgedWindow::new();
+        w.accept(10, t(0), age).unwrap();
+        w.accept(20, t(100), age).unwrap();
+        // 15 was lost; arriving soon it is reordering, and accepted once.
+        assert_eq!(w.check(15, t(1_900), age), Ok(()));
+        // Once the note (taken at 0 with highest 10) is older than max_age, 5 is refused; 15 is
+        // above that note and still accepted until a newer note ages.
+        assert_eq!(w.check(5, t(2_000), age), Err(AgeError::Late));
+        w.accept(30, t(2_100), age).unwrap(); // new note: (2.1 s, 30)
+        assert_eq!(w.check(15, t(4_000), age), Ok(()));
+        assert_eq!(w.check(15, t(4_100), age), Err(AgeError::Late));
+        assert_eq!(w.check(25, t(60_000), age), Err(AgeError::Late), "a lost frame replayed a minute later");
+        // One forged number far ahead is refused; the sender's real counting goes on.
+        assert_eq!(w.check(1 << 47, t(4_200), age), Err(AgeError::TooFar));
+        assert_eq!(w.accept(31 + MAX_PN_RATE, t(4_200), age), Ok(()), "within its rate since the note");
+        assert_eq!(w.check(1 << 40, t(5_000), age), Err(AgeError::TooFar));
+        assert_eq!(w.check(31 + MAX_PN_RATE, t(5_000), age), Err(AgeError::Replay(ReplayError::Duplicate)));
+        // A sender silent for a long time may come back far ahead (its other traffic, a restart).
+        assert_eq!(w.check(MAX_PN_RATE * 100, t(200_000), age), Ok(()));
+    }
 
     #[test]
     fn empty_accepts_anything() {

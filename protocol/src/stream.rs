@@ -55,6 +55,10 @@ impl Default for StreamLimits {
     }
 }
 
+/// Most chunks one Ack record gets repaired (PROTOCOL.md §6.3): bounds what one small NACK can
+/// make a sender multicast (36 KiB of 1200-byte datagrams).
+pub const MAX_REPAIRS_PER_ACK: usize = 32;
+
 /// How a retained message ended for the sender's bookkeeping.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Completion {
@@ -465,12 +469,17 @@ impl OutStream {
         if ack.next < self.next_seq || !ack.missing.is_empty() {
             self.heartbeat_soon(now);
         }
-        for &(start, len) in &ack.missing {
+        // One Ack record asks for at most MAX_REPAIRS_PER_ACK chunks (a NACK round sends up to
+        // four records; what is still missing is asked again after the repair wait), so one small
+        // NACK cannot make the sender multicast its whole retention.
+        let mut asked = 0;
+        'ranges: for &(start, len) in &ack.missing {
             for seq in start.max(self.low())..start.saturating_add(u64::from(len)).min(self.next_seq) {
-                self.repairs.insert(seq);
-                if self.repairs.len() > 4096 {
-                    break;
+                if asked == MAX_REPAIRS_PER_ACK || self.repairs.len() > 4096 {
+                    break 'ranges;
                 }
+                asked += 1;
+                self.repairs.insert(seq);
             }
         }
         true
@@ -912,7 +921,10 @@ impl InStream {
                 _ => break,
             }
         }
-        if h.seq >= window_end || self.pending_bytes + chunk.len() > limits.max_pending_bytes {
+        // A whole message that is next in order is delivered at once and never stays buffered:
+        // it passes even when the node's shared receive budget is used up by other senders.
+        let at_once = h.seq == self.next && h.count == 1;
+        if h.seq >= window_end || (!at_once && self.pending_bytes + chunk.len() > limits.max_pending_bytes) {
             // It was sent, so everything up to it (itself included, within the window) is missing.
             self.highest = self.highest.max(h.seq.saturating_add(1).min(window_end));
             self.schedule_nack(now, limits, jitter);

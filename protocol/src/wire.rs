@@ -594,6 +594,9 @@ pub enum Inner<'a> {
     Request {
         /// Caller-chosen id, unique per caller across its restarts.
         call_id: u64,
+        /// The callee's boot epoch the caller addressed: another incarnation ignores the
+        /// request, so a request captured before a callee restarted never runs again after it.
+        to_epoch: u32,
         /// Method name.
         method: &'a str,
         /// Argument bytes.
@@ -620,9 +623,9 @@ impl<'a> Inner<'a> {
                 put(&mut out, topic);
                 out.extend_from_slice(payload);
             }
-            Inner::Request { call_id, method, payload } => {
+            Inner::Request { call_id, to_epoch, method, payload } => {
                 out.push(inner::REQUEST);
-                put(&mut out, &(call_id, method));
+                put(&mut out, &(call_id, to_epoch, method));
                 out.extend_from_slice(payload);
             }
             Inner::Response { call_id, status, payload } => {
@@ -643,11 +646,11 @@ impl<'a> Inner<'a> {
                 Ok(Inner::Publish { topic, payload })
             }
             inner::REQUEST => {
-                let ((call_id, method), payload): ((u64, &str), _) = take(rest)?;
+                let ((call_id, to_epoch, method), payload): ((u64, u32, &str), _) = take(rest)?;
                 if method.is_empty() || method.len() > MAX_METHOD_LEN {
                     return Err(WireError::Malformed);
                 }
-                Ok(Inner::Request { call_id, method, payload })
+                Ok(Inner::Request { call_id, to_epoch, method, payload })
             }
             inner::RESPONSE => {
                 let ((call_id, status), payload): ((u64, u8), _) = take(rest)?;

@@ -1042,14 +1042,15 @@ fn no_such_method_and_remote_errors_pass_through() {
     assert_eq!(sim.node(a).pending_calls(), 0);
 }
 
-/// 8d. The callee reboots while a call is pending (its first incarnation never answered): the
-///     call is sent again to the new incarnation, which answers, and the call succeeds.
+/// 8d. The callee reboots while a call it received is pending (its first incarnation never
+///     answered): the call may have run there, so it ends `Interrupted` as soon as the restart is
+///     seen, and is never sent to the new incarnation: at most once, across callee restarts.
 #[test]
-fn call_pending_across_a_callee_reboot_is_retried_and_succeeds() {
+fn call_received_before_a_callee_reboot_ends_interrupted_and_never_runs_twice() {
     let mut sim = Sim::new(seed(0x5e1_000f));
     let a = sim.spawn("a");
     let b = sim.spawn("b");
-    // The first incarnation's handler never finishes; the second answers at once.
+    // The first incarnation's handler never finishes; the second would answer at once.
     sim.serve(b, &["work"], |r| (r.boot >= 2).then(|| Ok([b"done by boot 2: ", r.payload].concat())));
     sim.run_until(ms(500));
     let (a_id, b_id) = (sim.id(a), sim.id(b));
@@ -1061,16 +1062,33 @@ fn call_pending_across_a_callee_reboot_is_retried_and_succeeds() {
     sim.run_for(Duration::from_secs(2));
 
     let results: Vec<_> = sim.call_results(a).into_iter().map(|r| (r.1, r.2)).collect();
-    assert_eq!(results, vec![(id, Ok(b"done by boot 2: job".to_vec()))]);
-    assert!(sim.call_results(a)[0].0 < reboot + Duration::from_millis(100), "retried when the restart was seen");
+    assert_eq!(results, vec![(id, Err(CallError::Interrupted))]);
+    assert!(sim.call_results(a)[0].0 < reboot + Duration::from_millis(100), "ended when the restart was seen");
     let reqs: Vec<(bool, NodeId, u64, Vec<u8>)> =
         requests(&sim, b).into_iter().map(|r| (r.0 >= reboot, r.1, r.2, r.4)).collect();
-    assert_eq!(
-        reqs,
-        vec![(false, a_id, id.0, b"job".to_vec()), (true, a_id, id.0, b"job".to_vec())],
-        "once per incarnation"
-    );
+    assert_eq!(reqs, vec![(false, a_id, id.0, b"job".to_vec())], "run by the first incarnation only");
     assert!(sim.events(a).iter().any(|l| matches!(&l.event, Event::PeerRestarted(i) if i.id == b_id)));
+}
+
+/// 8d'. A call the callee's first incarnation never received (the link to it was cut) goes to
+///      the new incarnation when the callee reboots, and succeeds.
+#[test]
+fn call_never_received_before_a_callee_reboot_is_sent_again_and_succeeds() {
+    let mut sim = Sim::new(seed(0x5e1_001f));
+    let a = sim.spawn("a");
+    let b = sim.spawn("b");
+    sim.serve(b, &["work"], |r| Some(Ok([b"done by boot ", r.boot.to_string().as_bytes()].concat())));
+    sim.run_until(ms(500));
+    let b_id = sim.id(b);
+    sim.partition(&[a], &[b]);
+    let id = sim.call(a, b_id, "work", b"job", Duration::from_secs(10));
+    sim.run_for(Duration::from_millis(300));
+    sim.reboot(b);
+    sim.heal();
+    sim.run_for(Duration::from_secs(3));
+    let results: Vec<_> = sim.call_results(a).into_iter().map(|r| (r.1, r.2)).collect();
+    assert_eq!(results, vec![(id, Ok(b"done by boot 2".to_vec()))]);
+    assert_eq!(requests(&sim, b).len(), 1, "run once, by the new incarnation");
 }
 
 /// 8e. After a callee reboots with a request in flight, that request and every later call
@@ -1174,7 +1192,7 @@ fn forged_acks_and_responses_are_dropped_and_counted() {
     // another node. A request on the multicast stream, and a stream message that is no message.
     let never = Inner::Response { call_id: 0x1234_5678, status: 0, payload: b"surprise" }.encode();
     let wrong_peer = Inner::Response { call_id: call.0, status: 0, payload: b"not me" }.encode();
-    let misplaced = Inner::Request { call_id: 1, method: "echo", payload: b"x" }.encode();
+    let misplaced = Inner::Request { call_id: 1, to_epoch: 1, method: "echo", payload: b"x" }.encode();
     let garbage = [0x7f, 1, 2, 3];
     now += Duration::from_millis(1);
     // (A unicast stream's records travel only in unicast frames, PROTOCOL.md §2.7: two frames.)

@@ -159,7 +159,7 @@ fn stream_and_rpc_records_match_spec() {
         check(&v, name, &out);
         assert_eq!(RecordIter::new(&v[*name]).next(), Some(Ok(record.clone())), "{name} parses back");
     }
-    let request = Inner::Request { call_id: (1 << 32) | 7, method: "relay.set", payload: &[1] };
+    let request = Inner::Request { call_id: (1 << 32) | 7, to_epoch: 2, method: "relay.set", payload: &[1] };
     check(&v, "request_inner", &request.encode());
     assert_eq!(Inner::parse(&v["request_inner"]), Ok(request));
     let response = Inner::Response { call_id: (1 << 32) | 7, status: 0, payload: b"ok" };

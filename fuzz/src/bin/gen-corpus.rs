@@ -387,7 +387,7 @@ fn main() {
         let header = DataHeader { stream: 1, epoch: 1, seq: 0, low: 0, index: 0, count: 1, ttl_ms: 0 };
         record(&Record::Data { header, chunk })
     };
-    let echo_request = Inner::Request { call_id: (1 << 32) | 7, method: "echo", payload: &[1] }.encode();
+    let echo_request = Inner::Request { call_id: (1 << 32) | 7, to_epoch: 1, method: "echo", payload: &[1] }.encode();
     sealed.push((
         "request_and_respond".into(),
         sealed_program(

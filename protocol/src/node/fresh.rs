@@ -46,6 +46,13 @@ pub(crate) struct Verify {
     held_bytes: usize,
 }
 
+impl Verify {
+    /// Frames waiting for the answer.
+    pub(crate) fn held_frames(&self) -> usize {
+        self.held.len()
+    }
+}
+
 /// The sending side: where this node's packet numbers stood recently.
 pub(crate) struct Freshness {
     marks: VecDeque<(Instant, u64)>,

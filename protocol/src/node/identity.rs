@@ -18,7 +18,7 @@ use crate::config::{Config, ConfigError};
 use crate::crypto::SenderKey;
 use crate::identity::{Allowlist, AllowlistError, Identity, Permissions, PublicKey};
 use crate::noise::{self, Initiator, Responder, SessionKeys, COOKIE_LEN, MAC_LEN};
-use crate::replay::ReplayWindow;
+use crate::replay::AgedWindow;
 use crate::state::Boot;
 use crate::time::Instant;
 use crate::topic::Topic;
@@ -104,7 +104,7 @@ struct Session {
     tag: u8,
     send: SenderKey,
     recv: SenderKey,
-    replay: ReplayWindow,
+    replay: AgedWindow,
     created: Instant,
     sent: u64,
     initiator: bool,
@@ -116,7 +116,7 @@ impl Session {
             tag: keys.hash[0],
             send: SenderKey::from_raw(keys.send),
             recv: SenderKey::from_raw(keys.recv),
-            replay: ReplayWindow::new(),
+            replay: AgedWindow::new(),
             created: now,
             sent: 0,
             initiator,
@@ -129,7 +129,7 @@ struct RxGroup {
     tag: u8,
     key: SenderKey,
     floor: u64,
-    replay: ReplayWindow,
+    replay: AgedWindow,
 }
 
 /// A handshake this node started.
@@ -637,9 +637,7 @@ impl Node {
         if !self.peers.contains_key(&id) {
             if self.peers.len() >= self.config.max_peers {
                 match self.evictable() {
-                    Some(victim) => {
-                        self.peers.remove(&victim);
-                    }
+                    Some(victim) => self.evict(victim),
                     None => {
                         self.stats.drop_peer_table_full += 1;
                         return;
@@ -666,9 +664,6 @@ impl Node {
                 // Our stream to it goes on; what it held for the old incarnation is gone.
                 p.in_mcast = None;
                 p.in_ucast = None;
-                if let Some(out) = p.out_ucast.as_mut() {
-                    out.reset();
-                }
             }
             if let Some(name) = self.identity.as_ref().and_then(|s| s.list.by_id(id)) {
                 p.name = name.name.clone();
@@ -681,7 +676,10 @@ impl Node {
         if restarted {
             let info = self.peers[&id].info(id);
             self.push_event(Event::PeerRestarted(info));
-            self.resend_calls(now, id);
+        }
+        if new_incarnation {
+            // Calls the old incarnation received end `Interrupted`; the others go again.
+            self.callee_restarted(now, id);
         }
         // Our beacon (sealed with our multicast key) tells it our name and subscriptions soon.
         self.schedule_early_beacon(now);
@@ -728,7 +726,8 @@ impl Node {
             self.stats.drop_before_key += 1;
             return false;
         }
-        if replay.check(header.pn).is_err() {
+        let max_age = self.config.freshness_window;
+        if replay.check(header.pn, now, max_age).is_err() {
             self.stats.drop_replay += 1;
             return false;
         }
@@ -759,8 +758,10 @@ impl Node {
             self.stats.drop_malformed += 1;
             return false;
         }
-        let _ = replay.accept(header.pn);
-        if unicast {
+        let _ = replay.accept(header.pn, now, max_age);
+        // The session proves the address; only its newest frame moves it (a late frame, or a
+        // replay of one this node lost, from elsewhere does not).
+        if unicast && replay.highest() == Some(header.pn) {
             p.addr = from;
         }
         let epoch = p.epoch;
@@ -1028,7 +1029,7 @@ fn install_group(p: &mut IdPeer, tag: u8, key: [u8; 32], floor: u64) {
         let oldest = p.groups.iter().position(|g| g.tag & DISCOVERY_TAG == class).expect("two exist");
         p.groups.remove(oldest);
     }
-    p.groups.push(RxGroup { tag, key: SenderKey::from_raw(key), floor, replay: ReplayWindow::new() });
+    p.groups.push(RxGroup { tag, key: SenderKey::from_raw(key), floor, replay: AgedWindow::new() });
 }
 
 /// A frame opened under the key `tag`: the sender uses it now, so older keys of its class go

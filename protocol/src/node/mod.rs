@@ -26,7 +26,7 @@ use rand_core::{RngCore, SeedableRng};
 use crate::config::{Config, ConfigError};
 use crate::crypto::{NetworkKey, NetworkKeys, SenderKey};
 use crate::reassembly::{Reassembler, ReassemblyLimits};
-use crate::replay::ReplayWindow;
+use crate::replay::AgedWindow;
 use crate::response_cache::{CacheLimits, ResponseCache};
 use crate::rtt::RttEstimator;
 use crate::state::{Boot, PersistedState};
@@ -410,7 +410,7 @@ struct Peer {
     epoch: u32,
     interval: Duration,
     last_heard: Instant,
-    replay: ReplayWindow,
+    replay: AgedWindow,
     /// Its PSK-mode sender key (identity mode keeps keys per session instead).
     key: Option<SenderKey>,
     status: PeerStatus,
@@ -858,7 +858,12 @@ impl Node {
         let stale = peer.left_pn.is_some_and(|left| header.pn < left);
         if !stale {
             peer.last_heard = now;
-            peer.addr = from;
+            // Only the sender's newest frame moves its address: a late (or replayed) older
+            // frame from elsewhere cannot redirect what we send it. (Identity mode keeps the
+            // address its session proved, `identity.rs`.)
+            if self.identity.is_some() || peer.replay.highest() == Some(header.pn) {
+                peer.addr = from;
+            }
             if peer.status == PeerStatus::Down {
                 peer.status = PeerStatus::Unannounced;
                 peer.left_pn = None;
@@ -1077,7 +1082,8 @@ impl Node {
         }
         let known = match self.peers.get(&header.sender) {
             Some(peer) => {
-                if header.pn < peer.floor || peer.replay.check(header.pn).is_err() {
+                let max_age = self.config.freshness_window;
+                if header.pn < peer.floor || peer.replay.check(header.pn, now, max_age).is_err() {
                     self.stats.drop_replay += 1;
                     return false;
                 }
@@ -1117,7 +1123,7 @@ impl Node {
         if let Some(key) = fresh_key {
             if self.peers.len() >= self.config.max_peers {
                 if let Some(victim) = self.evictable() {
-                    self.peers.remove(&victim);
+                    self.evict(victim);
                 }
             }
             self.insert_peer(now, from, header.sender, Some(key));
@@ -1127,7 +1133,7 @@ impl Node {
         }
         let peer = self.peers.get_mut(&header.sender).expect("present: found or inserted above");
         // Accepting cannot fail: checked above and nothing ran in between.
-        let _ = peer.replay.accept(header.pn);
+        let _ = peer.replay.accept(header.pn, now, self.config.freshness_window);
         true
     }
 
@@ -1140,7 +1146,7 @@ impl Node {
                 epoch: 0,
                 interval: self.config.beacon_interval,
                 last_heard: now,
-                replay: ReplayWindow::new(),
+                replay: AgedWindow::new(),
                 key,
                 status: PeerStatus::Unannounced,
                 left_pn: None,
@@ -1222,11 +1228,6 @@ impl Node {
                 // A new incarnation: its streams start afresh, and so does ours to it.
                 p.in_mcast = None;
                 p.in_ucast = None;
-                // Our stream to it goes on numbering from where it was (the new incarnation
-                // starts at our `low`), but what it held for the old incarnation is dropped.
-                if let Some(out) = p.out_ucast.as_mut() {
-                    out.reset();
-                }
                 self.reassembly.forget(sender);
                 self.cache.forget(sender);
                 Some(Event::PeerRestarted(self.peers[&sender].info(sender)))
@@ -1241,10 +1242,17 @@ impl Node {
         // Filters known from before (or announced ahead of this beacon) count at once.
         self.join_waiting(now, sender);
         if let Some(e) = event {
+            let restarted = matches!(e, Event::PeerRestarted(_));
             self.push_event(e);
             self.schedule_early_beacon(now);
-            // Calls waiting for this peer (or sent to an incarnation that is gone) go (again).
-            self.resend_calls(now, sender);
+            // Calls waiting for this peer go now. Our stream to a restarted peer goes on
+            // numbering from where it was (the new incarnation starts at our `low`), but what
+            // it held for the old incarnation is dropped, and calls the old one received end.
+            if restarted {
+                self.callee_restarted(now, sender);
+            } else {
+                self.resend_calls(now, sender);
+            }
         }
     }
 
@@ -1349,13 +1357,26 @@ impl Node {
         self.lease_request = Some(PersistedState { node_id: self.id(), epoch: self.boot.epoch, lease_end: end });
     }
 
-    /// The departed peer heard from least recently, if any: the one to forget for a newcomer.
+    /// Forgets `id` to make room (see [`evictable`](Self::evictable)); frames it had waiting are
+    /// dropped and counted, and a publication waiting to identify it no longer does.
+    fn evict(&mut self, id: NodeId) {
+        if let Some(p) = self.peers.remove(&id) {
+            if let Some(v) = p.verify {
+                self.stats.drop_unverified += v.held_frames() as u64;
+                self.out_mcast.unidentified_lost(id);
+            }
+        }
+    }
+
+    /// The peer to forget for a newcomer when the table is full: the departed one heard from
+    /// least recently, else the sender still unverified the longest (PROTOCOL.md §3.4). An
+    /// unverified sender may be a replay of a dead node's frames: a flood of those must not fill
+    /// the table and lock out live newcomers, so they make room for each other.
     fn evictable(&self) -> Option<NodeId> {
-        self.peers
-            .iter()
-            .filter(|(_, p)| p.status == PeerStatus::Down)
-            .min_by_key(|(_, p)| p.last_heard)
-            .map(|(id, _)| *id)
+        let oldest = |pick: &dyn Fn(&Peer) -> bool| {
+            self.peers.iter().filter(|(_, p)| pick(p)).min_by_key(|(_, p)| p.last_heard).map(|(id, _)| *id)
+        };
+        oldest(&|p| p.status == PeerStatus::Down).or_else(|| oldest(&|p| p.verify.is_some()))
     }
 
     fn update_timers(&mut self) {

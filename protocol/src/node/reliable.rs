@@ -238,7 +238,13 @@ impl Node {
     }
 
     pub(super) fn handle_data(&mut self, now: Instant, sender: NodeId, h: &DataHeader, chunk: &[u8]) {
-        let limits = self.config.streams;
+        let mut limits = self.config.streams;
+        // What this stream may buffer: its own bound, within what the node's other streams leave
+        // of the total (PROTOCOL.md §6.1), so many senders cannot add up past the node's memory.
+        let total: usize = self.peers.values().map(|p| pending_of(p)).sum();
+        let own = self.peers.get(&sender).map_or(0, |p| pending_of(p));
+        let left = self.config.max_pending_total.saturating_sub(total - own);
+        limits.max_pending_bytes = limits.max_pending_bytes.min(left);
         let jitter = self.rng.next_u64();
         // A new receiver starts at the oldest message the sender still retains: if the sender
         // waits for it, nothing it was meant to get can be skipped silently.
@@ -269,8 +275,8 @@ impl Node {
                         Ok(topic) => self.deliver(sender, topic, payload, Some(seq)),
                         Err(_) => self.stats.malformed_messages += 1,
                     },
-                    Ok(Inner::Request { call_id, method, payload }) if kind == stream::UNICAST => {
-                        self.handle_request(now, sender, call_id, method, payload)
+                    Ok(Inner::Request { call_id, to_epoch, method, payload }) if kind == stream::UNICAST => {
+                        self.handle_request(now, sender, call_id, to_epoch, method, payload)
                     }
                     Ok(Inner::Response { call_id, status, payload }) if kind == stream::UNICAST => {
                         self.handle_response(sender, call_id, status, payload)
@@ -462,9 +468,16 @@ impl Node {
 
     /// Bytes buffered out of order from `peer`'s streams (for bounds checks and statistics).
     pub fn pending_from(&self, peer: NodeId) -> usize {
-        self.peers.get(&peer).map_or(0, |p| {
-            p.in_mcast.as_ref().map_or(0, InStream::pending_bytes)
-                + p.in_ucast.as_ref().map_or(0, InStream::pending_bytes)
-        })
+        self.peers.get(&peer).map_or(0, |p| pending_of(p))
     }
+
+    /// Bytes buffered out of order over every peer's streams (at most `max_pending_total`).
+    pub fn pending_total(&self) -> usize {
+        self.peers.values().map(|p| pending_of(p)).sum()
+    }
+}
+
+/// Bytes buffered out of order from one peer's streams.
+fn pending_of(p: &super::Peer) -> usize {
+    p.in_mcast.as_ref().map_or(0, InStream::pending_bytes) + p.in_ucast.as_ref().map_or(0, InStream::pending_bytes)
 }

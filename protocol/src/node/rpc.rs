@@ -43,6 +43,10 @@ pub enum CallError {
     InvalidMethod,
     /// `max_pending_calls` calls are already in flight.
     TooManyCalls,
+    /// The callee restarted after it had received the request, before it answered: the call
+    /// may or may not have run. It is not sent again, so that it runs at most once; the caller
+    /// decides whether to call again.
+    Interrupted,
     /// The node is closing.
     Closed,
 }
@@ -62,6 +66,9 @@ impl fmt::Display for CallError {
             CallError::TooLarge { size, max } => write!(f, "request of {size} bytes exceeds the {max}-byte limit"),
             CallError::InvalidMethod => f.write_str("method names are 1 to 64 bytes"),
             CallError::TooManyCalls => f.write_str("too many calls in flight (max_pending_calls)"),
+            CallError::Interrupted => f.write_str(
+                "the node restarted after it received the call and before it answered: the call may or may not have run",
+            ),
             CallError::Closed => f.write_str("node is closed"),
         }
     }
@@ -74,6 +81,8 @@ pub(crate) struct PendingCall {
     method: String,
     payload: Vec<u8>,
     pub(super) deadline: Instant,
+    /// Whether the request was handed to the callee's current incarnation's stream.
+    sent: bool,
 }
 
 fn valid_method(m: &str) -> bool {
@@ -124,7 +133,13 @@ impl Node {
         }
         let id = CallId((u64::from(self.epoch()) << 32) | u64::from(self.next_call));
         self.next_call = self.next_call.wrapping_add(1);
-        let call = PendingCall { peer, method: method.to_string(), payload: payload.to_vec(), deadline: now + timeout };
+        let call = PendingCall {
+            peer,
+            method: method.to_string(),
+            payload: payload.to_vec(),
+            deadline: now + timeout,
+            sent: false,
+        };
         self.calls.insert(id, call);
         self.send_call(now, id);
         self.service(now, Some(peer));
@@ -148,13 +163,15 @@ impl Node {
 
     fn send_call(&mut self, now: Instant, id: CallId) {
         let Some(call) = self.calls.get(&id) else { return };
-        let up = self.peers.get(&call.peer).is_some_and(|p| p.status == PeerStatus::Up);
-        if !up {
+        let Some(to_epoch) = self.peers.get(&call.peer).filter(|p| p.status == PeerStatus::Up).map(|p| p.epoch) else {
             return; // sent when the peer comes up
-        }
+        };
         let (peer, ttl) = (call.peer, call.deadline.saturating_duration_since(now));
-        let bytes = Inner::Request { call_id: id.0, method: &call.method, payload: &call.payload }.encode();
+        let bytes = Inner::Request { call_id: id.0, to_epoch, method: &call.method, payload: &call.payload }.encode();
         self.send_unicast(now, peer, id.0, &bytes, Some(ttl));
+        if let Some(call) = self.calls.get_mut(&id) {
+            call.sent = true;
+        }
     }
 
     /// Sends one message on this node's unicast stream to `to`.
@@ -173,6 +190,30 @@ impl Node {
         }
     }
 
+    /// `peer` restarted: this node's stream to it starts afresh. A call whose request the old
+    /// incarnation acknowledged may have run there, so it ends as `Interrupted` rather than run
+    /// twice; the others (never sent, or not wholly received) go to the new incarnation.
+    pub(super) fn callee_restarted(&mut self, now: Instant, peer: NodeId) {
+        let unreceived: Vec<u64> = match self.peers.get_mut(&peer).and_then(|p| p.out_ucast.as_mut()) {
+            Some(out) => out.reset().into_iter().map(|c| c.id).collect(),
+            None => Vec::new(),
+        };
+        let interrupted: Vec<CallId> = self
+            .calls
+            .iter()
+            .filter(|(id, c)| c.peer == peer && c.sent && !unreceived.contains(&id.0))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in interrupted {
+            self.calls.remove(&id);
+            self.push_event(Event::CallDone { id, result: Err(CallError::Interrupted) });
+        }
+        for c in self.calls.values_mut().filter(|c| c.peer == peer) {
+            c.sent = false;
+        }
+        self.resend_calls(now, peer);
+    }
+
     /// Sends (again) every unanswered call to `peer`: it came up or restarted.
     pub(super) fn resend_calls(&mut self, now: Instant, peer: NodeId) {
         let ids: Vec<CallId> = self.calls.iter().filter(|(_, c)| c.peer == peer).map(|(id, _)| *id).collect();
@@ -181,7 +222,21 @@ impl Node {
         }
     }
 
-    pub(super) fn handle_request(&mut self, now: Instant, from: NodeId, call_id: u64, method: &str, payload: &[u8]) {
+    pub(super) fn handle_request(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        call_id: u64,
+        to_epoch: u32,
+        method: &str,
+        payload: &[u8],
+    ) {
+        if to_epoch != self.epoch() {
+            // Addressed to an earlier incarnation of this node, which may have run it: never run
+            // it again (PROTOCOL.md §7). The caller learns of the restart from our beacon.
+            self.stats.drop_stream += 1;
+            return;
+        }
         if !self.may_call(from, method) {
             self.stats.denied += 1;
             let bytes = Inner::Response { call_id, status: status::DENIED, payload: &[] }.encode();
