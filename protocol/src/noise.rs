@@ -190,6 +190,13 @@ fn mac16(key: &[u8], parts: &[&[u8]]) -> [u8; MAC_LEN] {
     mac.finalize().into_bytes().into()
 }
 
+/// Compares two MACs in constant time (`subtle`): how long a refusal takes must not tell an
+/// attacker how many leading bytes of a forged MAC were right.
+pub fn mac_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
 /// `mac1` of a handshake message to `receiver`: anyone who knows its public key can make it, so it
 /// only proves the sender meant this receiver; it costs one BLAKE2s to check, no Diffie-Hellman.
 pub fn mac1(receiver: &PublicKey, covered: &[u8]) -> [u8; MAC_LEN] {

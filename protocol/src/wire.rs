@@ -336,6 +336,9 @@ pub enum Record<'a> {
         key: [u8; 32],
         /// The sender's packet number when it handed the key out: older frames are refused.
         floor: u64,
+        /// The key replaces every other key of its class at once (the sender rotated because a
+        /// member was revoked): receivers forget the older ones without waiting for a frame.
+        replaces: bool,
     },
     /// Identity mode, unicast only: please send your current multicast key.
     KeyRequest,
@@ -433,7 +436,7 @@ impl<'a> Record<'a> {
             Record::Subscriptions(f) => size(f),
             Record::Challenge(n) => size(n),
             Record::Echo { nonce, floor } => size(&(nonce, floor)),
-            Record::GroupKey { tag, key, floor } => size(&(tag, key, floor)),
+            Record::GroupKey { tag, key, floor, replaces } => size(&(tag, key, floor, replaces)),
             Record::Leave | Record::KeyRequest | Record::Solicit | Record::Unknown { .. } => 0,
         }
     }
@@ -490,7 +493,7 @@ impl<'a> Record<'a> {
             Record::Subscriptions(f) => put(out, f),
             Record::Challenge(n) => put(out, n),
             Record::Echo { nonce, floor } => put(out, &(nonce, floor)),
-            Record::GroupKey { tag, key, floor } => put(out, &(tag, key, floor)),
+            Record::GroupKey { tag, key, floor, replaces } => put(out, &(tag, key, floor, replaces)),
             Record::Leave | Record::KeyRequest | Record::Solicit | Record::Unknown { .. } => {}
         }
     }
@@ -543,8 +546,9 @@ impl<'a> Record<'a> {
                 Ok(Record::Echo { nonce, floor })
             }
             kind::GROUP_KEY => {
-                let ((tag, key, floor), _): ((u8, [u8; 32], u64), _) = take(body)?;
-                Ok(Record::GroupKey { tag, key, floor })
+                // `replaces` was appended to the record: a record without it replaces nothing.
+                let ((tag, key, floor), rest): ((u8, [u8; 32], u64), _) = take(body)?;
+                Ok(Record::GroupKey { tag, key, floor, replaces: rest.first() == Some(&1) })
             }
             kind::KEY_REQUEST => Ok(Record::KeyRequest),
             kind::SOLICIT => Ok(Record::Solicit),

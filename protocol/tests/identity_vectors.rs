@@ -65,6 +65,13 @@ fn ephemeral(seed: [u8; 32]) -> [u8; 32] {
     e
 }
 
+/// Message 1's payload: `epoch_i = 1`, `counter_i = 5`.
+fn payload_i() -> Vec<u8> {
+    let mut p = 1u32.to_be_bytes().to_vec();
+    p.extend_from_slice(&5u64.to_be_bytes());
+    p
+}
+
 fn payload_r() -> Vec<u8> {
     let mut p = 2u32.to_be_bytes().to_vec();
     p.push(0x85);
@@ -124,7 +131,7 @@ fn handshake_and_frames_match_the_spec() {
     // Starling's handshake code, with the seeds.
     let pro = noise::prologue("home");
     let mut msg1 = Vec::new();
-    let init = Initiator::start(&i, &r.public(), &pro, SEED_I, &1u32.to_be_bytes(), &mut msg1).unwrap();
+    let init = Initiator::start(&i, &r.public(), &pro, SEED_I, &payload_i(), &mut msg1).unwrap();
     check(&v, "msg1", &msg1);
     let resp = Responder::read(&r, &pro, SEED_R, &msg1).unwrap();
     let mut msg2 = Vec::new();
@@ -160,7 +167,7 @@ fn handshake_and_frames_match_the_spec() {
         .build_responder()
         .unwrap();
     let mut buf = [0u8; 256];
-    let n = hi.write_message(&1u32.to_be_bytes(), &mut buf).unwrap();
+    let n = hi.write_message(&payload_i(), &mut buf).unwrap();
     assert_eq!(hex(&buf[..n]), hex(&v["msg1"]), "msg1 from snow alone");
     let mut p = [0u8; 256];
     hr.read_message(&buf[..n], &mut p).unwrap();
@@ -175,12 +182,14 @@ fn handshake_and_frames_match_the_spec() {
     announce.extend_from_slice(&[0; 6]);
     announce.extend_from_slice(&i.public().0);
     announce.extend_from_slice(&1u32.to_be_bytes());
+    announce.resize(176, 0); // padded to the size of a HandshakeInit
     check(&v, "announce_frame", &announce);
     let mut init_frame = vec![0x12, net_tag];
     init_frame.extend_from_slice(&i.node_id().to_bytes());
     init_frame.extend_from_slice(&[0; 6]);
     init_frame.extend_from_slice(&r.node_id().to_bytes());
     init_frame.extend_from_slice(&v["msg1"]);
+    init_frame.extend_from_slice(&[0; 12]);
     let mac1 = mac16(&prf(b"starling/v1/mac1", &r.public().0), &init_frame);
     init_frame.extend_from_slice(&mac1);
     init_frame.extend_from_slice(&[0; 16]);
@@ -222,5 +231,6 @@ fn handshake_and_frames_match_the_spec() {
     assert_eq!(node.stats().handshakes_failed, 0, "{:?}", node.stats());
     let t = node.poll_transmit(Instant::ZERO, &mut out).unwrap().expect("an answer");
     assert_eq!(Header::parse(&out[..t.len]).unwrap().suite, SUITE_HS_RESP);
+    assert!(t.len <= init_frame.len(), "an answer of {} bytes to {}: no amplification", t.len, init_frame.len());
     assert_eq!(t.destination, starling::Destination::Unicast(from));
 }

@@ -27,10 +27,23 @@ use crate::wire::{
     SUITE_MULTICAST, SUITE_PSK, SUITE_UNICAST, TAG_LEN,
 };
 
-/// Body of an Announce: public key, epoch.
-const ANNOUNCE_LEN: usize = 32 + 4;
-/// Noise IK message 1 with a 4-byte payload: e (32), s (32 + 16), payload (4 + 16).
-const MSG1_LEN: usize = 32 + 48 + 4 + 16;
+/// What an Announce says: public key, epoch. Zero padding follows (see [`ANNOUNCE_LEN`]).
+const ANNOUNCE_FIELDS: usize = 32 + 4;
+/// Payload of message 1: the initiator's epoch and a counter that only grows (its packet number).
+const MSG1_PAYLOAD: usize = 4 + 8;
+/// Noise IK message 1: e (32), s (32 + 16), payload (12 + 16).
+const MSG1_LEN: usize = 32 + 48 + MSG1_PAYLOAD + 16;
+/// Zero bytes after message 1, so that a HandshakeInit frame is at least as large as the
+/// largest HandshakeResp it can draw: answering never amplifies (PROTOCOL.md §11.6).
+const INIT_PAD: usize = 12;
+/// Length of a HandshakeInit frame.
+const INIT_FRAME: usize = HEADER_LEN + 8 + MSG1_LEN + INIT_PAD + 2 * MAC_LEN;
+/// Body of an Announce: its fields padded so the frame is as large as the HandshakeInit it may
+/// prompt, so a forged Announce from a spoofed address reflects less than it costs.
+const ANNOUNCE_LEN: usize = INIT_FRAME - HEADER_LEN;
+/// Answers to handshakes under way that failed to open, per try, before further ones are ignored
+/// (each costs two Diffie-Hellman operations and a restart of the handshake).
+const MAX_BAD_RESPONSES: u8 = 4;
 /// Longest message 2: e (32), payload (epoch 4 + two multicast keys) + 16.
 const MSG2_MAX: usize = 32 + 4 + 2 * GROUP_KEY_LEN + 16;
 /// Tags of discovery keys have the high bit set; data keys' tags have it clear.
@@ -108,10 +121,14 @@ struct Session {
     created: Instant,
     sent: u64,
     initiator: bool,
+    /// The peer's epoch this session's handshake carried: it becomes the peer's epoch only once
+    /// the session is established (initiator) or confirmed (responder), never from a message 1
+    /// that may be replayed.
+    peer_epoch: u32,
 }
 
 impl Session {
-    fn new(keys: &SessionKeys, now: Instant, initiator: bool) -> Self {
+    fn new(keys: &SessionKeys, now: Instant, initiator: bool, peer_epoch: u32) -> Self {
         Session {
             tag: keys.hash[0],
             send: SenderKey::from_raw(keys.send),
@@ -120,6 +137,7 @@ impl Session {
             created: now,
             sent: 0,
             initiator,
+            peer_epoch,
         }
     }
 }
@@ -132,36 +150,54 @@ struct RxGroup {
     replay: AgedWindow,
 }
 
-/// A handshake this node started.
+/// A handshake this node started. Every try sends a new message 1 (new ephemeral key, higher
+/// counter), so a responder can refuse replays of old ones.
 struct Handshake {
     init: Initiator,
     mac1: [u8; MAC_LEN],
     msg: Vec<u8>,
     tries: u32,
     next_at: Instant,
+    /// Answers of this try that failed to open (forged, or for an earlier try).
+    bad_responses: u8,
 }
 
 /// Which of a peer's sessions a frame opened under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Slot {
     Current,
-    Pending,
+    Pending(usize),
     Previous,
 }
+
+/// Sessions a responder holds unconfirmed for one peer (each for another initiator epoch).
+const MAX_PENDING: usize = 3;
 
 /// What identity mode knows of one allowlisted peer.
 struct IdPeer {
     key: PublicKey,
-    /// Where its announce or last authenticated frame came from.
+    /// Where to reach it: the address its session proved, or before any session, where its
+    /// announce came from.
     addr: SocketAddr,
+    /// Whether `addr` was proven by a session (an authenticated frame or handshake answer):
+    /// unauthenticated frames never replace a proven address.
+    proven: bool,
+    /// Handshake messages 1 this node may still send to an unproven address: one per Announce
+    /// heard from it, so a forged Announce reflects at most one message, smaller than itself.
+    credit: u32,
+    /// The (epoch, counter) of the latest message 1 it sent that this node processed: older
+    /// ones of the same epoch are replays.
+    last_init: Option<(u32, u64)>,
     /// Its epoch as of the last completed handshake (0 before).
     epoch: u32,
     /// Sessions are boxed: most peers have one, and a small entry keeps a device's heap small.
     current: Option<Box<Session>>,
     /// The session before the current one, kept until the peer is heard under the new one.
     previous: Option<Box<Session>>,
-    /// Responder side: a session waiting for the initiator's first frame (its confirmation).
-    pending: Option<Box<Session>>,
+    /// Responder side: sessions waiting for the initiator's first frame (their confirmation),
+    /// at most [`MAX_PENDING`], one per initiator epoch: a replayed message 1 of an earlier
+    /// incarnation cannot displace the genuine one waiting beside it.
+    pending: Vec<Session>,
     /// Boxed: a handshake under way is large and rare.
     handshake: Option<Box<Handshake>>,
     cookie: Option<([u8; COOKIE_LEN], Instant)>,
@@ -176,10 +212,13 @@ impl IdPeer {
         IdPeer {
             key,
             addr,
+            proven: false,
+            credit: 0,
+            last_init: None,
             epoch: 0,
             current: None,
             previous: None,
-            pending: None,
+            pending: Vec::new(),
             handshake: None,
             cookie: None,
             groups: Vec::new(),
@@ -191,8 +230,8 @@ impl IdPeer {
         if self.current.as_ref().is_some_and(|s| s.tag == tag) {
             return self.current.as_deref_mut().map(|s| (s, Slot::Current));
         }
-        if self.pending.as_ref().is_some_and(|s| s.tag == tag) {
-            return self.pending.as_deref_mut().map(|s| (s, Slot::Pending));
+        if let Some(i) = self.pending.iter().position(|s| s.tag == tag) {
+            return Some((&mut self.pending[i], Slot::Pending(i)));
         }
         self.previous.as_deref_mut().filter(|s| s.tag == tag).map(|s| (s, Slot::Previous))
     }
@@ -205,6 +244,16 @@ impl IdPeer {
         self.previous = self.current.take();
         self.current = Some(s);
     }
+
+    /// Holds a session this node answered, until it is confirmed.
+    fn add_pending(&mut self, s: Session) {
+        if let Some(i) = self.pending.iter().position(|p| p.peer_epoch == s.peer_epoch) {
+            self.pending.remove(i);
+        } else if self.pending.len() >= MAX_PENDING {
+            self.pending.remove(0);
+        }
+        self.pending.push(s);
+    }
 }
 
 /// Identity mode's state inside a [`Node`].
@@ -216,6 +265,8 @@ pub(super) struct IdentityState {
     group: OwnKeys,
     /// New multicast keys already handed out, used from the instant given.
     next_group: Option<(OwnKeys, Instant)>,
+    /// The current keys replaced the older ones at once (a revocation): say so when handing them.
+    group_replaces: bool,
     group_rotate_at: Instant,
     /// Boxed entries: B-tree nodes hold 11 slots, so inline entries would reserve room for
     /// peers that do not exist (on a microcontroller that was most of the heap).
@@ -302,6 +353,7 @@ impl Node {
             list: allowlist,
             group,
             next_group: None,
+            group_replaces: false,
             group_rotate_at: now + node.config.identity.group_key_rotation,
             peers: BTreeMap::new(),
             cookie_secret: random32(&mut node.rng),
@@ -389,7 +441,8 @@ impl Node {
 
     fn handle_announce(&mut self, now: Instant, from: SocketAddr, header: &Header, body: &[u8]) {
         let Some(state) = self.identity.as_mut() else { return };
-        if body.len() != ANNOUNCE_LEN {
+        // Shorter Announces are refused: they could reflect more than they cost.
+        if body.len() != ANNOUNCE_LEN || body[ANNOUNCE_FIELDS..].iter().any(|&b| b != 0) {
             self.stats.handshakes_failed += 1;
             return;
         }
@@ -404,52 +457,96 @@ impl Node {
             return;
         }
         let p = state.peers.entry(header.sender).or_insert_with(|| Box::new(IdPeer::new(key, from)));
-        // Unauthenticated: it may start a handshake, never change a working session.
+        // Unauthenticated: it may start a handshake, never change a working session nor an
+        // address a session proved.
         let needs = p.current.is_none() || p.epoch != epoch;
-        if p.current.is_none() {
+        if !p.proven {
+            if p.addr != from {
+                p.credit = 0;
+            }
             p.addr = from;
+            p.credit = (p.credit + 1).min(MAX_HANDSHAKE_TRIES);
         }
         if needs && p.handshake.is_none() {
-            p.addr = from;
             self.initiate(now, header.sender);
+        } else if needs && !p.proven && p.handshake.as_ref().is_some_and(|h| h.next_at > now) {
+            // Announces fund the retries to an unproven address: send one now.
+            self.send_handshake(now, header.sender);
         }
     }
 
-    /// Sends message 1 of a new handshake to `id`, unless one is under way.
+    /// Starts a handshake with `id` and sends its first message 1, unless one is under way.
     fn initiate(&mut self, now: Instant, id: NodeId) {
-        let epoch = self.boot.epoch;
-        let seed = random32(&mut self.rng);
-        let Some(state) = self.identity.as_mut() else { return };
-        let me = state.me.node_id();
-        let net_tag = state.net_tag;
-        let Some(p) = state.peers.get_mut(&id) else { return };
+        let Some(p) = self.identity.as_mut().and_then(|s| s.peers.get_mut(&id)) else { return };
         if p.handshake.is_some() {
             return;
         }
-        let mut msg = frame(SUITE_HS_INIT, net_tag, me, 8 + MSG1_LEN + 2 * MAC_LEN);
-        msg.extend_from_slice(&id.to_bytes());
-        let Ok(init) = Initiator::start(&state.me, &p.key, &state.prologue, seed, &epoch.to_be_bytes(), &mut msg)
-        else {
-            self.stats.handshakes_failed += 1;
-            return;
-        };
-        let mac1 = noise::mac1(&p.key, &msg);
-        msg.extend_from_slice(&mac1);
-        let hs = Box::new(Handshake { init, mac1, msg, tries: 0, next_at: now });
-        p.handshake = Some(hs);
-        self.send_handshake(now, id);
+        if let Some(hs) = self.new_message1(id, 0, now) {
+            if let Some(p) = self.identity.as_mut().and_then(|s| s.peers.get_mut(&id)) {
+                p.handshake = Some(hs);
+            }
+            self.send_handshake(now, id);
+        }
     }
 
-    /// (Re)sends the pending message 1 to `id`, with a mac2 if a fresh cookie is known.
+    /// A new message 1 to `id`: fresh ephemeral key, and a counter that never repeats (a packet
+    /// number of this node, so it grows across restarts of a node with a lease). `None` when no
+    /// packet number is free (a lease is being stored) or the handshake cannot be built.
+    fn new_message1(&mut self, id: NodeId, tries: u32, now: Instant) -> Option<Box<Handshake>> {
+        if self.next_pn >= self.lease_end {
+            self.request_lease();
+            return None;
+        }
+        let counter = self.next_pn;
+        self.next_pn += 1;
+        let mut payload = [0u8; MSG1_PAYLOAD];
+        payload[..4].copy_from_slice(&self.boot.epoch.to_be_bytes());
+        payload[4..].copy_from_slice(&counter.to_be_bytes());
+        let seed = random32(&mut self.rng);
+        let state = self.identity.as_mut()?;
+        let me = state.me.node_id();
+        let p = state.peers.get(&id)?;
+        let mut msg = frame(SUITE_HS_INIT, state.net_tag, me, INIT_FRAME - HEADER_LEN);
+        msg.extend_from_slice(&id.to_bytes());
+        let Ok(init) = Initiator::start(&state.me, &p.key, &state.prologue, seed, &payload, &mut msg) else {
+            self.stats.handshakes_failed += 1;
+            return None;
+        };
+        msg.resize(msg.len() + INIT_PAD, 0);
+        let mac1 = noise::mac1(&p.key, &msg);
+        msg.extend_from_slice(&mac1);
+        Some(Box::new(Handshake { init, mac1, msg, tries, next_at: now, bad_responses: 0 }))
+    }
+
+    /// Sends a new message 1 of the handshake under way to `id`, with a mac2 if a fresh cookie
+    /// is known. To an address no session proved, only as far as its Announces allow.
     fn send_handshake(&mut self, now: Instant, id: NodeId) {
         let retry = self.config.identity.handshake_retry;
-        let Some(state) = self.identity.as_mut() else { return };
-        let Some(p) = state.peers.get_mut(&id) else { return };
-        let Some(hs) = p.handshake.as_mut() else { return };
-        if hs.tries >= MAX_HANDSHAKE_TRIES {
+        let Some(p) = self.identity.as_mut().and_then(|s| s.peers.get_mut(&id)) else { return };
+        let Some(tries) = p.handshake.as_ref().map(|h| h.tries) else { return };
+        if tries >= MAX_HANDSHAKE_TRIES {
             p.handshake = None;
             return;
         }
+        if !p.proven && p.credit == 0 {
+            // Wait for its next Announce (each one funds one message).
+            if let Some(hs) = p.handshake.as_mut() {
+                hs.next_at = now + retry * (1 << tries.min(3));
+            }
+            return;
+        }
+        // The first try uses the message built with the handshake; retries build a new one.
+        if tries > 0 {
+            let Some(hs) = self.new_message1(id, tries, now) else { return };
+            let Some(p) = self.identity.as_mut().and_then(|s| s.peers.get_mut(&id)) else { return };
+            p.handshake = Some(hs);
+        }
+        let Some(state) = self.identity.as_mut() else { return };
+        let Some(p) = state.peers.get_mut(&id) else { return };
+        if !p.proven {
+            p.credit -= 1;
+        }
+        let Some(hs) = p.handshake.as_mut() else { return };
         hs.tries += 1;
         hs.next_at = now + retry * (1 << (hs.tries - 1).min(3));
         let mut msg = hs.msg.clone();
@@ -470,7 +567,7 @@ impl Node {
         let Some(state) = self.identity.as_mut() else { return };
         let me = state.me.node_id();
         // Cheap checks first: length, addressee, mac1 (one BLAKE2s). No Diffie-Hellman yet.
-        if datagram.len() != HEADER_LEN + 8 + MSG1_LEN + 2 * MAC_LEN {
+        if datagram.len() != INIT_FRAME {
             self.stats.handshakes_failed += 1;
             return;
         }
@@ -478,7 +575,7 @@ impl Node {
         let mac1_at = mac2_at - MAC_LEN;
         let Some((to, _)) = take_id(&datagram[HEADER_LEN..]) else { return };
         let mac1: [u8; MAC_LEN] = datagram[mac1_at..mac2_at].try_into().expect("16 bytes");
-        if to != me || noise::mac1(&state.me.public(), &datagram[..mac1_at]) != mac1 {
+        if to != me || !noise::mac_eq(&noise::mac1(&state.me.public(), &datagram[..mac1_at]), &mac1) {
             self.stats.handshakes_failed += 1;
             return;
         }
@@ -489,7 +586,7 @@ impl Node {
             let covered = &datagram[..mac2_at];
             let proven = [state.cookie_secret, state.old_cookie_secret]
                 .iter()
-                .any(|s| noise::mac2(&noise::cookie(s, &from), covered) == mac2);
+                .any(|s| noise::mac_eq(&noise::mac2(&noise::cookie(s, &from), covered), mac2));
             if !proven {
                 let cookie = noise::cookie(&state.cookie_secret, &from);
                 let reply = noise::seal_cookie(&state.me.public(), nonce, &cookie, &mac1);
@@ -512,7 +609,7 @@ impl Node {
                 return;
             }
         }
-        let msg1 = &datagram[HEADER_LEN + 8..mac1_at];
+        let msg1 = &datagram[HEADER_LEN + 8..mac1_at - INIT_PAD];
         if low_order_ephemeral(msg1) {
             self.stats.handshakes_failed += 1;
             return;
@@ -525,16 +622,24 @@ impl Node {
             self.stats.unknown_keys += 1;
             return;
         };
-        if resp.remote.node_id() != header.sender || resp.payload.len() != 4 {
+        if resp.remote.node_id() != header.sender || resp.payload.len() != MSG1_PAYLOAD {
+            self.stats.handshakes_failed += 1;
+            return;
+        }
+        let their_epoch = u32::from_be_bytes(resp.payload[..4].try_into().expect("4 bytes"));
+        let counter = u64::from_be_bytes(resp.payload[4..].try_into().expect("8 bytes"));
+        let p = state.peers.entry(header.sender).or_insert_with(|| Box::new(IdPeer::new(resp.remote, from)));
+        // Freshness: a message 1 of the same incarnation with a counter not above the last one
+        // processed is a replay (PROTOCOL.md §11.3).
+        if p.last_init.is_some_and(|(e, c)| e == their_epoch && counter <= c) {
             self.stats.handshakes_failed += 1;
             return;
         }
         // Both sides started at once: the lower id's handshake goes on, the other is dropped.
-        let p = state.peers.entry(header.sender).or_insert_with(|| Box::new(IdPeer::new(resp.remote, from)));
         if p.handshake.is_some() && me < header.sender {
             return;
         }
-        let their_epoch = u32::from_be_bytes(resp.payload[..4].try_into().expect("4 bytes"));
+        p.last_init = Some((their_epoch, counter));
         let mut payload = Vec::with_capacity(4 + GROUP_KEY_LEN);
         payload.extend_from_slice(&epoch.to_be_bytes());
         push_key(&mut payload, &state.group.disc, self.next_pn);
@@ -556,9 +661,9 @@ impl Node {
         let mac1 = noise::mac1(&p.key, &msg);
         msg.extend_from_slice(&mac1);
         p.handshake = None;
-        p.pending = Some(Box::new(Session::new(&keys, now, false)));
-        p.epoch = their_epoch;
-        p.addr = from;
+        // Pending until the initiator's first frame opens under it: only then do its epoch and
+        // address count (a replayed message 1 changes neither).
+        p.add_pending(Session::new(&keys, now, false, their_epoch));
         state.raw.push_back((Destination::Unicast(from), msg));
     }
 
@@ -571,7 +676,7 @@ impl Node {
         }
         let mac1_at = datagram.len() - MAC_LEN;
         let Some((to, _)) = take_id(&datagram[HEADER_LEN..]) else { return };
-        if to != me || noise::mac1(&state.me.public(), &datagram[..mac1_at]) != datagram[mac1_at..] {
+        if to != me || !noise::mac_eq(&noise::mac1(&state.me.public(), &datagram[..mac1_at]), &datagram[mac1_at..]) {
             self.stats.handshakes_failed += 1;
             return;
         }
@@ -580,17 +685,31 @@ impl Node {
             return;
         };
         // Only an answer to the handshake under way counts; replays of old answers fail here.
-        let Some(hs) = p.handshake.take() else {
+        // One that fails to open (forged with public keys alone, or for an earlier try) must
+        // not cancel the handshake: it is restarted at once, a few times per try.
+        if p.handshake.as_ref().is_none_or(|h| h.bad_responses >= MAX_BAD_RESPONSES) {
             self.stats.handshakes_failed += 1;
             return;
-        };
+        }
         let msg2 = &datagram[HEADER_LEN + 8..mac1_at];
         if low_order_ephemeral(msg2) {
             self.stats.handshakes_failed += 1;
             return;
         }
+        let hs = p.handshake.take().expect("checked above");
+        let (tries, bad, next_at) = (hs.tries, hs.bad_responses, hs.next_at);
         let Ok((keys, payload)) = hs.init.finish(msg2) else {
             self.stats.handshakes_failed += 1;
+            let id = header.sender;
+            if let Some(mut fresh) = self.new_message1(id, tries.saturating_sub(1), now) {
+                fresh.bad_responses = bad + 1;
+                fresh.next_at = next_at;
+                if let Some(p) = self.identity.as_mut().and_then(|s| s.peers.get_mut(&id)) {
+                    p.handshake = Some(fresh);
+                    // The new message goes out now, so the genuine answer is not lost.
+                    self.send_handshake(now, id);
+                }
+            }
             return;
         };
         if payload.len() < 4 || (payload.len() - 4) % GROUP_KEY_LEN != 0 || p.tag_in_use(keys.hash[0]) {
@@ -599,9 +718,11 @@ impl Node {
         }
         let their_epoch = u32::from_be_bytes(payload[..4].try_into().expect("4 bytes"));
         p.epoch = their_epoch;
-        p.install(Box::new(Session::new(&keys, now, true)));
-        p.pending = None;
+        p.install(Box::new(Session::new(&keys, now, true, their_epoch)));
+        p.pending.clear();
+        // Message 2 opened under our ephemeral key: only the responder could make it.
         p.addr = from;
+        p.proven = true;
         for g in payload[4..].chunks_exact(GROUP_KEY_LEN) {
             let key: [u8; 32] = g[1..33].try_into().expect("32 bytes");
             let floor = u64::from_be_bytes(g[33..41].try_into().expect("8 bytes"));
@@ -763,9 +884,12 @@ impl Node {
         // replay of one this node lost, from elsewhere does not).
         if unicast && replay.highest() == Some(header.pn) {
             p.addr = from;
+            p.proven = true;
         }
-        let epoch = p.epoch;
-        let promote = slot == Some(Slot::Pending);
+        let promote = match slot {
+            Some(Slot::Pending(i)) => Some(i),
+            _ => None,
+        };
         if slot == Some(Slot::Current) {
             // The peer uses the new session: the old one has served its purpose.
             p.previous = None;
@@ -773,12 +897,16 @@ impl Node {
         if !unicast {
             forget_older_keys(p, header.net_tag);
         }
-        if promote {
-            let s = p.pending.take().expect("the slot just used");
+        if let Some(i) = promote {
+            let s = Box::new(p.pending.remove(i));
+            // The others were answers to replays or to tries the initiator gave up.
+            p.pending.clear();
+            p.epoch = s.peer_epoch;
             p.install(s);
             self.stats.handshakes_completed += 1;
         }
-        if promote || !self.peers.contains_key(&header.sender) {
+        let epoch = p.epoch;
+        if promote.is_some() || !self.peers.contains_key(&header.sender) {
             self.session_up(now, header.sender, from, epoch);
             if !self.peers.contains_key(&header.sender) {
                 return false;
@@ -796,7 +924,13 @@ impl Node {
         let Some(state) = self.identity.as_mut() else { return };
         let Some(p) = state.peers.get_mut(&header.sender) else { return };
         match record {
-            Record::GroupKey { tag, key, floor } => install_group(p, tag, key, floor),
+            Record::GroupKey { tag, key, floor, replaces } => {
+                install_group(p, tag, key, floor);
+                if replaces {
+                    // The sender revoked a member who may hold the older key: forget it now.
+                    forget_older_keys(p, tag);
+                }
+            }
             Record::KeyRequest => self.send_group_keys(header.sender),
             _ => {}
         }
@@ -812,15 +946,16 @@ impl Node {
             (Some(them), Some(me)) => them.permissions.may_read_from(&me.permissions),
             _ => false,
         };
-        let mut keys: Vec<OwnGroupKey> = Vec::with_capacity(4);
-        for k in core::iter::once(&state.group).chain(state.next_group.as_ref().map(|(k, _)| k)) {
-            keys.push(k.disc.clone());
+        let mut keys: Vec<(OwnGroupKey, bool)> = Vec::with_capacity(4);
+        let current = core::iter::once((&state.group, state.group_replaces));
+        for (k, replaces) in current.chain(state.next_group.as_ref().map(|(k, _)| (k, false))) {
+            keys.push((k.disc.clone(), replaces));
             if allowed {
-                keys.push(k.data.clone());
+                keys.push((k.data.clone(), replaces));
             }
         }
-        for g in keys {
-            self.enqueue_to_peer(id, &Record::GroupKey { tag: g.tag, key: g.raw, floor: next_pn });
+        for (g, replaces) in keys {
+            self.enqueue_to_peer(id, &Record::GroupKey { tag: g.tag, key: g.raw, floor: next_pn, replaces });
         }
     }
 
@@ -835,6 +970,9 @@ impl Node {
         let Some(state) = self.identity.as_mut() else { return };
         let g = new_keys(&mut self.rng, Some(&state.group));
         state.group_rotate_at = now + self.config.identity.group_key_rotation;
+        // After a revocation the older keys may be known to the revoked member: receivers are
+        // told to forget them at once, not when a frame under the new key arrives.
+        state.group_replaces = at_once;
         if at_once {
             state.group = g;
             state.next_group = None;
@@ -857,6 +995,7 @@ impl Node {
         let mut f = frame(SUITE_ANNOUNCE, state.net_tag, state.me.node_id(), ANNOUNCE_LEN);
         f.extend_from_slice(&state.me.public().0);
         f.extend_from_slice(&epoch.to_be_bytes());
+        f.resize(HEADER_LEN + ANNOUNCE_LEN, 0);
         state.raw.push_back((Destination::Multicast, f));
     }
 
@@ -906,7 +1045,7 @@ impl Node {
                         self.stats.tx_no_session += 1;
                         // A peer whose handshake we answered confirms it with its next frame: no
                         // second handshake for that.
-                        if p.pending.is_none() {
+                        if p.pending.is_empty() {
                             self.initiate(now, id);
                         }
                         None
