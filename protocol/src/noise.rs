@@ -203,6 +203,13 @@ pub fn mac1(receiver: &PublicKey, covered: &[u8]) -> [u8; MAC_LEN] {
     mac16(&keyed(LABEL_MAC1, receiver), &[covered])
 }
 
+/// `mac1` of a HandshakeResp: also covers the mac1 of the message 1 it answers, so only a node
+/// that saw that message 1 can make an answer the initiator will spend Diffie-Hellman on; a
+/// forger who knows only public keys is refused with one BLAKE2s (PROTOCOL.md §11.3).
+pub fn mac1_answer(receiver: &PublicKey, covered: &[u8], init_mac1: &[u8; MAC_LEN]) -> [u8; MAC_LEN] {
+    mac16(&keyed(LABEL_MAC1, receiver), &[covered, init_mac1])
+}
+
 /// `mac2` of a handshake message with a cookie: proves the sender receives at its address.
 pub fn mac2(cookie: &[u8; COOKIE_LEN], covered: &[u8]) -> [u8; MAC_LEN] {
     mac16(cookie, &[covered])

@@ -160,6 +160,8 @@ struct Handshake {
     next_at: Instant,
     /// Answers of this try that failed to open (forged, or for an earlier try).
     bad_responses: u8,
+    /// Where its latest message 1 went.
+    to: SocketAddr,
 }
 
 /// Which of a peer's sessions a frame opened under.
@@ -182,6 +184,9 @@ struct IdPeer {
     /// Whether `addr` was proven by a session (an authenticated frame or handshake answer):
     /// unauthenticated frames never replace a proven address.
     proven: bool,
+    /// Where its latest Announce came from, when that differs from a proven `addr` (it may have
+    /// restarted elsewhere, or the Announce is forged): handshakes go there, sessions do not.
+    announced: Option<SocketAddr>,
     /// Handshake messages 1 this node may still send to an unproven address: one per Announce
     /// heard from it, so a forged Announce reflects at most one message, smaller than itself.
     credit: u32,
@@ -213,6 +218,7 @@ impl IdPeer {
             key,
             addr,
             proven: false,
+            announced: None,
             credit: 0,
             last_init: None,
             epoch: 0,
@@ -460,16 +466,24 @@ impl Node {
         // Unauthenticated: it may start a handshake, never change a working session nor an
         // address a session proved.
         let needs = p.current.is_none() || p.epoch != epoch;
-        if !p.proven {
-            if p.addr != from {
+        if p.proven && from == p.addr {
+            p.announced = None;
+        } else {
+            let before = if p.proven { p.announced } else { Some(p.addr) };
+            if before != Some(from) {
                 p.credit = 0;
             }
-            p.addr = from;
+            if p.proven {
+                p.announced = Some(from);
+            } else {
+                p.addr = from;
+            }
             p.credit = (p.credit + 1).min(MAX_HANDSHAKE_TRIES);
         }
+        let unproven = !p.proven || p.announced.is_some();
         if needs && p.handshake.is_none() {
             self.initiate(now, header.sender);
-        } else if needs && !p.proven && p.handshake.as_ref().is_some_and(|h| h.next_at > now) {
+        } else if needs && unproven && p.handshake.as_ref().is_some_and(|h| h.next_at > now) {
             // Announces fund the retries to an unproven address: send one now.
             self.send_handshake(now, header.sender);
         }
@@ -515,7 +529,7 @@ impl Node {
         msg.resize(msg.len() + INIT_PAD, 0);
         let mac1 = noise::mac1(&p.key, &msg);
         msg.extend_from_slice(&mac1);
-        Some(Box::new(Handshake { init, mac1, msg, tries, next_at: now, bad_responses: 0 }))
+        Some(Box::new(Handshake { init, mac1, msg, tries, next_at: now, bad_responses: 0, to: p.addr }))
     }
 
     /// Sends a new message 1 of the handshake under way to `id`, with a mac2 if a fresh cookie
@@ -528,7 +542,11 @@ impl Node {
             p.handshake = None;
             return;
         }
-        if !p.proven && p.credit == 0 {
+        // A handshake goes where the peer last announced itself if that is not where its session
+        // was (it restarted elsewhere); an address no session proved costs one Announce each.
+        let to = p.announced.unwrap_or(p.addr);
+        let unproven = !p.proven || p.announced.is_some();
+        if unproven && p.credit == 0 {
             // Wait for its next Announce (each one funds one message).
             if let Some(hs) = p.handshake.as_mut() {
                 hs.next_at = now + retry * (1 << tries.min(3));
@@ -543,10 +561,11 @@ impl Node {
         }
         let Some(state) = self.identity.as_mut() else { return };
         let Some(p) = state.peers.get_mut(&id) else { return };
-        if !p.proven {
+        if unproven {
             p.credit -= 1;
         }
         let Some(hs) = p.handshake.as_mut() else { return };
+        hs.to = to;
         hs.tries += 1;
         hs.next_at = now + retry * (1 << (hs.tries - 1).min(3));
         let mut msg = hs.msg.clone();
@@ -555,7 +574,7 @@ impl Node {
             _ => [0u8; MAC_LEN],
         };
         msg.extend_from_slice(&mac2);
-        state.raw.push_back((Destination::Unicast(p.addr), msg));
+        state.raw.push_back((Destination::Unicast(to), msg));
         self.stats.handshakes_sent += 1;
     }
 
@@ -635,8 +654,10 @@ impl Node {
             self.stats.handshakes_failed += 1;
             return;
         }
-        // Both sides started at once: the lower id's handshake goes on, the other is dropped.
-        if p.handshake.is_some() && me < header.sender {
+        // Both sides started at once: the lower id's handshake goes on, the other is dropped;
+        // unless ours went to another address than theirs came from (it restarted elsewhere, and
+        // ours may never arrive).
+        if p.handshake.as_ref().is_some_and(|h| h.to == from) && me < header.sender {
             return;
         }
         p.last_init = Some((their_epoch, counter));
@@ -658,8 +679,8 @@ impl Node {
             self.stats.handshakes_failed += 1;
             return;
         }
-        let mac1 = noise::mac1(&p.key, &msg);
-        msg.extend_from_slice(&mac1);
+        let answer_mac = noise::mac1_answer(&p.key, &msg, &mac1);
+        msg.extend_from_slice(&answer_mac);
         p.handshake = None;
         // Pending until the initiator's first frame opens under it: only then do its epoch and
         // address count (a replayed message 1 changes neither).
@@ -676,14 +697,18 @@ impl Node {
         }
         let mac1_at = datagram.len() - MAC_LEN;
         let Some((to, _)) = take_id(&datagram[HEADER_LEN..]) else { return };
-        if to != me || !noise::mac_eq(&noise::mac1(&state.me.public(), &datagram[..mac1_at]), &datagram[mac1_at..]) {
-            self.stats.handshakes_failed += 1;
-            return;
-        }
         let Some(p) = state.peers.get_mut(&header.sender) else {
             self.stats.handshakes_failed += 1;
             return;
         };
+        // The answer's mac1 covers our message 1's: without the handshake under way, or from a
+        // forger who never saw that message, it is refused here, with one BLAKE2s.
+        let expected =
+            p.handshake.as_ref().map(|h| noise::mac1_answer(&state.me.public(), &datagram[..mac1_at], &h.mac1));
+        if to != me || !expected.is_some_and(|m| noise::mac_eq(&m, &datagram[mac1_at..])) {
+            self.stats.handshakes_failed += 1;
+            return;
+        }
         // Only an answer to the handshake under way counts; replays of old answers fail here.
         // One that fails to open (forged with public keys alone, or for an earlier try) must
         // not cancel the handshake: it is restarted at once, a few times per try.
@@ -723,6 +748,7 @@ impl Node {
         // Message 2 opened under our ephemeral key: only the responder could make it.
         p.addr = from;
         p.proven = true;
+        p.announced = None;
         for g in payload[4..].chunks_exact(GROUP_KEY_LEN) {
             let key: [u8; 32] = g[1..33].try_into().expect("32 bytes");
             let floor = u64::from_be_bytes(g[33..41].try_into().expect("8 bytes"));
@@ -885,6 +911,7 @@ impl Node {
         if unicast && replay.highest() == Some(header.pn) {
             p.addr = from;
             p.proven = true;
+            p.announced = None;
         }
         let promote = match slot {
             Some(Slot::Pending(i)) => Some(i),
