@@ -27,7 +27,7 @@ port=${MQTT_PORT:-18883}
 export STARLING_KEY_FILE="$work/net.key"
 
 echo "== gateway (with its own Mosquitto on 127.0.0.1:$port)"
-"$bin/starling" gateway --listen "127.0.0.1:$port" --name gateway > >(sed -u 's/^/   gateway: /') 2>&1 &
+"$bin/starling" gateway --listen "127.0.0.1:$port" --name gateway --rpc 'relay/relay.set' > >(sed -u 's/^/   gateway: /') 2>&1 &
 pids+=($!)
 for _ in $(seq 50); do (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 
@@ -42,8 +42,8 @@ pids+=($!)
 (cd "$work" && exec "$root/$bin/actuator" net.key relay) > >(sed -u 's/^/   actuator: /') 2>&1 &
 pids+=($!)
 sleep 2
-echo "== a call from MQTT 5: mosquitto_rr -t 'starling/\$rpc/relay/relay.set' -m 1"
-mosquitto_rr -V mqttv5 -p "$port" -t 'starling/$rpc/relay/relay.set' -e replies/main-job -m 1 -W 5 -F '   reply: %x (hex) %P' || echo "   (no reply)"
+echo "== a call from MQTT 5 (allowed by the gateway's --rpc): mosquitto_rr -t 'starling/\$rpc/relay/relay.set' -m 1"
+mosquitto_rr -V mqttv5 -p "$port" -t 'starling/$rpc/relay/relay.set' -e 'starling/$reply/main-job' -m 1 -W 5 -F '   reply: %x (hex) %P' || echo "   (no reply)"
 echo "== a command from MQTT to the mesh: mosquitto_pub -t starling/home/kitchen/cmd -m on"
 mosquitto_pub -p "$port" -t starling/home/kitchen/cmd -m on
 sleep 3.5

@@ -8,18 +8,34 @@
 //! as its own publication and is skipped; a message a gateway put on MQTT carries the
 //! `starling-origin` user property and is never taken back into the mesh.
 //!
-//! Several gateways may serve one mesh and one broker. Each says it is alive every second on
-//! `<prefix>/$gateway/<id>/alive`; the one with the lowest node id among those heard in the last
-//! [`LEADER_TIMEOUT`] bridges, the others stand by. When the active one dies, the next takes over
-//! within that timeout, and at steady state every message crosses once in each direction.
+//! Several gateways may serve one mesh and one broker. They elect the one that bridges over the
+//! mesh, where frames are sealed, never over MQTT, where any client could claim to be a gateway
+//! ([`election`]): each announces itself on the mesh topic [`ALIVE_TOPIC`] every second while
+//! its broker connection is up, and the lowest node id among those heard in the last
+//! [`LEADER_TIMEOUT`] with the same broker and prefix bridges; the others stand by. When the
+//! active one dies, the next takes over within that timeout (at once if it left the mesh), and
+//! at steady state every message crosses once in each direction. `<prefix>/$gateway/<id>/alive`
+//! (`active` or `standby`, every second) is for people only: the bridge does not read it.
 //!
-//! RPC from MQTT: a request published to `<prefix>/$rpc/<node>/<method>` (node by id or name)
-//! with an MQTT 5 response topic gets the reply there, with the same correlation data; a failed
-//! call answers with an empty payload and the error in the `starling-error` user property. MQTT
-//! 3.1.1 clients add a transaction id level, `<prefix>/$rpc/<node>/<method>/<txid>`, and get the
-//! reply on `<prefix>/$rpc/<node>/<method>/<txid>/reply` or the error text on `.../<txid>/error`.
+//! RPC from MQTT ([`rpc`]) is off unless [`BridgeConfig::rpc`] allows calls, as `NODE/METHOD`
+//! rules ([`RpcPolicy`]), because each call is made with the gateway's own rights on the mesh.
+//! A request published to `<prefix>/$rpc/<node>/<method>` (node by id or name) with an MQTT 5
+//! response topic gets the reply there, with the same correlation data; a failed or refused
+//! call answers with an empty payload and the error in the `starling-error` user property. The
+//! response topic must lie under `<prefix>/$reply/`: a request naming any other one is refused
+//! without an answer and without a call. MQTT 3.1.1 clients add a transaction id level,
+//! `<prefix>/$rpc/<node>/<method>/<txid>`, and get the reply on
+//! `<prefix>/$rpc/<node>/<method>/<txid>/reply` or the error text on `.../<txid>/error`.
+//! Refusals count in the `rpc_refused` counter, calls made in `rpc_calls`.
+
+pub mod election;
+pub mod rpc;
+
+pub use election::{ALIVE_TOPIC, LEADER_TIMEOUT};
+pub use rpc::{reply_topic_allowed, RpcPolicy, REPLY_LEVEL};
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,34 +53,6 @@ pub const ORIGIN: &str = "starling-origin";
 pub const SEQ: &str = "starling-seq";
 /// User property carrying the error of a failed call made from MQTT.
 pub const ERROR: &str = "starling-error";
-/// A gateway not heard from for this long no longer counts for the election of the active one.
-pub const LEADER_TIMEOUT: Duration = Duration::from_secs(3);
-/// How often a gateway says it is alive.
-const ALIVE_EVERY: Duration = Duration::from_secs(1);
-/// How long a call made from MQTT may take.
-const RPC_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Which gateway bridges: the lowest id among those alive.
-struct Election {
-    me: NodeId,
-    others: Mutex<BTreeMap<NodeId, std::time::Instant>>,
-}
-
-impl Election {
-    fn heard(&self, id: NodeId) {
-        if id != self.me {
-            self.others.lock().expect("not poisoned").insert(id, std::time::Instant::now());
-        }
-    }
-
-    fn is_active(&self) -> bool {
-        let now = std::time::Instant::now();
-        let mut others = self.others.lock().expect("not poisoned");
-        others.retain(|_, t| now.duration_since(*t) < LEADER_TIMEOUT);
-        others.keys().all(|&id| self.me < id)
-    }
-}
-
 /// Where and what to bridge.
 #[derive(Debug, Clone)]
 pub struct BridgeConfig {
@@ -87,6 +75,8 @@ pub struct BridgeConfig {
     /// TLS (`mqtts://`): the CA certificate to trust and an optional client certificate and key,
     /// all PEM.
     pub tls: Option<TlsFiles>,
+    /// Which calls MQTT clients may make through `<prefix>/$rpc/` (default: none).
+    pub rpc: RpcPolicy,
 }
 
 /// One topic mapping of the config file: a filter, its direction, and how it crosses.
@@ -135,7 +125,7 @@ pub struct TlsFiles {
 }
 
 impl BridgeConfig {
-    /// Bridges everything both ways under `starling/` on `host:port`.
+    /// Bridges every message both ways under `starling/` on `host:port`; calls from MQTT are off.
     pub fn new(host: impl Into<String>, port: u16) -> Self {
         BridgeConfig {
             host: host.into(),
@@ -147,6 +137,7 @@ impl BridgeConfig {
             mappings: Vec::new(),
             credentials: None,
             tls: None,
+            rpc: RpcPolicy::off(),
         }
     }
 
@@ -236,6 +227,9 @@ pub struct BridgeStats {
     pub connects: u64,
     /// Calls made on behalf of MQTT clients.
     pub rpc_calls: u64,
+    /// Calls from MQTT refused: not allowed by the RPC policy (`--rpc`), or a response topic
+    /// outside `<prefix>/$reply/`.
+    pub rpc_refused: u64,
 }
 
 /// The method a gateway serves with its bridge counters, as `name value` lines.
@@ -245,13 +239,14 @@ impl BridgeStats {
     /// The counters as `name value` lines.
     fn lines(&self, active: bool) -> String {
         format!(
-            "active {}\nto_mqtt {}\nto_mesh {}\nrefused {}\nconnects {}\nrpc_calls {}\n",
+            "active {}\nto_mqtt {}\nto_mesh {}\nrefused {}\nconnects {}\nrpc_calls {}\nrpc_refused {}\n",
             u8::from(active),
             self.to_mqtt,
             self.to_mesh,
             self.refused,
             self.connects,
-            self.rpc_calls
+            self.rpc_calls,
+            self.rpc_refused
         )
     }
 }
@@ -289,7 +284,7 @@ pub async fn run(node: Node, config: BridgeConfig) -> Result<()> {
     let (client, mut eventloop) = AsyncClient::new(options, 1024);
 
     let stats = Arc::new(Mutex::new(BridgeStats::default()));
-    let election = Arc::new(Election { me, others: Mutex::default() });
+    let election = Arc::new(election::Election::new(me, &config.host, config.port, &prefix));
     // Availability as last known, republished after every (re)connect. Listen for changes
     // before taking the snapshot, so a node that appears in between is not missed.
     let mut events = node.peer_events();
@@ -301,28 +296,34 @@ pub async fn run(node: Node, config: BridgeConfig) -> Result<()> {
     // MQTT event loop: polls only; hands incoming publications and connects to other tasks.
     let (incoming_tx, mut incoming_rx) = mpsc::channel::<rumqttc::v5::mqttbytes::v5::Publish>(4096);
     let (connected_tx, mut connected_rx) = mpsc::channel::<()>(8);
-    let poller = tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    backoff = Duration::from_millis(100);
-                    let _ = connected_tx.try_send(());
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if incoming_tx.send(p).await.is_err() {
-                        return;
+    let poller = {
+        let election = election.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        backoff = Duration::from_millis(100);
+                        election.connected.store(true, Ordering::Relaxed);
+                        let _ = connected_tx.try_send(());
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if incoming_tx.send(p).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        // Not announced on the mesh while cut off, so another gateway takes over.
+                        election.connected.store(false, Ordering::Relaxed);
+                        tracing::warn!("broker connection: {e}; retrying in {backoff:?}");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!("broker connection: {e}; retrying in {backoff:?}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
             }
-        }
-    });
+        })
+    };
 
     // On every connect: subscribe, announce ourselves, republish availability.
     let on_connect = {
@@ -339,10 +340,8 @@ pub async fn run(node: Node, config: BridgeConfig) -> Result<()> {
                         starling::TopicFilter::new(f).is_ok_and(|f| Topic::new(example).is_ok_and(|t| f.matches(&t)))
                     })
                 };
-                let own = [
-                    (format!("{}/$gateway/+/alive", config.prefix), format!("{}/$gateway/x/alive", config.prefix)),
-                    (format!("{}/$rpc/#", config.prefix), format!("{}/$rpc/x/y", config.prefix)),
-                ];
+                // Calls are heard even when none is allowed, to answer that they are refused.
+                let own = [(format!("{}/$rpc/#", config.prefix), format!("{}/$rpc/x/y", config.prefix))];
                 let own: Vec<String> = own.into_iter().filter(|(_, ex)| !covered(ex)).map(|(f, _)| f).collect();
                 // A mapping may lower the QoS at which the broker sends us its filter.
                 let sub_qos = |f: &str| {
@@ -393,7 +392,7 @@ pub async fn run(node: Node, config: BridgeConfig) -> Result<()> {
                 let Received::Message(m) = r else { continue };
                 // What this gateway injected comes back as its own publication: not again. And
                 // only the active gateway bridges.
-                if m.from == me || !election.is_active() {
+                if m.from == me || m.topic == ALIVE_TOPIC || !election.is_active() {
                     continue;
                 }
                 let mut props = PublishProperties::default();
@@ -416,14 +415,18 @@ pub async fn run(node: Node, config: BridgeConfig) -> Result<()> {
         })
     };
 
-    // Availability.
+    // Availability; a gateway that left the mesh no longer counts for the election.
     let avail = {
-        let (client, prefix, availability) = (client.clone(), prefix.clone(), availability.clone());
+        let (client, prefix, availability, election) =
+            (client.clone(), prefix.clone(), availability.clone(), election.clone());
         tokio::spawn(async move {
             loop {
                 let (id, status) = match events.recv().await {
                     Ok(PeerEvent::Up(p)) | Ok(PeerEvent::Restarted(p)) => (p.id, "online"),
-                    Ok(PeerEvent::Down { id, .. }) => (id, "offline"),
+                    Ok(PeerEvent::Down { id, .. }) => {
+                        election.forget(id);
+                        (id, "offline")
+                    }
                     Ok(_) => continue,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(_) => return,
@@ -467,14 +470,18 @@ pub async fn run(node: Node, config: BridgeConfig) -> Result<()> {
         .await?;
     }
 
-    // Saying we are alive, for the election among gateways.
+    // The election among gateways, over the mesh.
+    let elect = tokio::spawn(election.clone().run(node.clone()));
+
+    // For people watching the broker only: nothing reads it back.
     let alive = {
-        let (client, topic) = (client.clone(), format!("{prefix}/$gateway/{me}/alive"));
+        let (client, topic, election) = (client.clone(), format!("{prefix}/$gateway/{me}/alive"), election.clone());
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(ALIVE_EVERY);
+            let mut tick = tokio::time::interval(election::ALIVE_EVERY);
             loop {
                 tick.tick().await;
-                let _ = client.publish(topic.clone(), QoS::AtMostOnce, false, Vec::new()).await;
+                let state = if election.is_active() { "active" } else { "standby" };
+                let _ = client.publish(topic.clone(), QoS::AtMostOnce, false, state).await;
             }
         })
     };
@@ -482,23 +489,25 @@ pub async fn run(node: Node, config: BridgeConfig) -> Result<()> {
     // MQTT to mesh, on this task.
     let gateway_prefix = format!("{prefix}/$gateway/");
     let rpc_prefix = format!("{prefix}/$rpc/");
+    let rpc = rpc::Rpc {
+        node: node.clone(),
+        client: client.clone(),
+        prefix: prefix.clone(),
+        policy: Arc::new(config.rpc.clone()),
+        stats: stats.clone(),
+    };
     while let Some(p) = incoming_rx.recv().await {
         let from_mesh =
             p.properties.as_ref().is_some_and(|props| props.user_properties.iter().any(|(k, _)| k == ORIGIN));
         let topic = String::from_utf8_lossy(&p.topic).into_owned();
-        if let Some(rest) = topic.strip_prefix(&gateway_prefix) {
-            if let Some(id) = rest.strip_suffix("/alive").and_then(|id| id.parse::<NodeId>().ok()) {
-                election.heard(id);
-            }
-            continue;
+        if topic.starts_with(&gateway_prefix) {
+            continue; // what gateways say on MQTT decides nothing here
         }
         if !election.is_active() {
             continue;
         }
         if let Some(rest) = topic.strip_prefix(&rpc_prefix) {
-            if rpc_from_mqtt(&node, &client, &topic, rest, p) {
-                stats.lock().expect("not poisoned").rpc_calls += 1;
-            }
+            rpc.handle(&topic, rest, p);
             continue;
         }
         let Some(mesh_topic) = from_mqtt(&prefix, &topic).filter(|t| !t.starts_with('$')) else {
@@ -531,71 +540,10 @@ pub async fn run(node: Node, config: BridgeConfig) -> Result<()> {
             }
         });
     }
-    for t in [poller, on_connect, outward, avail, alive, metrics] {
+    for t in [poller, on_connect, outward, avail, elect, alive, metrics] {
         t.abort();
     }
     Ok(())
-}
-
-/// Finds a mesh node by id (16 hex digits) or by name among the peers that are up.
-async fn resolve_node(node: &Node, who: &str) -> Option<NodeId> {
-    if who.len() == 16 {
-        if let Ok(id) = who.parse::<NodeId>() {
-            return Some(id);
-        }
-    }
-    let peers = node.peers().await.ok()?;
-    let mut named = peers.iter().filter(|p| p.name == who);
-    match (named.next(), named.next()) {
-        (Some(p), None) => Some(p.id),
-        _ => None,
-    }
-}
-
-/// Handles `<prefix>/$rpc/<node>/<method>[/<txid>]`: calls the node and publishes the answer.
-/// The call runs in its own task, so a slow callee never holds up the bridge. Returns whether
-/// the message was a call (not a reply of the 3.1.1 convention or a request with nowhere to answer).
-fn rpc_from_mqtt(
-    node: &Node,
-    client: &AsyncClient,
-    topic: &str,
-    rest: &str,
-    p: rumqttc::v5::mqttbytes::v5::Publish,
-) -> bool {
-    let mut levels = rest.splitn(3, '/');
-    let (Some(who), Some(method)) = (levels.next(), levels.next()) else { return false };
-    let txid = levels.next().filter(|t| !t.is_empty() && !t.contains('/'));
-    let props = p.properties.unwrap_or_default();
-    // Where the answer goes: the MQTT 5 response topic, or the 3.1.1 convention.
-    let (reply_topic, error_topic) = match (&props.response_topic, txid) {
-        (Some(rt), _) => (rt.clone(), None),
-        (None, Some(tx)) if !tx.ends_with("reply") && !tx.ends_with("error") => {
-            (format!("{topic}/reply"), Some(format!("{topic}/error")))
-        }
-        _ => return false, // a reply of the 3.1.1 convention, or nowhere to answer
-    };
-    let (node, client) = (node.clone(), client.clone());
-    let (who, method) = (who.to_owned(), method.to_owned());
-    let correlation = props.correlation_data.clone();
-    tokio::spawn(async move {
-        let result = match resolve_node(&node, &who).await {
-            None => Err(format!("no node '{who}' is up on the mesh (give its name or 16-digit id)")),
-            Some(id) => node.call(id, &method, p.payload.to_vec(), RPC_TIMEOUT).await.map_err(|e| e.to_string()),
-        };
-        let mut out = PublishProperties { correlation_data: correlation, ..PublishProperties::default() };
-        let (topic, payload) = match (result, error_topic) {
-            (Ok(reply), _) => (reply_topic, reply),
-            (Err(e), Some(error_topic)) => (error_topic, e.into_bytes()),
-            (Err(e), None) => {
-                out.user_properties.push((ERROR.into(), e));
-                (reply_topic, Vec::new())
-            }
-        };
-        if let Err(e) = client.publish_with_properties(topic, QoS::AtLeastOnce, false, payload, out).await {
-            tracing::warn!("answering a call from MQTT: {e}");
-        }
-    });
-    true
 }
 
 /// The gateway's config file (TOML). Every field is optional; command-line flags win.
@@ -623,6 +571,8 @@ pub struct GatewayFile {
     pub client_cert: Option<std::path::PathBuf>,
     /// Client key for `mqtts://` (PEM).
     pub client_key: Option<std::path::PathBuf>,
+    /// Calls MQTT clients may make, as `NODE/METHOD` rules (see [`RpcPolicy`]); none by default.
+    pub rpc: Option<RpcPolicy>,
     /// Topic mappings with their own QoS and retain (`[[mapping]]` tables).
     #[serde(default, rename = "mapping")]
     pub mappings: Vec<Mapping>,
@@ -658,9 +608,16 @@ mod tests {
     fn config_file_errors_name_the_field_and_line() {
         let err = toml::from_str::<GatewayFile>("broker = \"mqtt://h\"\nbrokr = 1\n").unwrap_err().to_string();
         assert!(err.contains("brokr") && err.contains("line 2"), "{err}");
-        let f: GatewayFile = toml::from_str("in = [\"cmd/#\"]\nout = [\"#\"]\nretain = true\n").unwrap();
+        let f: GatewayFile = toml::from_str(
+            "in = [\"cmd/#\"]\nout = [\"#\"]\nretain = true\nrpc = [\"relay-1/relay.*\", \"*/$info\"]\n",
+        )
+        .unwrap();
         assert_eq!(f.inbound, Some(vec!["cmd/#".to_owned()]));
         assert_eq!(f.retain, Some(true));
+        assert_eq!(f.rpc.unwrap().rules().collect::<Vec<_>>(), ["relay-1/relay.*", "*/$info"]);
+        let err = toml::from_str::<GatewayFile>("prefix = \"s\"\nrpc = [\"relay-1\"]\n").unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("NODE/METHOD"), "{err}");
+        assert!(BridgeConfig::new("h", 1).rpc.is_off(), "calls from MQTT are off unless configured");
         let f: GatewayFile = toml::from_str(
             "[[mapping]]\nout = \"home/#\"\nqos = 1\nretain = true\n[[mapping]]\nin = \"cmd/#\"\nqos = 0\n",
         )

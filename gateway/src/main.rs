@@ -195,6 +195,16 @@ struct GatewayArgs {
     /// Keep the last value of each bridged topic retained on the broker.
     #[arg(long)]
     retain: bool,
+    /// Allow calls from MQTT (PREFIX/$rpc/NODE/METHOD) matching NODE/METHOD (repeatable). NODE is
+    /// a node name, a 16-digit id, `*` or a prefix ending in `*`; METHOD a name, `*` or a prefix
+    /// ending in `*` (`relay.*`); `*` does not cover methods starting with `$`, name them
+    /// (`*/$info`). Without any, calls from MQTT are refused: each call is made with the
+    /// gateway's own rights on the mesh. MQTT 5 response topics must lie under PREFIX/$reply/.
+    #[arg(long = "rpc", value_name = "NODE/METHOD")]
+    rpc: Vec<String>,
+    /// Refuse every call from MQTT, whatever the config file's `rpc` allows.
+    #[arg(long, conflicts_with = "rpc")]
+    no_rpc: bool,
     /// With mqtts://: the CA certificate (PEM) the broker's certificate must chain to.
     #[arg(long, value_name = "FILE")]
     ca: Option<PathBuf>,
@@ -204,8 +214,8 @@ struct GatewayArgs {
     /// With mqtts://: the client certificate's key (PEM).
     #[arg(long, value_name = "FILE", requires = "client_cert")]
     client_key: Option<PathBuf>,
-    /// A TOML file with any of: key_file, name, broker, prefix, out, in, retain, ca, client_cert,
-    /// client_key. Flags win.
+    /// A TOML file with any of: key_file, name, broker, prefix, out, in, retain, rpc, ca,
+    /// client_cert, client_key, and `[[mapping]]` tables. Flags win.
     #[arg(short, long, env = "STARLING_GATEWAY_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Check the configuration (file, flags, key) and exit.
@@ -913,6 +923,13 @@ async fn gateway(mut a: GatewayArgs) -> Result<()> {
         }
     }
     config.mappings = file.mappings.clone();
+    config.rpc = if !a.rpc.is_empty() {
+        starling_gateway::bridge::RpcPolicy::parse(&a.rpc).context("--rpc")?
+    } else if a.no_rpc {
+        starling_gateway::bridge::RpcPolicy::off()
+    } else {
+        file.rpc.clone().unwrap_or_default()
+    };
     config.validate()?;
     if a.mesh.key.is_none() {
         a.mesh.key = file.key_file.clone();
@@ -923,8 +940,10 @@ async fn gateway(mut a: GatewayArgs) -> Result<()> {
     if a.check_config {
         membership(&a.mesh)?;
         let whose = if own_broker { " (its own Mosquitto)" } else { "" };
+        let rpc: Vec<&str> = config.rpc.rules().collect();
+        let rpc = if rpc.is_empty() { "off".to_owned() } else { format!("{rpc:?}") };
         println!(
-            "config OK: broker {}:{}{whose}, prefix '{}', out {:?}, in {:?}, retain {}",
+            "config OK: broker {}:{}{whose}, prefix '{}', out {:?}, in {:?}, retain {}, rpc {rpc}",
             config.host, config.port, config.prefix, config.mesh_filters, config.mqtt_filters, config.retain
         );
         return Ok(());
@@ -938,8 +957,10 @@ async fn gateway(mut a: GatewayArgs) -> Result<()> {
         None
     };
     let node = open(&a.mesh, "gateway").await?;
+    let rpc: Vec<&str> = config.rpc.rules().collect();
+    let rpc = if rpc.is_empty() { "off (--rpc NODE/METHOD allows some)".to_owned() } else { rpc.join(" ") };
     eprintln!(
-        "bridging mesh {}:{} as {} to mqtt://{}:{} under '{}/'; Ctrl-C to stop",
+        "bridging mesh {}:{} as {} to mqtt://{}:{} under '{}/'; calls from MQTT: {rpc}; Ctrl-C to stop",
         a.mesh.group,
         a.mesh.port,
         node.id(),

@@ -91,8 +91,15 @@ struct Gateway(Child);
 
 impl Gateway {
     fn start(key: &std::path::Path, mesh: (std::net::Ipv4Addr, u16), broker: u16) -> Gateway {
+        Self::start_with(key, mesh, broker, &[])
+    }
+
+    /// [`Gateway::start`] with more flags, such as `--rpc`.
+    fn start_with(key: &std::path::Path, mesh: (std::net::Ipv4Addr, u16), broker: u16, extra: &[&str]) -> Gateway {
         let broker = format!("mqtt://127.0.0.1:{broker}");
-        Self::spawn(&["--key", key.to_str().unwrap(), "--broker", &broker], mesh)
+        let mut args = vec!["--key", key.to_str().unwrap(), "--broker", &broker];
+        args.extend_from_slice(extra);
+        Self::spawn(&args, mesh)
     }
 
     /// Runs `starling gateway` on `mesh` named `gw` with `args`, once it bridges.
@@ -286,7 +293,11 @@ impl Setup {
     }
 
     fn gateway(&self) -> Gateway {
-        Gateway::start(&key_file(&self.dir.0, &self.key), self.mesh, self.broker.port)
+        self.gateway_with(&[])
+    }
+
+    fn gateway_with(&self, extra: &[&str]) -> Gateway {
+        Gateway::start_with(&key_file(&self.dir.0, &self.key), self.mesh, self.broker.port, extra)
     }
 
     fn mqtt(&self, program: &str) -> Command {
@@ -377,7 +388,7 @@ async fn two_gateways_deliver_once_and_one_takes_over_when_the_other_dies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rpc_from_mqtt5_request_response_and_the_311_convention() {
     let s = Setup::new("rpc");
-    let _gw = s.gateway();
+    let _gw = s.gateway_with(&["--rpc", "svc/*"]);
     let node = mesh_node(&s.key, s.mesh, "svc").await;
     node.serve("echo", |req: starling::runtime::Request| async move { Ok(req.payload) }).await.unwrap();
     node.serve("fail", |_req: starling::runtime::Request| async move { Err(b"broken".to_vec()) }).await.unwrap();
@@ -386,7 +397,7 @@ async fn rpc_from_mqtt5_request_response_and_the_311_convention() {
 
     let rr = |topic: String, payload: &'static str| {
         let mut c = s.mqtt("mosquitto_rr");
-        c.args(["-V", "mqttv5", "-t", &topic, "-e", "replies/1", "-m", payload, "-W", "5", "-F", "%p|%P"]);
+        c.args(["-V", "mqttv5", "-t", &topic, "-e", "starling/$reply/1", "-m", payload, "-W", "5", "-F", "%p|%P"]);
         move || c.output().unwrap()
     };
     let out = tokio::task::spawn_blocking(rr("starling/$rpc/svc/echo".into(), "ping by name")).await.unwrap();
@@ -632,4 +643,180 @@ async fn oversize_mqtt_payloads_are_refused_and_counted() {
         assert!(Instant::now() < end, "the refusal is counted: {stats}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The gateway's bridge counters (`$stats.bridge`), asked from a mesh node.
+async fn bridge_stats(node: &Node) -> std::collections::BTreeMap<String, u64> {
+    let gw = node.peers().await.unwrap().into_iter().find(|p| p.name == "gw").expect("gw on the mesh").id;
+    let text = node.call(gw, starling_gateway::bridge::STATS_METHOD, Vec::new(), Duration::from_secs(2)).await.unwrap();
+    String::from_utf8(text)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once(' ').and_then(|(k, v)| Some((k.to_owned(), v.parse().ok()?))))
+        .collect()
+}
+
+/// Waits (at most 5 s) until the bridge counters satisfy `want`.
+async fn wait_for_stats(node: &Node, what: &str, want: impl Fn(&std::collections::BTreeMap<String, u64>) -> bool) {
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stats = bridge_stats(node).await;
+        if want(&stats) {
+            return;
+        }
+        assert!(Instant::now() < end, "{what}: {stats:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Serves `method` on `node`, echoing the request and counting the calls that reach it.
+async fn counted_echo(node: &Node, method: &str) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = count.clone();
+    node.serve(method, move |req: starling::runtime::Request| {
+        c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move { Ok(req.payload) }
+    })
+    .await
+    .unwrap();
+    count
+}
+
+/// `mosquitto_rr` (MQTT 5) on `topic` with its reply on `starling/$reply/<tag>`: `payload|properties`.
+async fn call_from_mqtt5(s: &Setup, topic: &str, tag: &str, payload: &str) -> String {
+    let mut c = s.mqtt("mosquitto_rr");
+    c.args(["-V", "mqttv5", "-t", topic, "-e", &format!("starling/$reply/{tag}"), "-m", payload]);
+    c.args(["-W", "5", "-F", "%p|%P"]);
+    let out = tokio::task::spawn_blocking(move || c.output().unwrap()).await.unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_from_mqtt_is_off_unless_configured() {
+    let s = Setup::new("rpcoff");
+    let _gw = s.gateway();
+    let node = mesh_node(&s.key, s.mesh, "svc").await;
+    let echo = counted_echo(&node, "echo").await;
+    wait_for_peer(&node, "gw").await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // the gateway sees svc up too
+
+    let got = call_from_mqtt5(&s, "starling/$rpc/svc/echo", "off", "ping").await;
+    assert!(got.starts_with("|starling-error:refused by the gateway: calls from MQTT are off"), "{got}");
+    // MQTT 3.1.1: the refusal on .../<txid>/error
+    let seen = seen_on_mqtt(&s, "starling/$rpc/svc/echo/tx-1/+", 3, async {
+        let mut pubber = s.mqtt("mosquitto_pub");
+        pubber.args(["-V", "mqttv311", "-t", "starling/$rpc/svc/echo/tx-1", "-m", "ping"]);
+        assert!(pubber.status().unwrap().success());
+    })
+    .await;
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(seen[0].starts_with("starling/$rpc/svc/echo/tx-1/error refused by the gateway"), "{seen:?}");
+    assert_eq!(echo.load(std::sync::atomic::Ordering::SeqCst), 0, "no call reached the node");
+    wait_for_stats(&node, "both refusals counted, no call made", |st| st["rpc_refused"] == 2 && st["rpc_calls"] == 0)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_answers_only_under_reply_and_calls_only_what_the_policy_allows() {
+    let s = Setup::new("rpcpol");
+    let _gw = s.gateway_with(&["--rpc", "svc/echo", "--rpc", "*/$info"]);
+    let node = mesh_node(&s.key, s.mesh, "svc").await;
+    let echo = counted_echo(&node, "echo").await;
+    let relay = counted_echo(&node, "relay.set").await;
+    let mut door = node.subscribe("home/door/set").await.unwrap();
+    wait_for_peer(&node, "gw").await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // the gateway sees svc up too
+    let calls = |c: &std::sync::atomic::AtomicUsize| c.load(std::sync::atomic::Ordering::SeqCst);
+
+    // A permitted call whose MQTT 5 response topic is a command topic, outside the prefix or
+    // under it: nothing is published there, and the call is not made.
+    let seen = seen_on_mqtt(&s, "#", 3, async {
+        for rt in ["home/door/set", "starling/home/door/set"] {
+            let mut pubber = s.mqtt("mosquitto_pub");
+            pubber.args(["-V", "mqttv5", "-t", "starling/$rpc/svc/echo", "-m", "OPEN"]);
+            pubber.args(["-D", "publish", "response-topic", rt, "-D", "publish", "correlation-data", "c1"]);
+            assert!(pubber.status().unwrap().success());
+        }
+    })
+    .await;
+    let hijacked: Vec<&String> = seen.iter().filter(|l| l.contains("home/door/set")).collect();
+    assert!(hijacked.is_empty(), "the gateway answered on a topic the client chose: {seen:?}");
+    assert_eq!(calls(&echo), 0, "a call with a refused response topic is not made");
+    assert!(tokio::time::timeout(Duration::from_millis(200), door.recv()).await.is_err(), "nothing on the mesh");
+
+    // The same call with its reply under starling/$reply/: end to end.
+    assert_eq!(call_from_mqtt5(&s, "starling/$rpc/svc/echo", "ok", "ping").await, "ping|");
+    assert_eq!(calls(&echo), 1);
+    // `*/$info` allows the built-in $info of any node, and only that `$` method.
+    let info = call_from_mqtt5(&s, "starling/$rpc/svc/$info", "info", "").await;
+    assert!(!info.is_empty() && !info.contains("starling-error"), "{info}");
+    let stats = call_from_mqtt5(&s, "starling/$rpc/svc/$stats", "stats", "").await;
+    assert!(stats.contains("starling-error:refused by the gateway"), "{stats}");
+
+    // A method outside the allowlist: refused, seen by the client, never reaching the handler.
+    let got = call_from_mqtt5(&s, "starling/$rpc/svc/relay.set", "relay", "OPEN").await;
+    assert_eq!(
+        got,
+        "|starling-error:refused by the gateway: 'svc/relay.set' is not among the calls allowed from MQTT (--rpc)"
+    );
+    let seen = seen_on_mqtt(&s, "starling/$rpc/svc/relay.set/tx-9/+", 3, async {
+        let mut pubber = s.mqtt("mosquitto_pub");
+        pubber.args(["-V", "mqttv311", "-t", "starling/$rpc/svc/relay.set/tx-9", "-m", "OPEN"]);
+        assert!(pubber.status().unwrap().success());
+    })
+    .await;
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(seen[0].starts_with("starling/$rpc/svc/relay.set/tx-9/error refused by the gateway"), "{seen:?}");
+    assert_eq!(calls(&relay), 0, "no refused call reached the node's handler");
+    assert_eq!(calls(&echo), 1);
+
+    // Refused: two response topics, $stats, relay.set twice; made: echo and $info.
+    wait_for_stats(&node, "refusals counted", |st| st["rpc_refused"] == 5 && st["rpc_calls"] == 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fake_gateway_alive_on_mqtt_does_not_stop_the_bridge() {
+    let s = Setup::new("fakealive");
+    let _gw = s.gateway();
+    let node = mesh_node(&s.key, s.mesh, "sensor").await;
+    let mut inbound = node.subscribe("cmd/#").await.unwrap();
+    wait_for_peer(&node, "gw").await;
+
+    // Any MQTT client claims, twice a second for 5 s, to be a gateway with the lowest id.
+    let port = s.broker.port.to_string();
+    let forger = std::thread::spawn(move || {
+        for i in 0..10 {
+            let mut c = Command::new("mosquitto_pub");
+            c.args(["-p", &port, "-t", "starling/$gateway/0000000000000001/alive", "-n"]);
+            if i == 0 {
+                c.arg("-r"); // retained too, for whoever subscribes later
+            }
+            assert!(c.status().unwrap().success());
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await; // the forgery has been heard
+
+    let seen = seen_on_mqtt(&s, "starling/out/#", 3, async {
+        for i in 0..10 {
+            node.publish(&format!("out/{i}"), format!("{i}")).reliable().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let want: Vec<String> = (0..10).map(|i| format!("starling/out/{i} {i}")).collect();
+    assert_eq!(seen, want, "mesh to MQTT goes on under the forged alive");
+    for i in 0..5 {
+        let ok = s.mqtt("mosquitto_pub").args(["-q", "1", "-t", &format!("starling/cmd/{i}"), "-m", "x"]).status();
+        assert!(ok.unwrap().success());
+    }
+    for i in 0..5 {
+        let m = tokio::time::timeout(Duration::from_secs(5), inbound.recv()).await.unwrap().unwrap();
+        assert_eq!(m.topic, format!("cmd/{i}"), "MQTT to mesh goes on under the forged alive");
+    }
+    assert_eq!(bridge_stats(&node).await["active"], 1);
+    tokio::task::spawn_blocking(move || forger.join().unwrap()).await.unwrap();
+    // Cleared, so the broker's store keeps no forged retained message.
+    let ok = s.mqtt("mosquitto_pub").args(["-t", "starling/$gateway/0000000000000001/alive", "-n", "-r"]).status();
+    assert!(ok.unwrap().success());
 }

@@ -312,4 +312,34 @@ fn gateway_check_config_validates_file_and_flags() {
     let mut c = Command::new(BIN);
     c.args(["gateway", "--check-config", "--key", &key, "--broker", "mqtt://h", "--out", "a/#/b"]);
     fails_with(&mut c, "mesh filter 'a/#/b'");
+
+    // Calls from MQTT: off unless allowed, by the file or by flags (which win).
+    let check = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["gateway", "--check-config"])
+            .args(args)
+            .env_remove("STARLING_BROKER")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        stdout(&out)
+    };
+    assert!(check(&["--key", &key, "--broker", "mqtt://h"]).contains("rpc off"));
+    let rpc = env.dir.join("rpc.toml");
+    std::fs::write(
+        &rpc,
+        format!("key_file = \"{key}\"\nbroker = \"mqtt://h\"\nrpc = [\"relay-1/relay.*\", \"*/$info\"]\n"),
+    )
+    .unwrap();
+    let rpc = rpc.to_str().unwrap();
+    assert!(check(&["--config", rpc]).contains(r#"rpc ["relay-1/relay.*", "*/$info"]"#));
+    assert!(check(&["--config", rpc, "--rpc", "svc/echo"]).contains(r#"rpc ["svc/echo"]"#));
+    assert!(check(&["--config", rpc, "--no-rpc"]).contains("rpc off"));
+    let mut c = Command::new(BIN);
+    c.args(["gateway", "--check-config", "--key", &key, "--broker", "mqtt://h", "--rpc", "relay-1"]);
+    fails_with(&mut c, "NODE/METHOD");
+    std::fs::write(&bad, "broker = \"mqtt://127.0.0.1\"\nrpc = [\"re*lay/x\"]\n").unwrap();
+    let mut c = Command::new(BIN);
+    c.args(["gateway", "--config", bad.to_str().unwrap(), "--check-config"]).env_remove("STARLING_BROKER");
+    fails_with(&mut c, "line 2");
 }
