@@ -196,6 +196,13 @@ impl AgedWindow {
         AgedWindow { window: ReplayWindow::new(), mark: None, floor: 0 }
     }
 
+    /// An empty window whose sender was at packet number `pn` at `now` (a multicast key's
+    /// floor when it was handed over): even its first frame cannot be further ahead than the
+    /// sender can have counted since.
+    pub const fn starting_at(pn: u64, now: Instant) -> Self {
+        AgedWindow { window: ReplayWindow::new(), mark: Some((now, pn)), floor: 0 }
+    }
+
     fn floor_at(&self, now: Instant, max_age: Duration) -> u64 {
         match self.mark {
             Some((at, pn)) if at + max_age <= now => self.floor.max(pn),

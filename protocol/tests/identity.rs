@@ -7,9 +7,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::sim::{counters_add_up, NodeOpts, Sim};
+use starling::crypto::SenderKey;
 use starling::identity::{AllowEntry, Allowlist, Identity, MethodPattern, Permissions};
-use starling::wire::{Header, NodeId, SUITE_HS_INIT, SUITE_UNICAST};
-use starling::{CallError, DownReason, Event, TopicFilter};
+use starling::wire::{
+    stream, DataHeader, Header, Inner, NodeId, Record, HEADER_LEN, SUITE_ANNOUNCE, SUITE_HS_INIT, SUITE_HS_RESP,
+    SUITE_MULTICAST, SUITE_UNICAST, TAG_LEN,
+};
+use starling::{CallError, Destination, DownReason, Event, Instant, TopicFilter};
 
 fn identity(i: usize) -> Identity {
     let mut secret = [0u8; 32];
@@ -550,4 +554,259 @@ fn a_member_without_storage_that_leaves_and_comes_back_is_a_new_incarnation() {
     }
     let ups = sim.events(0).iter().filter(|l| matches!(l.event, Event::PeerUp(_))).count();
     assert_eq!(ups, 4, "up at first and after each return");
+}
+
+// ----- the identity-mode findings of the security review of 48cd6cf (issue 13) -----
+
+/// A frame sealed by `sender` under one of its multicast keys `(tag, key)`, as a member holding
+/// that key can make it.
+fn forge_multicast(sender: NodeId, (tag, key): (u8, [u8; 32]), pn: u64, records: &[Record<'_>]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for r in records {
+        r.emit(&mut body);
+    }
+    let mut f = vec![0u8; HEADER_LEN + body.len() + TAG_LEN];
+    Header { suite: SUITE_MULTICAST, net_tag: tag, sender, pn }.emit(&mut f);
+    f[HEADER_LEN..HEADER_LEN + body.len()].copy_from_slice(&body);
+    SenderKey::from_raw(key).seal(pn, &mut f, HEADER_LEN);
+    f
+}
+
+fn requests_of(sim: &Sim, i: usize) -> usize {
+    sim.events(i).iter().filter(|l| matches!(l.event, Event::Request { .. })).count()
+}
+
+/// Node 0 the gateway (may call anything), node 1 a sensor (no call rights; it reads what the
+/// gateway publishes, so it holds the gateway's data key), node 2 a relay serving `relay.set`.
+fn gateway_sensor_relay(sim: &mut Sim) -> (Allowlist, Vec<usize>) {
+    let list = allowlist(3, |i| match i {
+        0 => perms(&["#"], &["#"], &["*"]),
+        1 => perms(&["sensors/#"], &["#"], &[]),
+        _ => perms(&["relay/#"], &["#"], &[]),
+    });
+    let nodes = mesh(sim, 3, &list);
+    wait_for_mesh(sim, &nodes);
+    sim.serve(2, &["relay.set"], |_| Some(Ok(b"switched".to_vec())));
+    sim.run_for(Duration::from_secs(1));
+    (list, nodes)
+}
+
+/// Finding 1 (HIGH): a member holding sender A's multicast data key sealed, under that key and in
+/// A's name, a Data record of A's *unicast* stream carrying a Request; the receiver ran it with
+/// A's call rights. Every record is now bound to its key class (PROTOCOL.md §2.7), and identity
+/// streams open only for the epoch of A's handshake.
+#[test]
+fn a_member_holding_a_data_key_cannot_forge_calls_in_the_senders_name() {
+    let mut sim = Sim::new(0x1d_0001);
+    let (_, _) = gateway_sensor_relay(&mut sim);
+    let (gw, relay) = (sim.id(0), sim.id(2));
+    let keys = sim.node(0).handed_out_keys();
+    let (epoch_gw, epoch_relay) = (sim.node(0).epoch(), sim.node(2).epoch());
+    let before = sim.stats(2);
+    let mut pn = 100_000; // ahead of the gateway's own packet numbers, within what the window allows
+    for key in [keys[1], keys[0]] {
+        for epoch in [epoch_gw, epoch_gw + 1] {
+            let request = Inner::Request { call_id: pn, to_epoch: epoch_relay, method: "relay.set", payload: b"on" };
+            let bytes = request.encode();
+            let header = DataHeader { stream: stream::UNICAST, epoch, seq: 0, low: 0, index: 0, count: 1, ttl_ms: 0 };
+            let f = forge_multicast(gw, key, pn, &[Record::Data { header, chunk: &bytes }]);
+            sim.inject(2, sim.addr(1), &f, sim.now());
+            pn += 1;
+        }
+    }
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(requests_of(&sim, 2), 0, "the relay ran a call forged in the gateway's name");
+    assert_eq!(sim.stats(2).drop_malformed - before.drop_malformed, 4, "each refused by the key-class table");
+    // The gateway's genuine call still works.
+    let ok = sim.call(0, relay, "relay.set", b"on", Duration::from_secs(2));
+    sim.run_for(Duration::from_secs(1));
+    assert!(sim.call_results(0).iter().any(|(_, id, r)| *id == ok && r.is_ok()));
+    assert_eq!(requests_of(&sim, 2), 1);
+}
+
+/// Finding 1, last part: after the sensor is revoked, its copy of the gateway's old data key must
+/// open nothing anywhere, even before the gateway publishes under its new key (the new keys are
+/// handed out marked `replaces`, PROTOCOL.md §11.5). It worked 8 s after revocation.
+#[test]
+fn a_revoked_member_cannot_use_the_keys_it_held() {
+    let mut sim = Sim::new(0x1d_0011);
+    let (list, _) = gateway_sensor_relay(&mut sim);
+    sim.subscribe(2, "#");
+    sim.run_for(Duration::from_secs(1));
+    let gw = sim.id(0);
+    let old = sim.node(0).handed_out_keys();
+    let mut cut = list.clone();
+    cut.entries.retain(|e| e.name != "n1");
+    for i in [0, 2] {
+        sim.set_allowlist(i, cut.clone());
+    }
+    sim.run_for(Duration::from_millis(500));
+    let before = sim.messages(2).len();
+    let forged = Record::Publish { topic: "relay/cmd", payload: b"OPEN" };
+    let f = forge_multicast(gw, old[1], 1 << 30, &[forged]);
+    sim.inject(2, sim.addr(1), &f, sim.now());
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(sim.messages(2).len(), before, "a revoked member's copy of the old data key still opened a frame");
+    // The gateway's real publications still arrive, under the new key.
+    sim.publish(0, "relay/cmd", b"real");
+    sim.run_for(Duration::from_millis(200));
+    assert_eq!(sim.messages(2).last().map(|(_, p, _)| p.clone()), Some(b"real".to_vec()));
+}
+
+/// Finding 11 (LOW): a holder of a sender's data key silenced it with one forged packet number
+/// 2^47 (every genuine frame then looked old) until the next rotation. A number further ahead than
+/// its sender can have counted is now refused (PROTOCOL.md §3.4).
+#[test]
+fn one_forged_packet_number_far_ahead_does_not_silence_a_sender() {
+    let mut sim = Sim::new(0x1d_000b);
+    gateway_sensor_relay(&mut sim);
+    sim.subscribe(2, "#");
+    sim.run_for(Duration::from_secs(1));
+    let keys = sim.node(0).handed_out_keys();
+    let forged = Record::Publish { topic: "relay/x", payload: b"forged" };
+    let f = forge_multicast(sim.id(0), keys[1], 1 << 47, &[forged]);
+    let before = sim.stats(2).drop_replay;
+    sim.inject(2, sim.addr(1), &f, sim.now());
+    sim.run_for(Duration::from_millis(50));
+    assert_eq!(sim.stats(2).drop_replay, before + 1);
+    for k in 0..5u8 {
+        sim.publish(0, "relay/x", &[k]);
+        sim.run_for(Duration::from_millis(100));
+    }
+    let got: Vec<Vec<u8>> = sim.messages(2).into_iter().filter(|(t, _, _)| t == "relay/x").map(|m| m.1).collect();
+    assert_eq!(got, (0..5u8).map(|k| vec![k]).collect::<Vec<_>>());
+}
+
+/// An Announce frame for `key` with `epoch`, padded as PROTOCOL.md §11.2 says (176 bytes).
+fn announce(list: &Allowlist, key: &starling::identity::PublicKey, epoch: u32) -> Vec<u8> {
+    let mut f = vec![0u8; HEADER_LEN];
+    Header { suite: SUITE_ANNOUNCE, net_tag: list.net_tag(), sender: key.node_id(), pn: 0 }.emit(&mut f);
+    f.extend_from_slice(&key.0);
+    f.extend_from_slice(&epoch.to_be_bytes());
+    f.resize(176, 0);
+    f
+}
+
+/// Finding 4 (MEDIUM): one forged, unauthenticated Announce repointed a member's session address
+/// (the victim's acks were lost and a reliable publication failed) and made nodes send 8 × 156 B
+/// handshakes to a chosen address. An Announce never moves a proven address now, and funds one
+/// message 1 of at most its own size.
+#[test]
+fn a_forged_announce_neither_repoints_a_session_nor_reflects_more_than_it_costs() {
+    let mut sim = Sim::new(0x1d_0004);
+    let list = allowlist(3, |_| everything());
+    let nodes = mesh(&mut sim, 3, &list);
+    wait_for_mesh(&mut sim, &nodes);
+    sim.subscribe(1, "t");
+    sim.run_for(Duration::from_secs(1));
+    let attacker: SocketAddr = "192.0.2.66:4783".parse().unwrap();
+    sim.clear_tap();
+    // Announces claiming node 1 restarted (another epoch), from the attacker's address, to the
+    // publisher and to the third node, twice a second for 5 s.
+    let forged = announce(&list, &identity(1).public(), sim.node(1).epoch() + 7);
+    let mut sent = 0;
+    for k in 0..10 {
+        for to in [0, 2] {
+            sim.inject(to, attacker, &forged, sim.now() + Duration::from_millis(500 * k));
+            sent += forged.len();
+        }
+    }
+    let p = sim.publish_reliable(0, "t", b"must arrive", None);
+    sim.run_for(Duration::from_secs(5));
+    let done = sim.events(0).iter().any(|l| matches!(&l.event, Event::PublishDone { id, result: Ok(()) } if *id == p));
+    assert!(done, "the reliable publication failed: {:?}", sim.events(0).last());
+    let reflected: usize =
+        sim.tap().iter().filter(|t| t.destination == Destination::Unicast(attacker)).map(|t| t.bytes.len()).sum();
+    assert!(reflected <= sent, "{reflected} bytes sent to the attacker for {sent}");
+}
+
+/// Finding 5 (MEDIUM): a forged HandshakeResp with a valid mac1 (public keys suffice) cancelled
+/// any handshake under way (4 packets of 88 B made both calls fail). An answer's mac1 now covers
+/// the message 1 it answers: a forger who never saw it is refused with one BLAKE2s.
+#[test]
+fn forged_handshake_answers_do_not_cancel_a_handshake() {
+    let mut sim = Sim::new(0x1d_0005);
+    let list = allowlist(2, |_| everything());
+    let nodes = mesh(&mut sim, 2, &list);
+    sim.serve(1, &["echo"], |r| Some(Ok(r.payload.to_vec())));
+    let attacker: SocketAddr = "192.0.2.66:4783".parse().unwrap();
+    // Every 10 ms from the start, each node receives an answer "from" the other.
+    for k in 0..200 {
+        for (to, from) in [(0, 1), (1, 0)] {
+            let mut f = vec![0u8; HEADER_LEN];
+            let sender = identity(from).public().node_id();
+            Header { suite: SUITE_HS_RESP, net_tag: list.net_tag(), sender, pn: 0 }.emit(&mut f);
+            f.extend_from_slice(&identity(to).public().node_id().to_bytes());
+            f.extend_from_slice(&[0x42; 48 + 4 + 41]);
+            let mac1 = starling::noise::mac1(&identity(to).public(), &f);
+            f.extend_from_slice(&mac1);
+            sim.inject(to, attacker, &f, sim.now() + Duration::from_millis(10 * k));
+        }
+    }
+    wait_for_mesh(&mut sim, &nodes);
+    let c = sim.call(0, sim.id(1), "echo", b"hi", Duration::from_secs(2));
+    sim.run_for(Duration::from_secs(2));
+    assert!(sim.call_results(0).iter().any(|(_, id, r)| *id == c && r.is_ok()), "{:?}", sim.call_results(0));
+    assert!(sim.now() < Instant::from_millis(4_000), "the mesh formed late");
+}
+
+/// Finding 6 (MEDIUM): an old captured HandshakeInit could be replayed forever: it was answered
+/// (174 B to the attacker) and repointed the peer's address. Message 1 now carries a growing
+/// counter: a replay of the same incarnation is refused before any answer, and changes nothing.
+#[test]
+fn a_replayed_handshake_init_is_not_answered_and_moves_nothing() {
+    let mut sim = Sim::new(0x1d_0006);
+    let list = allowlist(2, |_| everything());
+    sim.clear_tap();
+    let nodes = mesh(&mut sim, 2, &list);
+    wait_for_mesh(&mut sim, &nodes);
+    sim.serve(0, &["echo"], |r| Some(Ok(r.payload.to_vec())));
+    let inits: Vec<(usize, Vec<u8>)> = sim
+        .tap()
+        .iter()
+        .filter(|t| Header::parse(&t.bytes).is_ok_and(|h| h.suite == SUITE_HS_INIT))
+        .map(|t| (t.node, t.bytes.clone()))
+        .collect();
+    assert!(!inits.is_empty());
+    let attacker: SocketAddr = "192.0.2.66:4783".parse().unwrap();
+    sim.run_for(Duration::from_secs(5));
+    sim.clear_tap();
+    let failed = sim.stats(0).handshakes_failed + sim.stats(1).handshakes_failed;
+    for (from, f) in &inits {
+        sim.inject(1 - from, attacker, f, sim.now());
+    }
+    sim.run_for(Duration::from_millis(200));
+    let to_attacker = sim.tap().iter().filter(|t| t.destination == Destination::Unicast(attacker)).count();
+    assert_eq!(to_attacker, 0, "a replayed message 1 was answered");
+    assert_eq!(sim.stats(0).handshakes_failed + sim.stats(1).handshakes_failed, failed + inits.len() as u64);
+    // The sessions still go where they went: calls both ways work.
+    let a = sim.call(1, sim.id(0), "echo", b"x", Duration::from_secs(2));
+    sim.run_for(Duration::from_secs(1));
+    assert!(sim.call_results(1).iter().any(|(_, id, r)| *id == a && r.is_ok()), "{:?}", sim.call_results(1));
+}
+
+/// Not an attack, but what the tie-break used to get wrong: the same identity run again as a new
+/// process (a CLI invocation) from a new address, while the long-running peer's handshake goes to
+/// the old address, is reached at once.
+#[test]
+fn the_same_identity_restarted_at_a_new_address_is_reached_at_once() {
+    let mut sim = Sim::new(0x1d_0100);
+    let list = allowlist(2, |_| everything());
+    let server = sim.add_node_with("n0", NodeOpts::new().identity(identity(0), list.clone()));
+    sim.start(server);
+    sim.serve(server, &["echo"], |r| Some(Ok(r.payload.to_vec())));
+    // Three short runs of identity 1, each from its own address (a new process, no storage).
+    for run in 0..3 {
+        let cli =
+            sim.add_node_with(&format!("cli{run}"), NodeOpts::new().ephemeral().identity(identity(1), list.clone()));
+        sim.start(cli);
+        let start = sim.now();
+        let t = sim.run_until_or(start + Duration::from_secs(3), |s| s.peers(cli).iter().any(|p| p.name == "n0"));
+        assert!(t.is_some_and(|t| t < start + Duration::from_millis(1500)), "run {run}: n0 not seen in time");
+        let c = sim.call(cli, sim.id(server), "echo", b"hi", Duration::from_secs(2));
+        sim.run_for(Duration::from_millis(500));
+        assert!(sim.call_results(cli).iter().any(|(_, id, r)| *id == c && r.is_ok()), "run {run}");
+        sim.crash(cli);
+        sim.run_for(Duration::from_millis(200));
+    }
 }

@@ -377,6 +377,16 @@ impl Node {
         Ok(node)
     }
 
+    /// The multicast keys this node hands to members, as `(tag, key)`: discovery key first, then
+    /// data key. Every member allowed to read this node holds them, so an attack test can forge
+    /// frames as such a member would (PROTOCOL.md §11.8). Empty in PSK mode.
+    #[doc(hidden)]
+    pub fn handed_out_keys(&self) -> Vec<(u8, [u8; 32])> {
+        self.identity.as_ref().map_or_else(Vec::new, |s| {
+            alloc::vec![(s.group.disc.tag, s.group.disc.raw), (s.group.data.tag, s.group.data.raw)]
+        })
+    }
+
     /// The allowlist in force (identity mode only).
     pub fn allowlist(&self) -> Option<&Allowlist> {
         self.identity.as_ref().map(|s| &s.list)
@@ -752,7 +762,7 @@ impl Node {
         for g in payload[4..].chunks_exact(GROUP_KEY_LEN) {
             let key: [u8; 32] = g[1..33].try_into().expect("32 bytes");
             let floor = u64::from_be_bytes(g[33..41].try_into().expect("8 bytes"));
-            install_group(p, g[0], key, floor);
+            install_group(p, g[0], key, floor, now);
         }
         self.stats.handshakes_completed += 1;
         let id = header.sender;
@@ -943,7 +953,7 @@ impl Node {
     }
 
     /// Acts on a key record; they only count inside a pairwise session.
-    pub(super) fn handle_key_record(&mut self, header: &Header, record: Record<'_>) {
+    pub(super) fn handle_key_record(&mut self, now: Instant, header: &Header, record: Record<'_>) {
         if header.suite != SUITE_UNICAST {
             self.stats.unknown_records += 1;
             return;
@@ -952,7 +962,7 @@ impl Node {
         let Some(p) = state.peers.get_mut(&header.sender) else { return };
         match record {
             Record::GroupKey { tag, key, floor, replaces } => {
-                install_group(p, tag, key, floor);
+                install_group(p, tag, key, floor, now);
                 if replaces {
                     // The sender revoked a member who may hold the older key: forget it now.
                     forget_older_keys(p, tag);
@@ -1186,7 +1196,7 @@ fn low_order_ephemeral(msg: &[u8]) -> bool {
     msg.first_chunk::<32>().is_none_or(|e| PublicKey(*e).is_low_order())
 }
 
-fn install_group(p: &mut IdPeer, tag: u8, key: [u8; 32], floor: u64) {
+fn install_group(p: &mut IdPeer, tag: u8, key: [u8; 32], floor: u64, now: Instant) {
     if p.groups.iter().any(|g| g.tag == tag) {
         return; // already have it; keep its replay window
     }
@@ -1195,7 +1205,9 @@ fn install_group(p: &mut IdPeer, tag: u8, key: [u8; 32], floor: u64) {
         let oldest = p.groups.iter().position(|g| g.tag & DISCOVERY_TAG == class).expect("two exist");
         p.groups.remove(oldest);
     }
-    p.groups.push(RxGroup { tag, key: SenderKey::from_raw(key), floor, replay: AgedWindow::new() });
+    // The window starts at the floor, as of now: even the first frame under the key cannot be
+    // further ahead than the sender can have counted since it handed the key over.
+    p.groups.push(RxGroup { tag, key: SenderKey::from_raw(key), floor, replay: AgedWindow::starting_at(floor, now) });
 }
 
 /// A frame opened under the key `tag`: the sender uses it now, so older keys of its class go

@@ -1210,7 +1210,7 @@ impl Node {
             Record::Subscriptions(filters) => self.handle_subscriptions(now, sender, &filters),
             Record::Challenge(nonce) => self.echo(now, sender, nonce),
             Record::Echo { .. } => {} // only meaningful while verifying, handled there
-            Record::GroupKey { .. } | Record::KeyRequest => self.handle_key_record(header, record),
+            Record::GroupKey { .. } | Record::KeyRequest => self.handle_key_record(now, header, record),
             Record::Unknown { .. } => self.stats.unknown_records += 1,
         }
     }
