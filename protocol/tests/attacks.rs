@@ -104,9 +104,9 @@ fn a_lost_frame_replayed_much_later_is_refused() {
         let before = sim.stats(rx).drop_replay;
         sim.inject(rx, sim.addr(sensor), &lost[0], sim.now());
         sim.run_for(Duration::from_millis(10));
+        assert_eq!(sim.messages(rx).len(), delivered, "the old 'open' was delivered {wait} s later");
         assert_eq!(sim.stats(rx).drop_replay, before + 1, "replayed after {wait} s: refused before decryption");
     }
-    assert_eq!(sim.messages(rx).len(), delivered, "the old 'open' was never delivered");
 }
 
 /// Finding 3, second half: a restarted callee re-ran a call replayed 10 s after its restart (its
@@ -175,10 +175,9 @@ fn replayed_frames_of_dead_nodes_do_not_lock_out_a_live_publisher() {
 }
 
 /// Finding 10 (LOW): 256 invented ids sending out-of-order chunks grew a subscriber from 6 to 241
-/// MiB. All receiving streams now share one budget (`max_pending_total`). And one 49-byte NACK
-/// made a publisher multicast 97 KB of repairs: one Ack record now gets at most 32 chunks.
+/// MiB. All receiving streams now share one budget (`max_pending_total`).
 #[test]
-fn many_senders_cannot_buffer_past_the_node_total_and_one_nack_repairs_little() {
+fn many_senders_cannot_buffer_past_the_node_total() {
     let mut sim = Sim::new(0xa77_0010);
     // Freshness challenges off: the attacker is a member and could answer them anyway (and frames
     // waiting for a proof have their own bound, PROTOCOL.md §3.4).
@@ -215,12 +214,30 @@ fn many_senders_cannot_buffer_past_the_node_total_and_one_nack_repairs_little() 
     }
     assert!(buffered_peak <= total, "{buffered_peak} bytes buffered, bound {total}");
     assert!(buffered_peak > total / 2, "the flood did reach the bound ({buffered_peak})");
+}
 
-    // The NACK: a member asks the publisher to repair everything it retains, in one small record.
+/// Finding 10, second half: one 49-byte NACK made a publisher multicast 97 KB of repairs (1980x).
+/// One Ack record now gets at most 32 chunks repaired.
+#[test]
+fn one_small_nack_repairs_little() {
+    let mut sim = Sim::new(0xa77_001a);
+    let no_challenge = || NodeOpts::new().config(|c| c.require_fresh = false);
+    let rx = sim.add_node_with("subscriber", no_challenge());
+    let publisher = sim.add_node_with("publisher", no_challenge());
+    sim.start(rx);
+    sim.start(publisher);
+    sim.subscribe(rx, "#");
+    sim.run_until(ms(2_000));
+    let key = sim.network_key().clone();
+    let attacker: SocketAddr = "192.0.2.66:4783".parse().unwrap();
+    // The subscriber's acks do not reach the publisher, so it still retains all 100 messages
+    // when the NACK comes (acknowledged ones are released: there would be nothing to repair).
+    sim.block(&[rx], &[publisher]);
     for k in 0..100 {
         sim.publish_reliable(publisher, "t", &vec![k as u8; 1000], None);
     }
     sim.run_for(Duration::from_millis(500));
+    assert_eq!(sim.node(publisher).retained().1, 100, "the NACK finds everything still retained");
     sim.clear_tap();
     let me = sim.id(publisher);
     let epoch = sim.node(publisher).epoch();
@@ -232,4 +249,34 @@ fn many_senders_cannot_buffer_past_the_node_total_and_one_nack_repairs_little() 
     sim.run_for(Duration::from_millis(100));
     let repaired: usize = sim.tap().iter().filter(|t| t.node == publisher).map(|t| t.bytes.len()).sum();
     assert!(repaired <= 32 * 1200 + 2400, "{repaired} bytes answered a {}-byte frame", f.len());
+}
+
+/// Finding 12 (LOW): a replayed `$stats` request from a spoofed address reflected ~1 KB for 55 B
+/// (18x): the callee answered wherever the replay came from. Replays are refused now, and a
+/// peer's address follows only its newest frame: nothing goes to the spoofed address.
+#[test]
+fn a_replayed_request_from_a_spoofed_address_reflects_nothing() {
+    let mut sim = Sim::new(0xa77_0012);
+    let caller = sim.spawn("monitor");
+    let callee = sim.spawn("board");
+    sim.serve(callee, &["stats"], |_| Some(Ok(vec![b'x'; 1000])));
+    sim.run_until(ms(2_000));
+    sim.clear_tap();
+    sim.call(caller, sim.id(callee), "stats", b"", Duration::from_secs(2));
+    sim.run_for(Duration::from_millis(200));
+    let captured = unicast_frames(&sim, caller, callee);
+    let victim: SocketAddr = "192.0.2.99:4783".parse().unwrap();
+    sim.clear_tap();
+    // At once, a second later (the caller still talks), and much later.
+    for delay in [1u64, 1_000, 30_000] {
+        let at = sim.now() + Duration::from_millis(delay);
+        for f in &captured {
+            sim.inject(callee, victim, f, at);
+        }
+        sim.run_until(at + Duration::from_millis(500));
+    }
+    let reflected: usize =
+        sim.tap().iter().filter(|t| t.destination == Destination::Unicast(victim)).map(|t| t.bytes.len()).sum();
+    assert_eq!(reflected, 0, "bytes sent to the spoofed address");
+    assert_eq!(requests(&sim, callee), 1);
 }
