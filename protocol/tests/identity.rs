@@ -810,3 +810,22 @@ fn the_same_identity_restarted_at_a_new_address_is_reached_at_once() {
         sim.run_for(Duration::from_millis(200));
     }
 }
+
+/// Finding 13 (INFO): an honest member delivered topics outside its own subscribe rights (the
+/// sender's data key covers everything it publishes). A member now refuses them itself.
+#[test]
+fn a_member_delivers_nothing_outside_its_own_subscribe_rights() {
+    let mut sim = Sim::new(0x1d_000d);
+    let list = allowlist(2, |i| if i == 0 { everything() } else { perms(&[], &["public/#"], &[]) });
+    let nodes = mesh(&mut sim, 2, &list);
+    wait_for_mesh(&mut sim, &nodes);
+    sim.subscribe(1, "#");
+    sim.run_for(Duration::from_secs(1));
+    let denied = sim.stats(1).denied;
+    sim.publish(0, "secret/plans", b"hidden");
+    sim.publish(0, "public/news", b"shown");
+    sim.run_for(Duration::from_millis(200));
+    let topics: Vec<String> = sim.messages(1).into_iter().map(|m| m.0).collect();
+    assert_eq!(topics, ["public/news"]);
+    assert_eq!(sim.stats(1).denied, denied + 1);
+}

@@ -1174,6 +1174,12 @@ impl Node {
         self.permissions_of(from).is_none_or(|p| p.is_some_and(|p| p.may_call(method)))
     }
 
+    /// May this node itself receive `topic`? An honest member delivers nothing outside its own
+    /// subscribe rights, even what a sender may publish to others. Always true in PSK mode.
+    pub(super) fn may_receive_self(&self, topic: &Topic<'_>) -> bool {
+        self.identity.as_ref().is_none_or(|s| s.list.get(&s.me.public()).is_some_and(|e| e.permissions.may_subscribe(topic)))
+    }
+
     /// May `peer` receive messages on `topic` (so a reliable publication waits for it)?
     pub(super) fn may_receive(&self, peer: NodeId, topic: &Topic<'_>) -> bool {
         self.permissions_of(peer).is_none_or(|p| p.is_some_and(|p| p.may_subscribe(topic)))

@@ -1275,7 +1275,7 @@ impl Node {
     }
 
     fn deliver(&mut self, from: NodeId, topic: Topic<'_>, payload: &[u8], seq: Option<u64>) {
-        if !self.may_publish(from, &topic) {
+        if !self.may_publish(from, &topic) || (from != self.id() && !self.may_receive_self(&topic)) {
             self.stats.denied += 1;
             return;
         }
