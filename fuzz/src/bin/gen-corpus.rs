@@ -299,6 +299,27 @@ fn main() {
     inner.extend(inner_msgs.iter().take(6).enumerate().map(|(i, m)| (format!("captured_{i}"), m.clone())));
     write("inner", &inner);
 
+    // Identity mode's unsealed frames, one valid seed of each (and the wrong suite for each).
+    use starling::wire::identity::{self as idw, Announce, CookieReply, HandshakeInit, HandshakeResp};
+    let (a, b) = (NodeId::from_u64(PEER_A), NodeId::from_u64(VICTIM));
+    let announce = Announce { net_tag: 0x49, sender: a, key: [7; 32], epoch: 3 }.emit();
+    let mut init = HandshakeInit::emit_unmacked(0x49, a, b, &[5; idw::MSG1_LEN]);
+    init.extend_from_slice(&[1; 32]);
+    let mut resp = HandshakeResp::emit_unmacked(0x49, b, a, &[6; idw::MSG2_MAX]);
+    resp.extend_from_slice(&[2; 16]);
+    let reply = [8u8; idw::COOKIE_REPLY_LEN];
+    let header = starling::wire::Header { suite: starling::wire::SUITE_COOKIE, net_tag: 0x49, sender: b, pn: 0 };
+    let cookie = CookieReply { header, receiver: a, reply: &reply }.emit();
+    write(
+        "identity_frames",
+        &[
+            ("announce".into(), announce),
+            ("init".into(), init),
+            ("resp".into(), resp),
+            ("cookie".into(), cookie),
+        ],
+    );
+
     write("state", &[("state_record".into(), v["state_record"].clone())]);
 
     let key_hex: String = v["network_key"].iter().map(|b| format!("{b:02x}")).collect();

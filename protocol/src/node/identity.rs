@@ -22,34 +22,19 @@ use crate::replay::AgedWindow;
 use crate::state::Boot;
 use crate::time::Instant;
 use crate::topic::Topic;
+use crate::wire::identity::{Announce, CookieReply, HandshakeInit, HandshakeResp, MSG1_PAYLOAD_LEN as MSG1_PAYLOAD};
 use crate::wire::{
-    Header, KeyClass, NodeId, Record, HEADER_LEN, SUITE_ANNOUNCE, SUITE_COOKIE, SUITE_HS_INIT, SUITE_HS_RESP,
+    self, Header, KeyClass, NodeId, Record, HEADER_LEN, SUITE_ANNOUNCE, SUITE_COOKIE, SUITE_HS_INIT, SUITE_HS_RESP,
     SUITE_MULTICAST, SUITE_PSK, SUITE_UNICAST, TAG_LEN,
 };
 
-/// What an Announce says: public key, epoch. Zero padding follows (see [`ANNOUNCE_LEN`]).
-const ANNOUNCE_FIELDS: usize = 32 + 4;
-/// Payload of message 1: the initiator's epoch and a counter that only grows (its packet number).
-const MSG1_PAYLOAD: usize = 4 + 8;
-/// Noise IK message 1: e (32), s (32 + 16), payload (12 + 16).
-const MSG1_LEN: usize = 32 + 48 + MSG1_PAYLOAD + 16;
-/// Zero bytes after message 1, so that a HandshakeInit frame is at least as large as the
-/// largest HandshakeResp it can draw: answering never amplifies (PROTOCOL.md §11.6).
-const INIT_PAD: usize = 12;
-/// Length of a HandshakeInit frame.
-const INIT_FRAME: usize = HEADER_LEN + 8 + MSG1_LEN + INIT_PAD + 2 * MAC_LEN;
-/// Body of an Announce: its fields padded so the frame is as large as the HandshakeInit it may
-/// prompt, so a forged Announce from a spoofed address reflects less than it costs.
-const ANNOUNCE_LEN: usize = INIT_FRAME - HEADER_LEN;
 /// Answers to handshakes under way that failed to open, per try, before further ones are ignored
 /// (each costs two Diffie-Hellman operations and a restart of the handshake).
 const MAX_BAD_RESPONSES: u8 = 4;
-/// Longest message 2: e (32), payload (epoch 4 + two multicast keys) + 16.
-const MSG2_MAX: usize = 32 + 4 + 2 * GROUP_KEY_LEN + 16;
 /// Tags of discovery keys have the high bit set; data keys' tags have it clear.
 const DISCOVERY_TAG: u8 = 0x80;
 /// A group key in a handshake payload: tag, key, floor.
-const GROUP_KEY_LEN: usize = 1 + 32 + 8;
+const GROUP_KEY_LEN: usize = wire::identity::PAYLOAD_KEY_LEN;
 /// A cookie is trusted this long (WireGuard: 2 minutes), and the secret behind it rotates as often.
 const COOKIE_LIFETIME: Duration = Duration::from_secs(120);
 /// Handshakes per second one source address gets while the node is under load.
@@ -62,8 +47,6 @@ const KEY_REQUEST_GAP: Duration = Duration::from_millis(500);
 const MAX_HANDSHAKE_TRIES: u32 = 8;
 /// A new multicast key is handed out this long before it is used, so receivers have it.
 const GROUP_KEY_LEAD: Duration = Duration::from_secs(1);
-/// Handshake frames travel unsealed and carry this in the packet-number field.
-const UNSEALED_PN: u64 = 0;
 
 /// A token bucket in thousandths of a token: `rate` per second, bursts of one second's worth.
 #[derive(Debug, Clone, Copy)]
@@ -313,18 +296,6 @@ fn push_key(payload: &mut Vec<u8>, g: &OwnGroupKey, floor: u64) {
     payload.extend_from_slice(&floor.to_be_bytes());
 }
 
-fn frame(suite: u8, net_tag: u8, sender: NodeId, body_len: usize) -> Vec<u8> {
-    let mut f = alloc::vec![0u8; HEADER_LEN];
-    Header { suite, net_tag, sender, pn: UNSEALED_PN }.emit(&mut f);
-    f.reserve(body_len);
-    f
-}
-
-fn take_id(body: &[u8]) -> Option<(NodeId, &[u8])> {
-    let (id, rest) = body.split_first_chunk::<8>()?;
-    Some((NodeId::from_u64(u64::from_be_bytes(*id)), rest))
-}
-
 impl Node {
     /// Creates a node in identity mode: `identity` is this device's key pair, `allowlist` the
     /// network's members. The boot's node id must be the one derived from the identity's public
@@ -431,39 +402,47 @@ impl Node {
             self.stats.rx_own += 1;
             return false;
         }
-        let body = &datagram[HEADER_LEN..];
         match header.suite {
             SUITE_UNICAST | SUITE_MULTICAST => return self.open_sealed(now, from, header, datagram),
-            SUITE_PSK => self.stats.drop_version += 1,
+            SUITE_PSK | wire::SUITE_PSK_UNICAST => self.stats.drop_version += 1,
             _ if header.net_tag != state.net_tag => self.stats.drop_foreign_network += 1,
             _ => {
                 self.stats.rx_unsealed += 1;
-                self.handle_unsealed(now, from, header, datagram, body);
+                self.handle_unsealed(now, from, header, datagram);
             }
         }
         self.update_timers();
         false
     }
 
-    fn handle_unsealed(&mut self, now: Instant, from: SocketAddr, header: &Header, datagram: &[u8], body: &[u8]) {
+    fn handle_unsealed(&mut self, now: Instant, from: SocketAddr, header: &Header, datagram: &[u8]) {
         match header.suite {
-            SUITE_ANNOUNCE => self.handle_announce(now, from, header, body),
-            SUITE_HS_INIT => self.handle_init(now, from, header, datagram),
-            SUITE_HS_RESP => self.handle_resp(now, from, header, datagram),
-            SUITE_COOKIE => self.handle_cookie(now, header, body),
+            SUITE_ANNOUNCE => match Announce::parse(datagram) {
+                Ok(a) => self.handle_announce(now, from, &a),
+                Err(_) => self.stats.handshakes_failed += 1,
+            },
+            SUITE_HS_INIT => match HandshakeInit::parse(datagram) {
+                Ok(init) => self.handle_init(now, from, datagram, &init),
+                Err(_) => self.stats.handshakes_failed += 1,
+            },
+            SUITE_HS_RESP => match HandshakeResp::parse(datagram) {
+                Ok(resp) => self.handle_resp(now, from, datagram, &resp),
+                Err(_) => self.stats.handshakes_failed += 1,
+            },
+            SUITE_COOKIE => match CookieReply::parse(datagram) {
+                Ok(c) => self.handle_cookie(now, &c),
+                Err(_) => self.stats.handshakes_failed += 1,
+            },
             _ => self.stats.handshakes_failed += 1,
         }
     }
 
-    fn handle_announce(&mut self, now: Instant, from: SocketAddr, header: &Header, body: &[u8]) {
+    /// An Announce (its layout already checked: shorter, unpadded ones could reflect more than
+    /// they cost and are refused by the parser).
+    fn handle_announce(&mut self, now: Instant, from: SocketAddr, a: &Announce) {
         let Some(state) = self.identity.as_mut() else { return };
-        // Shorter Announces are refused: they could reflect more than they cost.
-        if body.len() != ANNOUNCE_LEN || body[ANNOUNCE_FIELDS..].iter().any(|&b| b != 0) {
-            self.stats.handshakes_failed += 1;
-            return;
-        }
-        let key = PublicKey(body[..32].try_into().expect("32 bytes"));
-        let epoch = u32::from_be_bytes(body[32..36].try_into().expect("4 bytes"));
+        let (key, epoch) = (PublicKey(a.key), a.epoch);
+        let header = Header { suite: SUITE_ANNOUNCE, net_tag: a.net_tag, sender: a.sender, pn: 0 };
         if key.node_id() != header.sender {
             self.stats.handshakes_failed += 1;
             return;
@@ -530,13 +509,12 @@ impl Node {
         let state = self.identity.as_mut()?;
         let me = state.me.node_id();
         let p = state.peers.get(&id)?;
-        let mut msg = frame(SUITE_HS_INIT, state.net_tag, me, INIT_FRAME - HEADER_LEN);
-        msg.extend_from_slice(&id.to_bytes());
-        let Ok(init) = Initiator::start(&state.me, &p.key, &state.prologue, seed, &payload, &mut msg) else {
+        let mut noise_msg = Vec::new();
+        let Ok(init) = Initiator::start(&state.me, &p.key, &state.prologue, seed, &payload, &mut noise_msg) else {
             self.stats.handshakes_failed += 1;
             return None;
         };
-        msg.resize(msg.len() + INIT_PAD, 0);
+        let mut msg = HandshakeInit::emit_unmacked(state.net_tag, me, id, &noise_msg);
         let mac1 = noise::mac1(&p.key, &msg);
         msg.extend_from_slice(&mac1);
         Some(Box::new(Handshake { init, mac1, msg, tries, next_at: now, bad_responses: 0, to: p.addr }))
@@ -588,40 +566,35 @@ impl Node {
         self.stats.handshakes_sent += 1;
     }
 
-    fn handle_init(&mut self, now: Instant, from: SocketAddr, header: &Header, datagram: &[u8]) {
+    fn handle_init(&mut self, now: Instant, from: SocketAddr, datagram: &[u8], init: &HandshakeInit<'_>) {
         let epoch = self.boot.epoch;
         let seed = random32(&mut self.rng);
         let rate = u64::from(self.config.identity.handshakes_per_second);
         let nonce: [u8; 24] = random32(&mut self.rng)[..24].try_into().expect("24 bytes");
         let Some(state) = self.identity.as_mut() else { return };
         let me = state.me.node_id();
-        // Cheap checks first: length, addressee, mac1 (one BLAKE2s). No Diffie-Hellman yet.
-        if datagram.len() != INIT_FRAME {
-            self.stats.handshakes_failed += 1;
-            return;
-        }
-        let mac2_at = datagram.len() - MAC_LEN;
-        let mac1_at = mac2_at - MAC_LEN;
-        let Some((to, _)) = take_id(&datagram[HEADER_LEN..]) else { return };
-        let mac1: [u8; MAC_LEN] = datagram[mac1_at..mac2_at].try_into().expect("16 bytes");
-        if to != me || !noise::mac_eq(&noise::mac1(&state.me.public(), &datagram[..mac1_at]), &mac1) {
+        let header = &init.header;
+        let mac1 = init.mac1;
+        // Cheap checks first (the layout was checked by the parser): addressee, mac1 (one
+        // BLAKE2s). No Diffie-Hellman yet.
+        let covered1 = &datagram[..HandshakeInit::MAC1_AT];
+        if init.receiver != me || !noise::mac_eq(&noise::mac1(&state.me.public(), covered1), &mac1) {
             self.stats.handshakes_failed += 1;
             return;
         }
         // Under load (the bucket is empty) only messages proving their source address go on,
         // and each address gets a small share.
         if !state.bucket.take(rate, now) {
-            let mac2 = &datagram[mac2_at..];
-            let covered = &datagram[..mac2_at];
+            let mac2 = &init.mac2;
+            let covered = &datagram[..HandshakeInit::MAC2_AT];
             let proven = [state.cookie_secret, state.old_cookie_secret]
                 .iter()
                 .any(|s| noise::mac_eq(&noise::mac2(&noise::cookie(s, &from), covered), mac2));
             if !proven {
                 let cookie = noise::cookie(&state.cookie_secret, &from);
                 let reply = noise::seal_cookie(&state.me.public(), nonce, &cookie, &mac1);
-                let mut f = frame(SUITE_COOKIE, state.net_tag, me, 8 + reply.len());
-                f.extend_from_slice(&header.sender.to_bytes());
-                f.extend_from_slice(&reply);
+                let h = Header { suite: SUITE_COOKIE, net_tag: state.net_tag, sender: me, pn: 0 };
+                let f = CookieReply { header: h, receiver: header.sender, reply: &reply }.emit();
                 state.raw.push_back((Destination::Unicast(from), f));
                 self.stats.cookies_sent += 1;
                 return;
@@ -638,7 +611,7 @@ impl Node {
                 return;
             }
         }
-        let msg1 = &datagram[HEADER_LEN + 8..mac1_at - INIT_PAD];
+        let msg1 = init.message;
         if low_order_ephemeral(msg1) {
             self.stats.handshakes_failed += 1;
             return;
@@ -678,12 +651,12 @@ impl Node {
         if my_perms.is_some_and(|mine| entry.permissions.may_read_from(mine)) {
             push_key(&mut payload, &state.group.data, self.next_pn);
         }
-        let mut msg = frame(SUITE_HS_RESP, state.net_tag, me, 8 + MSG2_MAX + MAC_LEN);
-        msg.extend_from_slice(&header.sender.to_bytes());
-        let Ok(keys) = resp.finish(&payload, &mut msg) else {
+        let mut msg2 = Vec::new();
+        let Ok(keys) = resp.finish(&payload, &mut msg2) else {
             self.stats.handshakes_failed += 1;
             return;
         };
+        let mut msg = HandshakeResp::emit_unmacked(state.net_tag, me, header.sender, &msg2);
         if p.tag_in_use(keys.hash[0]) {
             // One chance in 256: the initiator retries with a new ephemeral key.
             self.stats.handshakes_failed += 1;
@@ -698,24 +671,19 @@ impl Node {
         state.raw.push_back((Destination::Unicast(from), msg));
     }
 
-    fn handle_resp(&mut self, now: Instant, from: SocketAddr, header: &Header, datagram: &[u8]) {
+    fn handle_resp(&mut self, now: Instant, from: SocketAddr, datagram: &[u8], resp: &HandshakeResp<'_>) {
         let Some(state) = self.identity.as_mut() else { return };
         let me = state.me.node_id();
-        if datagram.len() < HEADER_LEN + 8 + MAC_LEN || datagram.len() > HEADER_LEN + 8 + MSG2_MAX + MAC_LEN {
-            self.stats.handshakes_failed += 1;
-            return;
-        }
-        let mac1_at = datagram.len() - MAC_LEN;
-        let Some((to, _)) = take_id(&datagram[HEADER_LEN..]) else { return };
+        let header = &resp.header;
         let Some(p) = state.peers.get_mut(&header.sender) else {
             self.stats.handshakes_failed += 1;
             return;
         };
         // The answer's mac1 covers our message 1's: without the handshake under way, or from a
         // forger who never saw that message, it is refused here, with one BLAKE2s.
-        let expected =
-            p.handshake.as_ref().map(|h| noise::mac1_answer(&state.me.public(), &datagram[..mac1_at], &h.mac1));
-        if to != me || !expected.is_some_and(|m| noise::mac_eq(&m, &datagram[mac1_at..])) {
+        let covered = HandshakeResp::covered(datagram);
+        let expected = p.handshake.as_ref().map(|h| noise::mac1_answer(&state.me.public(), covered, &h.mac1));
+        if resp.receiver != me || !expected.is_some_and(|m| noise::mac_eq(&m, &resp.mac1)) {
             self.stats.handshakes_failed += 1;
             return;
         }
@@ -726,7 +694,7 @@ impl Node {
             self.stats.handshakes_failed += 1;
             return;
         }
-        let msg2 = &datagram[HEADER_LEN + 8..mac1_at];
+        let msg2 = resp.message;
         if low_order_ephemeral(msg2) {
             self.stats.handshakes_failed += 1;
             return;
@@ -771,15 +739,14 @@ impl Node {
         self.send_group_keys(id);
     }
 
-    fn handle_cookie(&mut self, now: Instant, header: &Header, body: &[u8]) {
+    fn handle_cookie(&mut self, now: Instant, c: &CookieReply<'_>) {
         let Some(state) = self.identity.as_mut() else { return };
-        let Some((to, reply)) = take_id(body) else { return };
-        if to != state.me.node_id() {
+        if c.receiver != state.me.node_id() {
             return;
         }
-        let Some(p) = state.peers.get_mut(&header.sender) else { return };
+        let Some(p) = state.peers.get_mut(&c.header.sender) else { return };
         let Some(hs) = p.handshake.as_mut() else { return };
-        match noise::open_cookie(&p.key, reply, &hs.mac1) {
+        match noise::open_cookie(&p.key, c.reply, &hs.mac1) {
             Some(c) => {
                 p.cookie = Some((c, now));
                 // Try again soon, now able to prove our address.
@@ -1029,10 +996,7 @@ impl Node {
     pub(super) fn announce(&mut self) {
         let epoch = self.boot.epoch;
         let Some(state) = self.identity.as_mut() else { return };
-        let mut f = frame(SUITE_ANNOUNCE, state.net_tag, state.me.node_id(), ANNOUNCE_LEN);
-        f.extend_from_slice(&state.me.public().0);
-        f.extend_from_slice(&epoch.to_be_bytes());
-        f.resize(HEADER_LEN + ANNOUNCE_LEN, 0);
+        let f = Announce { net_tag: state.net_tag, sender: state.me.node_id(), key: state.me.public().0, epoch }.emit();
         state.raw.push_back((Destination::Multicast, f));
     }
 

@@ -557,6 +557,9 @@ impl<'a> Record<'a> {
     }
 }
 
+/// Identity mode's unsealed frames (PROTOCOL.md §11.2).
+pub mod identity;
+
 /// Codes of inner messages: what a reassembled Fragment or stream message carries (PROTOCOL.md §6.6).
 pub mod inner {
     /// A publication.
