@@ -212,6 +212,7 @@ fn many_senders_cannot_buffer_past_the_node_total() {
         sim.run_for(Duration::from_millis(1));
         buffered_peak = buffered_peak.max(sim.node(rx).pending_total());
     }
+    println!("256 invented senders: at most {buffered_peak} bytes buffered (bound {total})");
     assert!(buffered_peak <= total, "{buffered_peak} bytes buffered, bound {total}");
     assert!(buffered_peak > total / 2, "the flood did reach the bound ({buffered_peak})");
 }
@@ -248,6 +249,7 @@ fn one_small_nack_repairs_little() {
     sim.inject(publisher, attacker, &f, sim.now());
     sim.run_for(Duration::from_millis(100));
     let repaired: usize = sim.tap().iter().filter(|t| t.node == publisher).map(|t| t.bytes.len()).sum();
+    println!("one NACK of {} bytes: {repaired} bytes of repairs", f.len());
     assert!(repaired <= 32 * 1200 + 2400, "{repaired} bytes answered a {}-byte frame", f.len());
 }
 

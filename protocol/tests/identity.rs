@@ -10,7 +10,7 @@ use common::sim::{counters_add_up, NodeOpts, Sim};
 use starling::crypto::SenderKey;
 use starling::identity::{AllowEntry, Allowlist, Identity, MethodPattern, Permissions};
 use starling::wire::{
-    stream, DataHeader, Header, Inner, NodeId, Record, HEADER_LEN, SUITE_ANNOUNCE, SUITE_HS_INIT, SUITE_HS_RESP,
+    stream, Ack, DataHeader, Header, Inner, NodeId, Record, HEADER_LEN, SUITE_ANNOUNCE, SUITE_HS_INIT, SUITE_HS_RESP,
     SUITE_MULTICAST, SUITE_UNICAST, TAG_LEN,
 };
 use starling::{CallError, Destination, DownReason, Event, Instant, TopicFilter};
@@ -717,6 +717,7 @@ fn a_forged_announce_neither_repoints_a_session_nor_reflects_more_than_it_costs(
     assert!(done, "the reliable publication failed: {:?}", sim.events(0).last());
     let reflected: usize =
         sim.tap().iter().filter(|t| t.destination == Destination::Unicast(attacker)).map(|t| t.bytes.len()).sum();
+    println!("forged announces: {sent} bytes in, {reflected} bytes out to the attacker's address");
     assert!(reflected <= sent, "{reflected} bytes sent to the attacker for {sent}");
 }
 
@@ -828,4 +829,36 @@ fn a_member_delivers_nothing_outside_its_own_subscribe_rights() {
     let topics: Vec<String> = sim.messages(1).into_iter().map(|m| m.0).collect();
     assert_eq!(topics, ["public/news"]);
     assert_eq!(sim.stats(1).denied, denied + 1);
+}
+
+/// Every member holds every other member's discovery key, under which multicast NACKs travel. A
+/// member forging another's multicast ack must not make a reliable publication succeed for a
+/// subscriber that never got it: acks under a discovery key ask for repairs, acknowledge nothing.
+#[test]
+fn a_member_cannot_acknowledge_a_publication_in_another_members_name() {
+    let mut sim = Sim::new(0x1d_00ac);
+    let list = allowlist(3, |_| everything());
+    let nodes = mesh(&mut sim, 3, &list);
+    wait_for_mesh(&mut sim, &nodes);
+    sim.subscribe(2, "t");
+    sim.run_for(Duration::from_secs(1));
+    sim.block(&[0], &[2]);
+    let p = sim.publish_reliable(0, "t", b"never arrives at node 2", None);
+    let disc = sim.node(2).handed_out_keys()[0];
+    let ack = Ack {
+        target: sim.id(0).as_u64(),
+        stream: stream::MULTICAST,
+        epoch: sim.node(0).epoch(),
+        next: 1,
+        missing: vec![],
+    };
+    for k in 0..5u64 {
+        let f = forge_multicast(sim.id(2), disc, 100_000 + k, &[Record::Ack(ack.clone())]);
+        sim.inject(0, sim.addr(1), &f, sim.now() + Duration::from_millis(20 * k));
+    }
+    sim.run_for(Duration::from_secs(3));
+    let success =
+        sim.events(0).iter().any(|l| matches!(&l.event, Event::PublishDone { id, result: Ok(()) } if *id == p));
+    assert!(!success, "a forged ack made the publication succeed");
+    assert!(sim.messages(2).is_empty());
 }

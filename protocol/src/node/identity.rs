@@ -1141,7 +1141,9 @@ impl Node {
     /// May this node itself receive `topic`? An honest member delivers nothing outside its own
     /// subscribe rights, even what a sender may publish to others. Always true in PSK mode.
     pub(super) fn may_receive_self(&self, topic: &Topic<'_>) -> bool {
-        self.identity.as_ref().is_none_or(|s| s.list.get(&s.me.public()).is_some_and(|e| e.permissions.may_subscribe(topic)))
+        self.identity
+            .as_ref()
+            .is_none_or(|s| s.list.get(&s.me.public()).is_some_and(|e| e.permissions.may_subscribe(topic)))
     }
 
     /// May `peer` receive messages on `topic` (so a reliable publication waits for it)?

@@ -806,10 +806,13 @@ impl Node {
             // Acknowledge what arrived, so publishers waiting for this node are not left hanging.
             // The acks travel to the group in the same datagram as the Leave, ahead of it: a
             // publisher must not see the departure before the acknowledgement.
-            // A unicast stream's acks go to its sender alone (PROTOCOL.md §2.7).
+            // A unicast stream's acks go to its sender alone (PROTOCOL.md §2.7); so do all of
+            // them in identity mode, where only a pairwise session vouches for an ack.
+            let group = if self.identity.is_some() { None } else { Some(To::Group) };
             let mut acks = Vec::new();
             for (id, p) in self.peers.iter_mut() {
-                for (s, to) in [(p.in_mcast.as_mut(), To::Group), (p.in_ucast.as_mut(), To::Peer(*id))] {
+                let mcast_to = group.unwrap_or(To::Peer(*id));
+                for (s, to) in [(p.in_mcast.as_mut(), mcast_to), (p.in_ucast.as_mut(), To::Peer(*id))] {
                     if let Some(s) = s {
                         let mut bytes = Vec::new();
                         Record::Ack(s.final_ack()).emit(&mut bytes);
@@ -1204,7 +1207,9 @@ impl Node {
                 }
             }
             Record::Data { header: h, chunk } => self.handle_data(now, sender, &h, chunk),
-            Record::Ack(ack) => self.handle_ack(now, sender, &ack),
+            // Identity mode's multicast acks come under the sender's discovery key, which every
+            // member holds: they ask for repairs but acknowledge nothing (PROTOCOL.md §6.3).
+            Record::Ack(ack) => self.handle_ack(now, sender, &ack, header.suite != wire::SUITE_MULTICAST),
             Record::Heartbeat(hb) => self.handle_heartbeat(now, sender, &hb),
             Record::Fragment { header: h, chunk } => self.handle_fragment(now, sender, &h, chunk),
             Record::Subscriptions(filters) => self.handle_subscriptions(now, sender, &filters),

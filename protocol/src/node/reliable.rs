@@ -300,8 +300,18 @@ impl Node {
         }
     }
 
-    pub(super) fn handle_ack(&mut self, now: Instant, sender: NodeId, ack: &Ack) {
+    /// An Ack from `sender`. `vouched` is false for one that came under a key other members
+    /// hold too (identity mode's discovery key): it may ask for repairs, but acknowledges
+    /// nothing, so no member can make a publication succeed in another member's name.
+    pub(super) fn handle_ack(&mut self, now: Instant, sender: NodeId, ack: &Ack, vouched: bool) {
         let limits = self.config.streams;
+        let unvouched;
+        let ack = if vouched {
+            ack
+        } else {
+            unvouched = Ack { next: 0, ..ack.clone() };
+            &unvouched
+        };
         if ack.target != self.id().as_u64() {
             // Another receiver's NACK of a stream we receive too: hold ours back.
             if ack.stream == stream::MULTICAST && !ack.missing.is_empty() {

@@ -175,12 +175,7 @@ impl<'a> HandshakeResp<'a> {
         let mac1_at = frame.len() - MAC_LEN;
         let mut mac1 = [0u8; MAC_LEN];
         mac1.copy_from_slice(&frame[mac1_at..]);
-        Ok(HandshakeResp {
-            header,
-            receiver: id_at(frame, HEADER_LEN),
-            message: &frame[HEADER_LEN + 8..mac1_at],
-            mac1,
-        })
+        Ok(HandshakeResp { header, receiver: id_at(frame, HEADER_LEN), message: &frame[HEADER_LEN + 8..mac1_at], mac1 })
     }
 
     /// What mac1 covers in `frame` (a frame [`parse`](Self::parse) accepted): all before it.
