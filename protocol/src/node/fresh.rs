@@ -141,7 +141,7 @@ impl Node {
     /// frames keep coming (the ask or the answer may be lost), at most once per
     /// [`RESOLICIT_GAP`] for the whole node.
     pub(super) fn solicit_if_unannounced(&mut self, now: Instant, sender: NodeId) {
-        if self.identity.is_some() || self.last_solicit.is_some_and(|t| now < t + RESOLICIT_GAP) {
+        if self.security.is_identity() || self.last_solicit.is_some_and(|t| now < t + RESOLICIT_GAP) {
             return;
         }
         if let Some(p) = self.peers.get(&sender) {

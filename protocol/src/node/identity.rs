@@ -320,32 +320,27 @@ impl Node {
                 problem: "this node's public key is not on the allowlist; add it with `starling allow add`",
             });
         }
-        let mut node = Node::build(config, None, boot, now)?;
-        let group = new_keys(&mut node.rng, None);
-        let rate = u64::from(node.config.identity.handshakes_per_second);
-        let state = IdentityState {
-            net_tag: allowlist.net_tag(),
-            prologue: noise::prologue(&allowlist.network),
-            me: identity,
-            list: allowlist,
-            group,
-            next_group: None,
-            group_replaces: false,
-            group_rotate_at: now + node.config.identity.group_key_rotation,
-            peers: BTreeMap::new(),
-            cookie_secret: random32(&mut node.rng),
-            old_cookie_secret: random32(&mut node.rng),
-            cookie_rotate_at: now + COOKIE_LIFETIME,
-            bucket: Bucket::full(rate, now),
-            addr_buckets: BTreeMap::new(),
-            raw: VecDeque::new(),
-        };
-        node.identity = Some(Box::new(state));
-        node.queue.clear();
-        node.queued_bytes = 0;
-        node.send_beacon();
-        node.update_timers();
-        Ok(node)
+        Node::build(config, boot, now, move |config: &Config, rng: &mut rand_chacha::ChaCha20Rng| {
+            let group = new_keys(rng, None);
+            let rate = u64::from(config.identity.handshakes_per_second);
+            super::Security::Identity(Box::new(IdentityState {
+                net_tag: allowlist.net_tag(),
+                prologue: noise::prologue(&allowlist.network),
+                me: identity,
+                list: allowlist,
+                group,
+                next_group: None,
+                group_replaces: false,
+                group_rotate_at: now + config.identity.group_key_rotation,
+                peers: BTreeMap::new(),
+                cookie_secret: random32(rng),
+                old_cookie_secret: random32(rng),
+                cookie_rotate_at: now + COOKIE_LIFETIME,
+                bucket: Bucket::full(rate, now),
+                addr_buckets: BTreeMap::new(),
+                raw: VecDeque::new(),
+            }))
+        })
     }
 
     /// The multicast keys this node hands to members, as `(tag, key)`: discovery key first, then
@@ -353,14 +348,14 @@ impl Node {
     /// frames as such a member would (PROTOCOL.md §11.8). Empty in PSK mode.
     #[doc(hidden)]
     pub fn handed_out_keys(&self) -> Vec<(u8, [u8; 32])> {
-        self.identity.as_ref().map_or_else(Vec::new, |s| {
+        self.security.identity().map_or_else(Vec::new, |s| {
             alloc::vec![(s.group.disc.tag, s.group.disc.raw), (s.group.data.tag, s.group.data.raw)]
         })
     }
 
     /// The allowlist in force (identity mode only).
     pub fn allowlist(&self) -> Option<&Allowlist> {
-        self.identity.as_ref().map(|s| &s.list)
+        self.security.identity().map(|s| &s.list)
     }
 
     /// Replaces the allowlist at run time (identity mode only). Peers no longer on it are cut off
@@ -368,14 +363,14 @@ impl Node {
     /// multicast key is replaced and handed only to the members still allowed to read it.
     pub fn set_allowlist(&mut self, now: Instant, list: Allowlist) -> Result<(), AllowlistError> {
         list.validate()?;
-        let Some(state) = self.identity.as_mut() else { return Ok(()) };
+        let Some(state) = self.security.identity_mut() else { return Ok(()) };
         state.net_tag = list.net_tag();
         state.prologue = noise::prologue(&list.network);
         state.list = list;
         let gone: Vec<NodeId> =
             state.peers.iter().filter(|(_, p)| state.list.get(&p.key).is_none()).map(|(id, _)| *id).collect();
         for id in gone {
-            if let Some(s) = self.identity.as_mut() {
+            if let Some(s) = self.security.identity_mut() {
                 s.peers.remove(&id);
             }
             self.stats.revoked += 1;
@@ -397,7 +392,7 @@ impl Node {
     /// Handles an identity-mode frame. Returns true when `self.scratch` holds an opened, valid
     /// sealed frame whose sender is in `self.peers` (the caller then processes its records).
     pub(super) fn open_identity(&mut self, now: Instant, from: SocketAddr, header: &Header, datagram: &[u8]) -> bool {
-        let Some(state) = self.identity.as_ref() else { return false };
+        let Some(state) = self.security.identity() else { return false };
         if header.sender == state.me.node_id() {
             self.stats.rx_own += 1;
             return false;
@@ -440,7 +435,7 @@ impl Node {
     /// An Announce (its layout already checked: shorter, unpadded ones could reflect more than
     /// they cost and are refused by the parser).
     fn handle_announce(&mut self, now: Instant, from: SocketAddr, a: &Announce) {
-        let Some(state) = self.identity.as_mut() else { return };
+        let Some(state) = self.security.identity_mut() else { return };
         let (key, epoch) = (PublicKey(a.key), a.epoch);
         let header = Header { suite: SUITE_ANNOUNCE, net_tag: a.net_tag, sender: a.sender, pn: 0 };
         if key.node_id() != header.sender {
@@ -480,12 +475,12 @@ impl Node {
 
     /// Starts a handshake with `id` and sends its first message 1, unless one is under way.
     fn initiate(&mut self, now: Instant, id: NodeId) {
-        let Some(p) = self.identity.as_mut().and_then(|s| s.peers.get_mut(&id)) else { return };
+        let Some(p) = self.security.identity_mut().and_then(|s| s.peers.get_mut(&id)) else { return };
         if p.handshake.is_some() {
             return;
         }
         if let Some(hs) = self.new_message1(id, 0, now) {
-            if let Some(p) = self.identity.as_mut().and_then(|s| s.peers.get_mut(&id)) {
+            if let Some(p) = self.security.identity_mut().and_then(|s| s.peers.get_mut(&id)) {
                 p.handshake = Some(hs);
             }
             self.send_handshake(now, id);
@@ -506,7 +501,7 @@ impl Node {
         payload[..4].copy_from_slice(&self.boot.epoch.to_be_bytes());
         payload[4..].copy_from_slice(&counter.to_be_bytes());
         let seed = random32(&mut self.rng);
-        let state = self.identity.as_mut()?;
+        let state = self.security.identity_mut()?;
         let me = state.me.node_id();
         let p = state.peers.get(&id)?;
         let mut noise_msg = Vec::new();
@@ -524,7 +519,7 @@ impl Node {
     /// is known. To an address no session proved, only as far as its Announces allow.
     fn send_handshake(&mut self, now: Instant, id: NodeId) {
         let retry = self.config.identity.handshake_retry;
-        let Some(p) = self.identity.as_mut().and_then(|s| s.peers.get_mut(&id)) else { return };
+        let Some(p) = self.security.identity_mut().and_then(|s| s.peers.get_mut(&id)) else { return };
         let Some(tries) = p.handshake.as_ref().map(|h| h.tries) else { return };
         if tries >= MAX_HANDSHAKE_TRIES {
             p.handshake = None;
@@ -544,10 +539,10 @@ impl Node {
         // The first try uses the message built with the handshake; retries build a new one.
         if tries > 0 {
             let Some(hs) = self.new_message1(id, tries, now) else { return };
-            let Some(p) = self.identity.as_mut().and_then(|s| s.peers.get_mut(&id)) else { return };
+            let Some(p) = self.security.identity_mut().and_then(|s| s.peers.get_mut(&id)) else { return };
             p.handshake = Some(hs);
         }
-        let Some(state) = self.identity.as_mut() else { return };
+        let Some(state) = self.security.identity_mut() else { return };
         let Some(p) = state.peers.get_mut(&id) else { return };
         if unproven {
             p.credit -= 1;
@@ -571,7 +566,7 @@ impl Node {
         let seed = random32(&mut self.rng);
         let rate = u64::from(self.config.identity.handshakes_per_second);
         let nonce: [u8; 24] = random32(&mut self.rng)[..24].try_into().expect("24 bytes");
-        let Some(state) = self.identity.as_mut() else { return };
+        let Some(state) = self.security.identity_mut() else { return };
         let me = state.me.node_id();
         let header = &init.header;
         let mac1 = init.mac1;
@@ -672,7 +667,7 @@ impl Node {
     }
 
     fn handle_resp(&mut self, now: Instant, from: SocketAddr, datagram: &[u8], resp: &HandshakeResp<'_>) {
-        let Some(state) = self.identity.as_mut() else { return };
+        let Some(state) = self.security.identity_mut() else { return };
         let me = state.me.node_id();
         let header = &resp.header;
         let Some(p) = state.peers.get_mut(&header.sender) else {
@@ -707,7 +702,7 @@ impl Node {
             if let Some(mut fresh) = self.new_message1(id, tries.saturating_sub(1), now) {
                 fresh.bad_responses = bad + 1;
                 fresh.next_at = next_at;
-                if let Some(p) = self.identity.as_mut().and_then(|s| s.peers.get_mut(&id)) {
+                if let Some(p) = self.security.identity_mut().and_then(|s| s.peers.get_mut(&id)) {
                     p.handshake = Some(fresh);
                     // The new message goes out now, so the genuine answer is not lost.
                     self.send_handshake(now, id);
@@ -740,7 +735,7 @@ impl Node {
     }
 
     fn handle_cookie(&mut self, now: Instant, c: &CookieReply<'_>) {
-        let Some(state) = self.identity.as_mut() else { return };
+        let Some(state) = self.security.identity_mut() else { return };
         if c.receiver != state.me.node_id() {
             return;
         }
@@ -789,7 +784,7 @@ impl Node {
                 p.in_mcast = None;
                 p.in_ucast = None;
             }
-            if let Some(name) = self.identity.as_ref().and_then(|s| s.list.by_id(id)) {
+            if let Some(name) = self.security.identity().and_then(|s| s.list.by_id(id)) {
                 p.name = name.name.clone();
             }
         }
@@ -810,7 +805,7 @@ impl Node {
     }
 
     fn open_sealed(&mut self, now: Instant, from: SocketAddr, header: &Header, datagram: &[u8]) -> bool {
-        let Some(state) = self.identity.as_mut() else { return false };
+        let Some(state) = self.security.identity_mut() else { return false };
         let Some(p) = state.peers.get_mut(&header.sender) else {
             self.stats.drop_no_session += 1;
             return false;
@@ -925,7 +920,7 @@ impl Node {
             self.stats.unknown_records += 1;
             return;
         }
-        let Some(state) = self.identity.as_mut() else { return };
+        let Some(state) = self.security.identity_mut() else { return };
         let Some(p) = state.peers.get_mut(&header.sender) else { return };
         match record {
             Record::GroupKey { tag, key, floor, replaces } => {
@@ -944,7 +939,7 @@ impl Node {
     /// permissions let it read what we may publish.
     fn send_group_keys(&mut self, id: NodeId) {
         let next_pn = self.next_pn;
-        let Some(state) = self.identity.as_ref() else { return };
+        let Some(state) = self.security.identity() else { return };
         let Some(p) = state.peers.get(&id) else { return };
         let allowed = match (state.list.get(&p.key), state.list.get(&state.me.public())) {
             (Some(them), Some(me)) => them.permissions.may_read_from(&me.permissions),
@@ -971,7 +966,7 @@ impl Node {
     /// may be known to a device that is no longer allowed); otherwise the new keys are handed out
     /// first and used a second later.
     fn rotate_group_key(&mut self, now: Instant, at_once: bool) {
-        let Some(state) = self.identity.as_mut() else { return };
+        let Some(state) = self.security.identity_mut() else { return };
         let g = new_keys(&mut self.rng, Some(&state.group));
         state.group_rotate_at = now + self.config.identity.group_key_rotation;
         // After a revocation the older keys may be known to the revoked member: receivers are
@@ -995,14 +990,14 @@ impl Node {
     /// Announces this node's key and epoch (with every beacon).
     pub(super) fn announce(&mut self) {
         let epoch = self.boot.epoch;
-        let Some(state) = self.identity.as_mut() else { return };
+        let Some(state) = self.security.identity_mut() else { return };
         let f = Announce { net_tag: state.net_tag, sender: state.me.node_id(), key: state.me.public().0, epoch }.emit();
         state.raw.push_back((Destination::Multicast, f));
     }
 
     /// The next unsealed frame, if any.
     pub(super) fn poll_raw(&mut self, buf: &mut [u8]) -> Option<Transmit> {
-        let (destination, f) = self.identity.as_mut()?.raw.pop_front()?;
+        let (destination, f) = self.security.identity_mut()?.raw.pop_front()?;
         buf[..f.len()].copy_from_slice(&f);
         self.stats.tx_datagrams += 1;
         self.stats.tx_bytes += f.len() as u64;
@@ -1014,7 +1009,7 @@ impl Node {
     /// by the peer's id, and frames go to the address its session proved.
     pub(super) fn identity_sealer(&mut self, now: Instant, to: To, data: bool) -> Option<Sealer> {
         let rekey_frames = self.config.identity.rekey_after_frames;
-        let state = self.identity.as_mut()?;
+        let state = self.security.identity_mut()?;
         match to {
             To::Group => {
                 let g = if data { &state.group.data } else { &state.group.disc };
@@ -1022,7 +1017,7 @@ impl Node {
                     destination: Destination::Multicast,
                     suite: SUITE_MULTICAST,
                     tag: g.tag,
-                    key: Some(g.key.clone()),
+                    key: g.key.clone(),
                 })
             }
             To::Peer(id) => {
@@ -1034,7 +1029,7 @@ impl Node {
                             destination: Destination::Unicast(p.addr),
                             suite: SUITE_UNICAST,
                             tag: s.tag,
-                            key: Some(s.send.clone()),
+                            key: s.send.clone(),
                         };
                         // The frame budget is checked as frames go; the time budget by the timer.
                         if s.initiator && s.sent >= rekey_frames && p.handshake.is_none() {
@@ -1060,7 +1055,7 @@ impl Node {
 
     /// The next deadline of handshakes, rekeying and key rotation.
     pub(super) fn identity_timeout(&self) -> Option<Instant> {
-        let state = self.identity.as_ref()?;
+        let state = self.security.identity()?;
         let rekey = self.config.identity.rekey_after;
         let peers = state.peers.values().flat_map(|p| {
             [
@@ -1082,7 +1077,7 @@ impl Node {
         let rekey = self.config.identity.rekey_after;
         let rekey_frames = self.config.identity.rekey_after_frames;
         let fresh_secret = random32(&mut self.rng);
-        let Some(state) = self.identity.as_mut() else { return };
+        let Some(state) = self.security.identity_mut() else { return };
         if state.cookie_rotate_at <= now {
             state.old_cookie_secret = core::mem::replace(&mut state.cookie_secret, fresh_secret);
             state.cookie_rotate_at = now + COOKIE_LIFETIME;
@@ -1141,8 +1136,8 @@ impl Node {
     /// May this node itself receive `topic`? An honest member delivers nothing outside its own
     /// subscribe rights, even what a sender may publish to others. Always true in PSK mode.
     pub(super) fn may_receive_self(&self, topic: &Topic<'_>) -> bool {
-        self.identity
-            .as_ref()
+        self.security
+            .identity()
             .is_none_or(|s| s.list.get(&s.me.public()).is_some_and(|e| e.permissions.may_subscribe(topic)))
     }
 
@@ -1154,7 +1149,7 @@ impl Node {
     /// `None` when there is nothing to check (PSK mode, or this node); `Some(None)` for an id with
     /// no allowlist entry.
     fn permissions_of(&self, id: NodeId) -> Option<Option<&Permissions>> {
-        let state = self.identity.as_ref()?;
+        let state = self.security.identity()?;
         if id == state.me.node_id() {
             return None;
         }

@@ -485,13 +485,12 @@ enum Lifecycle {
     Closing,
 }
 
-/// How a frame is sealed: where it goes, its suite and tag, and its key (`None`: this node's
-/// own PSK sender key).
+/// How a frame is sealed: where it goes, its suite and tag, and its key.
 pub(crate) struct Sealer {
     destination: Destination,
     suite: u8,
     tag: u8,
-    key: Option<SenderKey>,
+    key: SenderKey,
 }
 
 /// Validates every record of an opened body, so a frame is taken whole or not at all: each must
@@ -542,8 +541,8 @@ const EARLY_BEACON_MIN_GAP: Duration = Duration::from_millis(250);
 /// - **Getters**: [`id`](Self::id), [`peers`](Self::peers), [`stats`](Self::stats), ...
 pub struct Node {
     config: Config,
-    keys: NetworkKeys,
-    own_key: SenderKey,
+    /// The security mode and its state: PSK keys or identity mode's sessions, never both.
+    security: Security,
     boot: Boot,
     next_pn: u64,
     lease_end: u64,
@@ -577,8 +576,33 @@ pub struct Node {
     served: Vec<String>,
     cache: ResponseCache<NodeId>,
     freshness: fresh::Freshness,
-    /// Identity mode's sessions and keys; `None` in PSK mode.
-    identity: Option<alloc::boxed::Box<identity::IdentityState>>,
+}
+
+/// How a node seals and opens frames: one of the two modes (PROTOCOL.md §3, §11), each owning
+/// only its own state, so no code path can use one mode's keys in the other.
+enum Security {
+    /// PSK mode: the keys derived from the network key, and this node's own sender key.
+    Psk { keys: NetworkKeys, own_key: SenderKey },
+    /// Identity mode: sessions, multicast keys, allowlist. Boxed: large, and one per node.
+    Identity(alloc::boxed::Box<identity::IdentityState>),
+}
+
+impl Security {
+    fn is_identity(&self) -> bool {
+        matches!(self, Security::Identity(_))
+    }
+    fn identity(&self) -> Option<&identity::IdentityState> {
+        match self {
+            Security::Identity(s) => Some(s),
+            Security::Psk { .. } => None,
+        }
+    }
+    fn identity_mut(&mut self) -> Option<&mut identity::IdentityState> {
+        match self {
+            Security::Identity(s) => Some(s),
+            Security::Psk { .. } => None,
+        }
+    }
 }
 
 impl fmt::Debug for Node {
@@ -597,20 +621,21 @@ impl Node {
     /// `boot` comes from [`Boot::resume`] (after its state was stored durably) or
     /// [`Boot::ephemeral`].
     pub fn new(config: Config, key: &NetworkKey, boot: Boot, now: Instant) -> Result<Node, ConfigError> {
-        Node::build(config, Some(key), boot, now)
+        let keys = NetworkKeys::derive(key);
+        let own_key = keys.sender_key(boot.node_id);
+        Node::build(config, boot, now, move |_, _| Security::Psk { keys, own_key })
     }
 
-    /// PSK mode with `key`; identity mode (no key) gets a random one that nothing ever uses.
-    fn build(config: Config, key: Option<&NetworkKey>, boot: Boot, now: Instant) -> Result<Node, ConfigError> {
+    /// A node of the mode `security` makes (from the configuration and the node's seeded RNG).
+    fn build(
+        config: Config,
+        boot: Boot,
+        now: Instant,
+        security: impl FnOnce(&Config, &mut ChaCha20Rng) -> Security,
+    ) -> Result<Node, ConfigError> {
         config.validate()?;
         let mut rng = ChaCha20Rng::from_seed(config.rng_seed);
-        let key = key.cloned().unwrap_or_else(|| {
-            let mut k = [0u8; 32];
-            rng.fill_bytes(&mut k);
-            NetworkKey::from_bytes(k)
-        });
-        let keys = NetworkKeys::derive(&key);
-        let own_key = keys.sender_key(boot.node_id);
+        let security = security(&config, &mut rng);
         let scratch = Vec::with_capacity(config.max_datagram);
         let reassembly = Reassembler::new(ReassemblyLimits {
             max_message: config.max_message + 512,
@@ -624,8 +649,7 @@ impl Node {
             lifetime: config.response_cache_lifetime,
         });
         let mut node = Node {
-            keys,
-            own_key,
+            security,
             boot,
             next_pn: boot.first_pn,
             lease_end: boot.lease_end.min(MAX_PN + 1),
@@ -655,7 +679,6 @@ impl Node {
             served: Vec::new(),
             cache,
             freshness: fresh::Freshness::new(now, boot.first_pn),
-            identity: None,
             config,
         };
         // Announce at once, ahead of anything the application sends, so receivers learn the
@@ -808,7 +831,7 @@ impl Node {
             // publisher must not see the departure before the acknowledgement.
             // A unicast stream's acks go to its sender alone (PROTOCOL.md §2.7); so do all of
             // them in identity mode, where only a pairwise session vouches for an ack.
-            let group = if self.identity.is_some() { None } else { Some(To::Group) };
+            let group = if self.security.is_identity() { None } else { Some(To::Group) };
             let mut acks = Vec::new();
             for (id, p) in self.peers.iter_mut() {
                 let mcast_to = group.unwrap_or(To::Peer(*id));
@@ -846,7 +869,7 @@ impl Node {
                 return;
             }
         };
-        let opened = if self.identity.is_some() {
+        let opened = if self.security.is_identity() {
             self.open_identity(now, from, &header, datagram)
         } else {
             self.open_psk(now, from, &header, datagram)
@@ -864,7 +887,7 @@ impl Node {
             // Only the sender's newest frame moves its address: a late (or replayed) older
             // frame from elsewhere cannot redirect what we send it. (Identity mode keeps the
             // address its session proved, `identity.rs`.)
-            if self.identity.is_some() || peer.replay.highest() == Some(header.pn) {
+            if self.security.is_identity() || peer.replay.highest() == Some(header.pn) {
                 peer.addr = from;
             }
             if peer.status == PeerStatus::Down {
@@ -973,7 +996,7 @@ impl Node {
             };
             let to = first.to;
             // Identity mode seals publications and discovery under different multicast keys.
-            let split = self.identity.is_some() && to == To::Group;
+            let split = self.security.is_identity() && to == To::Group;
             let data = split && identity::is_data(&first.record);
             if self.next_pn >= self.lease_end {
                 self.stats.lease_stalls += 1;
@@ -1000,7 +1023,7 @@ impl Node {
                 }
                 continue;
             }
-            let sealer = if self.identity.is_some() {
+            let sealer = if self.security.is_identity() {
                 match self.identity_sealer(now, to, data) {
                     Some(sealer) => sealer,
                     None => continue, // no session yet: dropped, a handshake is under way
@@ -1018,10 +1041,7 @@ impl Node {
             len += wire::TAG_LEN;
             let Sealer { destination, suite, tag, key } = sealer;
             Header { suite, net_tag: tag, sender: self.id(), pn }.emit(buf);
-            match &key {
-                Some(key) => key.seal(pn, &mut buf[..len], HEADER_LEN),
-                None => self.own_key.seal(pn, &mut buf[..len], HEADER_LEN),
-            }
+            key.seal(pn, &mut buf[..len], HEADER_LEN);
             self.stats.tx_datagrams += 1;
             self.stats.tx_bytes += len as u64;
             if self.next_pn + self.config.lease_block / 2 >= self.lease_end {
@@ -1046,20 +1066,16 @@ impl Node {
     /// PSK mode: multicast frames are sealed with this node's key, unicast frames with the key of
     /// the pair, to the address the peer last proved. `None` for a peer no longer known.
     fn psk_sealer(&self, to: To) -> Option<Sealer> {
-        let net_tag = self.keys.net_tag();
+        let Security::Psk { keys, own_key } = &self.security else { return None };
+        let tag = keys.net_tag();
         match to {
             To::Group => {
-                Some(Sealer { destination: Destination::Multicast, suite: SUITE_PSK, tag: net_tag, key: None })
+                Some(Sealer { destination: Destination::Multicast, suite: SUITE_PSK, tag, key: own_key.clone() })
             }
             To::Peer(id) => {
                 let addr = self.peers.get(&id)?.addr;
-                let key = self.keys.pair_key(self.id(), id);
-                Some(Sealer {
-                    destination: Destination::Unicast(addr),
-                    suite: SUITE_PSK_UNICAST,
-                    tag: net_tag,
-                    key: Some(key),
-                })
+                let key = keys.pair_key(self.id(), id);
+                Some(Sealer { destination: Destination::Unicast(addr), suite: SUITE_PSK_UNICAST, tag, key })
             }
         }
     }
@@ -1075,10 +1091,12 @@ impl Node {
                 return false;
             }
         };
-        if header.net_tag != self.keys.net_tag() {
+        let Security::Psk { keys, .. } = &self.security else { return false };
+        if header.net_tag != keys.net_tag() {
             self.stats.drop_foreign_network += 1;
             return false;
         }
+        let keys = keys.clone();
         if header.sender == self.id() {
             self.handle_own_id(from, *header, datagram);
             return false;
@@ -1101,8 +1119,8 @@ impl Node {
             }
         };
         // One AEAD attempt, never more: with the sender's key for multicast, the pair's for unicast.
-        let fresh_key = (!known).then(|| self.keys.sender_key(header.sender));
-        let pair_key = unicast.then(|| self.keys.pair_key(header.sender, self.id()));
+        let fresh_key = (!known).then(|| keys.sender_key(header.sender));
+        let pair_key = unicast.then(|| keys.pair_key(header.sender, self.id()));
         let key = match (&pair_key, &fresh_key) {
             (Some(k), _) | (None, Some(k)) => k,
             (None, None) => match &self.peers[&header.sender].key {
@@ -1173,7 +1191,8 @@ impl Node {
         // A packet number we never used: another device holds our id (cloned state).
         self.scratch.clear();
         self.scratch.extend_from_slice(datagram);
-        if self.own_key.open(header.pn, &mut self.scratch, HEADER_LEN).is_err() {
+        let Security::Psk { own_key, .. } = &self.security else { return };
+        if own_key.open(header.pn, &mut self.scratch, HEADER_LEN).is_err() {
             self.stats.drop_auth += 1;
             return;
         }
@@ -1223,7 +1242,7 @@ impl Node {
     fn handle_beacon(&mut self, now: Instant, sender: NodeId, b: Beacon<'_>) {
         let Some(p) = self.peers.get_mut(&sender) else { return };
         // Identity mode names peers from the allowlist, never from what they announce.
-        if self.identity.is_none() {
+        if !self.security.is_identity() {
             p.name = b.name.to_string();
         }
         p.interval = Duration::from_millis(u64::from(b.interval_ms.max(10)));

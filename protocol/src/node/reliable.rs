@@ -207,7 +207,7 @@ impl Node {
 
     /// The receiving stream a record refers to, created when it starts a newer epoch.
     fn in_stream(&mut self, sender: NodeId, kind: u8, epoch: u32, start: u64) -> Option<&mut InStream> {
-        let identity = self.identity.is_some();
+        let identity = self.security.is_identity();
         let p = self.peers.get_mut(&sender)?;
         if epoch < p.epoch {
             return None; // a late frame of an earlier incarnation
