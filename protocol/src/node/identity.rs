@@ -241,6 +241,8 @@ impl IdPeer {
         } else if self.pending.len() >= MAX_PENDING {
             self.pending.remove(0);
         }
+        // Exactly what is held: a session is a few hundred bytes, and a board holds many peers.
+        self.pending.reserve_exact(1);
         self.pending.push(s);
     }
 }
@@ -717,7 +719,7 @@ impl Node {
         let their_epoch = u32::from_be_bytes(payload[..4].try_into().expect("4 bytes"));
         p.epoch = their_epoch;
         p.install(Box::new(Session::new(&keys, now, true, their_epoch)));
-        p.pending.clear();
+        p.pending = Vec::new();
         // Message 2 opened under our ephemeral key: only the responder could make it.
         p.addr = from;
         p.proven = true;
@@ -899,7 +901,7 @@ impl Node {
         if let Some(i) = promote {
             let s = Box::new(p.pending.remove(i));
             // The others were answers to replays or to tries the initiator gave up.
-            p.pending.clear();
+            p.pending = Vec::new();
             p.epoch = s.peer_epoch;
             p.install(s);
             self.stats.handshakes_completed += 1;
