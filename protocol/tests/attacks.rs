@@ -174,13 +174,11 @@ fn replayed_frames_of_dead_nodes_do_not_lock_out_a_live_publisher() {
     assert_eq!(sim.messages(rx).len(), 10, "the live publisher was locked out: {:?}", sim.stats(rx));
 }
 
-/// Finding 10 (LOW): 256 invented ids sending out-of-order chunks grew a subscriber from 6 to 241
-/// MiB. All receiving streams now share one budget (`max_pending_total`).
-#[test]
-fn many_senders_cannot_buffer_past_the_node_total() {
-    let mut sim = Sim::new(0xa77_0010);
-    // Freshness challenges off: the attacker is a member and could answer them anyway (and frames
-    // waiting for a proof have their own bound, PROTOCOL.md §3.4).
+/// A subscriber to `#` and a publisher, both with freshness challenges off: the attacker of
+/// finding 10 is a member and could answer them anyway (and frames waiting for a proof have their
+/// own bound, PROTOCOL.md §3.4).
+fn subscriber_and_publisher(seed: u64) -> (Sim, usize, usize) {
+    let mut sim = Sim::new(seed);
     let no_challenge = || NodeOpts::new().config(|c| c.require_fresh = false);
     let rx = sim.add_node_with("subscriber", no_challenge());
     let publisher = sim.add_node_with("publisher", no_challenge());
@@ -188,6 +186,14 @@ fn many_senders_cannot_buffer_past_the_node_total() {
     sim.start(publisher);
     sim.subscribe(rx, "#");
     sim.run_until(ms(2_000));
+    (sim, rx, publisher)
+}
+
+/// Finding 10 (LOW): 256 invented ids sending out-of-order chunks grew a subscriber from 6 to 241
+/// MiB. All receiving streams now share one budget (`max_pending_total`).
+#[test]
+fn many_senders_cannot_buffer_past_the_node_total() {
+    let (mut sim, rx, _) = subscriber_and_publisher(0xa77_0010);
     let key = sim.network_key().clone();
     let total = sim.node(rx).config().max_pending_total;
     let attacker: SocketAddr = "192.0.2.66:4783".parse().unwrap();
@@ -221,14 +227,7 @@ fn many_senders_cannot_buffer_past_the_node_total() {
 /// One Ack record now gets at most 32 chunks repaired.
 #[test]
 fn one_small_nack_repairs_little() {
-    let mut sim = Sim::new(0xa77_001a);
-    let no_challenge = || NodeOpts::new().config(|c| c.require_fresh = false);
-    let rx = sim.add_node_with("subscriber", no_challenge());
-    let publisher = sim.add_node_with("publisher", no_challenge());
-    sim.start(rx);
-    sim.start(publisher);
-    sim.subscribe(rx, "#");
-    sim.run_until(ms(2_000));
+    let (mut sim, rx, publisher) = subscriber_and_publisher(0xa77_001a);
     let key = sim.network_key().clone();
     let attacker: SocketAddr = "192.0.2.66:4783".parse().unwrap();
     // The subscriber's acks do not reach the publisher, so it still retains all 100 messages
