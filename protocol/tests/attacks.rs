@@ -253,19 +253,24 @@ fn one_small_nack_repairs_little() {
 }
 
 /// Finding 12 (LOW): a replayed `$stats` request from a spoofed address reflected ~1 KB for 55 B
-/// (18x): the callee answered wherever the replay came from. Replays are refused now, and a
-/// peer's address follows only its newest frame: nothing goes to the spoofed address.
+/// (18x): any authenticated frame, even one older than its sender's newest, moved the sender's
+/// address. Here the callee lost the request; the attacker delivers the captured copy from the
+/// victim's address after newer frames of the caller: nothing goes to the victim.
 #[test]
-fn a_replayed_request_from_a_spoofed_address_reflects_nothing() {
+fn a_lost_request_delivered_from_a_spoofed_address_reflects_nothing() {
     let mut sim = Sim::new(0xa77_0012);
     let caller = sim.spawn("monitor");
     let callee = sim.spawn("board");
     sim.serve(callee, &["stats"], |_| Some(Ok(vec![b'x'; 1000])));
     sim.run_until(ms(2_000));
     sim.clear_tap();
-    sim.call(caller, sim.id(callee), "stats", b"", Duration::from_secs(2));
-    sim.run_for(Duration::from_millis(200));
+    sim.block(&[caller], &[callee]);
+    let id = sim.call(caller, sim.id(callee), "stats", b"", Duration::from_secs(2));
     let captured = unicast_frames(&sim, caller, callee);
+    assert!(!captured.is_empty());
+    sim.heal();
+    sim.publish(caller, "monitor/up", b"1");
+    sim.run_for(Duration::from_millis(2));
     let victim: SocketAddr = "192.0.2.99:4783".parse().unwrap();
     sim.clear_tap();
     // At once, a second later (the caller still talks), and much later.
@@ -278,6 +283,8 @@ fn a_replayed_request_from_a_spoofed_address_reflects_nothing() {
     }
     let reflected: usize =
         sim.tap().iter().filter(|t| t.destination == Destination::Unicast(victim)).map(|t| t.bytes.len()).sum();
-    assert_eq!(reflected, 0, "bytes sent to the spoofed address");
+    let bytes_in: usize = captured.iter().map(Vec::len).sum();
+    assert_eq!(reflected, 0, "bytes sent to the spoofed address for {bytes_in} B captured");
     assert_eq!(requests(&sim, callee), 1);
+    assert!(matches!(&sim.call_results(caller)[..], [(_, c, Ok(_))] if *c == id), "{:?}", sim.call_results(caller));
 }
