@@ -485,6 +485,15 @@ impl OutStream {
         true
     }
 
+    /// Receivers that a retained message still waits for and that have not acknowledged it (a
+    /// receiver may appear once per such message).
+    pub fn owing(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.messages
+            .iter()
+            .filter(|m| !m.reported)
+            .flat_map(move |m| m.waiting.iter().copied().filter(move |r| self.acks.get(r).is_none_or(|&a| a < m.end)))
+    }
+
     /// Forgets a receiver (it went down): messages it had not acknowledged fail for it.
     pub fn receiver_gone(&mut self, who: NodeId) {
         let acked = self.acks.remove(&who).unwrap_or(0);

@@ -160,11 +160,12 @@ fn run(case: Case, seed: u64, limit: Duration) -> Measured {
         for &s in &subs {
             let st = sim.stats(s);
             println!(
-                "sub {s}: delivered {} gaps {} drop_stream {} drop_unverified {} pending {} peers {}",
+                "sub {s}: delivered {} gaps {} drop_stream {} drop_unverified {} drop_replay {} pending {} peers {}",
                 delivered_by[s - 1].len(),
                 st.gaps,
                 st.drop_stream,
                 st.drop_unverified,
+                st.drop_replay,
                 sim.node(s).pending_from(from),
                 sim.peers(s).len()
             );

@@ -67,6 +67,9 @@ const MIN_HOLDOFF: Duration = Duration::from_micros(250);
 /// Longest a reliable publication's verdict waits for peers the node heard from but has not
 /// identified yet (unverified, or no beacon): one of them may be a subscriber it must wait for.
 const IDENTIFY_WAIT: Duration = Duration::from_secs(3);
+/// While a receiver that is alive (heard within its beacon interval) owes an ack, heartbeats are
+/// at most this many heartbeat bases apart: its acks are being lost, not its presence.
+const LIVE_HEARTBEAT_FACTOR: u32 = 8;
 /// Announced filters larger than this are replaced by `#` (conservative: publishers then wait
 /// for this node's acknowledgement of everything, which it sends anyway).
 const MAX_ANNOUNCED_FILTER_BYTES: usize = 600;
@@ -392,6 +395,7 @@ impl Node {
     pub(super) fn service_own_stream(&mut self, now: Instant) {
         let limits = self.config.streams;
         let mut holdoff = limits.repair_wait / 2;
+        let mut heartbeat_cap = limits.heartbeat_max;
         // Timing and verdict holds matter only while something is retained (this runs for
         // every datagram; an idle publisher skips the walks over its peers).
         if self.out_mcast.retained_messages() > 0 {
@@ -401,8 +405,17 @@ impl Node {
             let unidentified: Vec<NodeId> =
                 self.peers.iter().filter(|(_, p)| p.status == PeerStatus::Unannounced).map(|(id, _)| *id).collect();
             self.out_mcast.hold_verdicts(&unidentified, IDENTIFY_WAIT);
+            // A receiver that still owes an ack but was heard within its beacon interval is
+            // alive: its acks are being lost, so keep asking often (at most 8 heartbeat bases
+            // apart); only receivers gone quiet are probed at the slow, doubling pace.
+            let alive = |id: &NodeId| {
+                self.peers.get(id).is_some_and(|p| now.saturating_duration_since(p.last_heard) < p.interval)
+            };
+            if self.out_mcast.owing().any(|id| alive(&id)) {
+                heartbeat_cap = heartbeat_cap.min(heartbeat * LIVE_HEARTBEAT_FACTOR);
+            }
         }
-        let records = self.out_mcast.poll(now, holdoff, limits.heartbeat_max);
+        let records = self.out_mcast.poll(now, holdoff, heartbeat_cap);
         for r in records {
             if r.first() == Some(&kind::DATA) {
                 self.stats.retransmissions += 1;
