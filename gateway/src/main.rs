@@ -561,6 +561,9 @@ fn payload(text: Option<&String>, a: &PayloadArgs) -> Result<Vec<u8>> {
     bail!("no payload: give it as an argument, or use --file FILE, --hex HEX or --empty")
 }
 
+/// How much longer than `--discover` an identity-mode `pub` waits for its first session.
+const IDENTITY_GRACE: Duration = Duration::from_secs(2);
+
 async fn publish(a: PubArgs) -> Result<()> {
     starling::Topic::new(&a.topic).with_context(|| format!("topic '{}'", a.topic))?;
     let payload = payload(a.payload.as_ref(), &a.source)?;
@@ -569,6 +572,14 @@ async fn publish(a: PubArgs) -> Result<()> {
         // Learn the subscribers first: a reliable publication waits for those known when sent,
         // and in identity mode receivers can read us only once a session gave them our key.
         tokio::time::sleep(a.discover).await;
+        if a.mesh.identity.is_some() {
+            // A handshake on a busy or lossy network can take longer than --discover: with no
+            // session at all, nobody could read the message, so give the first one a little more.
+            let until = tokio::time::Instant::now() + IDENTITY_GRACE;
+            while node.peers().await?.is_empty() && tokio::time::Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
 
     let mut result = Ok(());

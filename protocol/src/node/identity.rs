@@ -145,6 +145,9 @@ struct Handshake {
     bad_responses: u8,
     /// Where its latest message 1 went.
     to: SocketAddr,
+    /// The try before this one: its answer may still be on the way (a slow round trip, longer
+    /// than the retry wait), and is accepted too.
+    prev: Option<(Initiator, [u8; MAC_LEN])>,
 }
 
 /// Which of a peer's sessions a frame opened under.
@@ -155,7 +158,7 @@ enum Slot {
     Previous,
 }
 
-/// Sessions a responder holds unconfirmed for one peer (each for another initiator epoch).
+/// Sessions a responder holds unconfirmed for one peer (its newest answers).
 const MAX_PENDING: usize = 3;
 
 /// What identity mode knows of one allowlisted peer.
@@ -183,8 +186,9 @@ struct IdPeer {
     /// The session before the current one, kept until the peer is heard under the new one.
     previous: Option<Box<Session>>,
     /// Responder side: sessions waiting for the initiator's first frame (their confirmation),
-    /// at most [`MAX_PENDING`], one per initiator epoch: a replayed message 1 of an earlier
-    /// incarnation cannot displace the genuine one waiting beside it.
+    /// the [`MAX_PENDING`] newest: answers to the initiator's latest tries, which it may confirm
+    /// (a round trip can be longer than its retry wait), and room beside them for a replayed
+    /// message 1 of an earlier incarnation, which can then displace nothing genuine.
     pending: Vec<Session>,
     /// Boxed: a handshake under way is large and rare.
     handshake: Option<Box<Handshake>>,
@@ -236,9 +240,9 @@ impl IdPeer {
 
     /// Holds a session this node answered, until it is confirmed.
     fn add_pending(&mut self, s: Session) {
-        if let Some(i) = self.pending.iter().position(|p| p.peer_epoch == s.peer_epoch) {
-            self.pending.remove(i);
-        } else if self.pending.len() >= MAX_PENDING {
+        // The oldest goes: the initiator may confirm the answer to its previous try as well as to
+        // its latest, and a replayed message 1 cannot displace the newest answers.
+        if self.pending.len() >= MAX_PENDING {
             self.pending.remove(0);
         }
         // Exactly what is held: a session is a few hundred bytes, and a board holds many peers.
@@ -514,7 +518,7 @@ impl Node {
         let mut msg = HandshakeInit::emit_unmacked(state.net_tag, me, id, &noise_msg);
         let mac1 = noise::mac1(&p.key, &msg);
         msg.extend_from_slice(&mac1);
-        Some(Box::new(Handshake { init, mac1, msg, tries, next_at: now, bad_responses: 0, to: p.addr }))
+        Some(Box::new(Handshake { init, mac1, msg, tries, next_at: now, bad_responses: 0, to: p.addr, prev: None }))
     }
 
     /// Sends a new message 1 of the handshake under way to `id`, with a mac2 if a fresh cookie
@@ -540,8 +544,11 @@ impl Node {
         }
         // The first try uses the message built with the handshake; retries build a new one.
         if tries > 0 {
-            let Some(hs) = self.new_message1(id, tries, now) else { return };
+            let Some(mut hs) = self.new_message1(id, tries, now) else { return };
             let Some(p) = self.security.identity_mut().and_then(|s| s.peers.get_mut(&id)) else { return };
+            if let Some(old) = p.handshake.take() {
+                hs.prev = Some((old.init, old.mac1));
+            }
             p.handshake = Some(hs);
         }
         let Some(state) = self.security.identity_mut() else { return };
@@ -678,12 +685,22 @@ impl Node {
         };
         // The answer's mac1 covers our message 1's: without the handshake under way, or from a
         // forger who never saw that message, it is refused here, with one BLAKE2s.
+        // It may answer this try's message or the previous try's.
         let covered = HandshakeResp::covered(datagram);
-        let expected = p.handshake.as_ref().map(|h| noise::mac1_answer(&state.me.public(), covered, &h.mac1));
-        if resp.receiver != me || !expected.is_some_and(|m| noise::mac_eq(&m, &resp.mac1)) {
+        let answers = |init_mac1: &[u8; MAC_LEN]| {
+            noise::mac_eq(&noise::mac1_answer(&state.me.public(), covered, init_mac1), &resp.mac1)
+        };
+        let answered = p.handshake.as_ref().and_then(|h| {
+            if answers(&h.mac1) {
+                Some(false)
+            } else {
+                h.prev.as_ref().filter(|(_, m)| answers(m)).map(|_| true)
+            }
+        });
+        let Some(answers_prev) = answered.filter(|_| resp.receiver == me) else {
             self.stats.handshakes_failed += 1;
             return;
-        }
+        };
         // Only an answer to the handshake under way counts; replays of old answers fail here.
         // One that fails to open (forged with public keys alone, or for an earlier try) must
         // not cancel the handshake: it is restarted at once, a few times per try.
@@ -696,9 +713,13 @@ impl Node {
             self.stats.handshakes_failed += 1;
             return;
         }
-        let hs = p.handshake.take().expect("checked above");
+        let hs = *p.handshake.take().expect("checked above");
         let (tries, bad, next_at) = (hs.tries, hs.bad_responses, hs.next_at);
-        let Ok((keys, payload)) = hs.init.finish(msg2) else {
+        let init = match (answers_prev, hs.prev) {
+            (true, Some((prev, _))) => prev,
+            _ => hs.init,
+        };
+        let Ok((keys, payload)) = init.finish(msg2) else {
             self.stats.handshakes_failed += 1;
             let id = header.sender;
             if let Some(mut fresh) = self.new_message1(id, tries.saturating_sub(1), now) {
