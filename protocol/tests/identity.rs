@@ -558,6 +558,15 @@ fn a_member_without_storage_that_leaves_and_comes_back_is_a_new_incarnation() {
 
 // ----- the identity-mode findings of the security review of 48cd6cf (issue 13) -----
 
+/// A simulation of `n` members who may do everything, once they all see each other.
+fn formed_mesh(seed: u64, n: usize) -> (Sim, Allowlist) {
+    let mut sim = Sim::new(seed);
+    let list = allowlist(n, |_| everything());
+    let nodes = mesh(&mut sim, n, &list);
+    wait_for_mesh(&mut sim, &nodes);
+    (sim, list)
+}
+
 /// A frame sealed by `sender` under one of its multicast keys `(tag, key)`, as a member holding
 /// that key can make it.
 fn forge_multicast(sender: NodeId, (tag, key): (u8, [u8; 32]), pn: u64, records: &[Record<'_>]) -> Vec<u8> {
@@ -693,10 +702,7 @@ fn announce(list: &Allowlist, key: &starling::identity::PublicKey, epoch: u32) -
 /// message 1 of at most its own size.
 #[test]
 fn a_forged_announce_neither_repoints_a_session_nor_reflects_more_than_it_costs() {
-    let mut sim = Sim::new(0x1d_0004);
-    let list = allowlist(3, |_| everything());
-    let nodes = mesh(&mut sim, 3, &list);
-    wait_for_mesh(&mut sim, &nodes);
+    let (mut sim, list) = formed_mesh(0x1d_0004, 3);
     sim.subscribe(1, "t");
     sim.run_for(Duration::from_secs(1));
     let attacker: SocketAddr = "192.0.2.66:4783".parse().unwrap();
@@ -839,10 +845,7 @@ fn a_member_delivers_nothing_outside_its_own_subscribe_rights() {
 /// subscriber that never got it: acks under a discovery key ask for repairs, acknowledge nothing.
 #[test]
 fn a_member_cannot_acknowledge_a_publication_in_another_members_name() {
-    let mut sim = Sim::new(0x1d_00ac);
-    let list = allowlist(3, |_| everything());
-    let nodes = mesh(&mut sim, 3, &list);
-    wait_for_mesh(&mut sim, &nodes);
+    let (mut sim, _) = formed_mesh(0x1d_00ac, 3);
     sim.subscribe(2, "t");
     sim.run_for(Duration::from_secs(1));
     sim.block(&[0], &[2]);
