@@ -145,9 +145,6 @@ struct Handshake {
     bad_responses: u8,
     /// Where its latest message 1 went.
     to: SocketAddr,
-    /// The try before this one: its answer may still be on the way (a slow round trip, longer
-    /// than the retry wait), and is accepted too.
-    prev: Option<(Initiator, [u8; MAC_LEN])>,
 }
 
 /// Which of a peer's sessions a frame opened under.
@@ -518,7 +515,7 @@ impl Node {
         let mut msg = HandshakeInit::emit_unmacked(state.net_tag, me, id, &noise_msg);
         let mac1 = noise::mac1(&p.key, &msg);
         msg.extend_from_slice(&mac1);
-        Some(Box::new(Handshake { init, mac1, msg, tries, next_at: now, bad_responses: 0, to: p.addr, prev: None }))
+        Some(Box::new(Handshake { init, mac1, msg, tries, next_at: now, bad_responses: 0, to: p.addr }))
     }
 
     /// Sends a new message 1 of the handshake under way to `id`, with a mac2 if a fresh cookie
@@ -544,11 +541,8 @@ impl Node {
         }
         // The first try uses the message built with the handshake; retries build a new one.
         if tries > 0 {
-            let Some(mut hs) = self.new_message1(id, tries, now) else { return };
+            let Some(hs) = self.new_message1(id, tries, now) else { return };
             let Some(p) = self.security.identity_mut().and_then(|s| s.peers.get_mut(&id)) else { return };
-            if let Some(old) = p.handshake.take() {
-                hs.prev = Some((old.init, old.mac1));
-            }
             p.handshake = Some(hs);
         }
         let Some(state) = self.security.identity_mut() else { return };
@@ -685,22 +679,12 @@ impl Node {
         };
         // The answer's mac1 covers our message 1's: without the handshake under way, or from a
         // forger who never saw that message, it is refused here, with one BLAKE2s.
-        // It may answer this try's message or the previous try's.
         let covered = HandshakeResp::covered(datagram);
-        let answers = |init_mac1: &[u8; MAC_LEN]| {
-            noise::mac_eq(&noise::mac1_answer(&state.me.public(), covered, init_mac1), &resp.mac1)
-        };
-        let answered = p.handshake.as_ref().and_then(|h| {
-            if answers(&h.mac1) {
-                Some(false)
-            } else {
-                h.prev.as_ref().filter(|(_, m)| answers(m)).map(|_| true)
-            }
-        });
-        let Some(answers_prev) = answered.filter(|_| resp.receiver == me) else {
+        let expected = p.handshake.as_ref().map(|h| noise::mac1_answer(&state.me.public(), covered, &h.mac1));
+        if resp.receiver != me || !expected.is_some_and(|m| noise::mac_eq(&m, &resp.mac1)) {
             self.stats.handshakes_failed += 1;
             return;
-        };
+        }
         // Only an answer to the handshake under way counts; replays of old answers fail here.
         // One that fails to open (forged with public keys alone, or for an earlier try) must
         // not cancel the handshake: it is restarted at once, a few times per try.
@@ -713,13 +697,9 @@ impl Node {
             self.stats.handshakes_failed += 1;
             return;
         }
-        let hs = *p.handshake.take().expect("checked above");
+        let hs = p.handshake.take().expect("checked above");
         let (tries, bad, next_at) = (hs.tries, hs.bad_responses, hs.next_at);
-        let init = match (answers_prev, hs.prev) {
-            (true, Some((prev, _))) => prev,
-            _ => hs.init,
-        };
-        let Ok((keys, payload)) = init.finish(msg2) else {
+        let Ok((keys, payload)) = hs.init.finish(msg2) else {
             self.stats.handshakes_failed += 1;
             let id = header.sender;
             if let Some(mut fresh) = self.new_message1(id, tries.saturating_sub(1), now) {
