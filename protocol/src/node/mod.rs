@@ -1096,7 +1096,6 @@ impl Node {
             self.stats.drop_foreign_network += 1;
             return false;
         }
-        let keys = keys.clone();
         if header.sender == self.id() {
             self.handle_own_id(from, *header, datagram);
             return false;
