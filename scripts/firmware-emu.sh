@@ -4,11 +4,15 @@
 # packet number reused), identity mode (an outsider gets nothing), two boards on one segment, a
 # network outage, and the path through the gateway to an MQTT client.
 #
-# The emulator is ../shared/emulator (override with STARLING_EMULATOR=DIR): QEMU from the public
-# lcgamboa/qemu fork with the esp-hal fixes, see its README. Everything runs in a network
-# namespace this script creates (a bridge at 192.168.4.1/24 with one tap per board, dnsmasq for
-# DHCP) and removes on exit; no traffic leaves it. Needs root (namespaces, taps). Installs what
-# it needs (Debian packages, espflash 4.7.0 into the target directory) itself.
+# The emulator is built by node-esp/emulator/build.sh (cached in the target directory) from the
+# source archive in ../shared/emulator (override with STARLING_EMULATOR=DIR): the public
+# lcgamboa/qemu fork with the esp-hal fixes of ../shared/emulator/README.md plus
+# node-esp/emulator/qemu-starling.patch (reception restarts after a burst; `set_link wifi off`
+# takes the access point off the air). STARLING_EMU_QEMU=BINARY uses a ready binary instead.
+# Everything runs in a network namespace this script creates (a bridge at 192.168.4.1/24 with
+# one tap per board, dnsmasq for DHCP) and removes on exit; no traffic leaves it. Needs root
+# (namespaces, taps). Installs what it needs (Debian packages, espflash 4.7.0 into the target
+# directory) itself.
 #
 # The flash image is made the way node-esp/README.md tells users to flash: espflash with
 # node-esp/partitions.csv, the provisioning blob at 0x200000.
@@ -17,11 +21,10 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 emu="${STARLING_EMULATOR:-$root/../shared/emulator}"
-qemu="$emu/qemu-system-riscv32"
 espflash_version=4.7.0
 
 die() { echo "firmware-emu: $*" >&2; exit 1; }
-[ -x "$qemu" ] || die "no emulator at $qemu: put ../shared/emulator beside the repository or set STARLING_EMULATOR"
+[ -f "$emu/esp32c3-rom.bin" ] || die "no emulator in $emu: put ../shared/emulator beside the repository or set STARLING_EMULATOR"
 [ "$(id -u)" = 0 ] || die "needs root to create a network namespace and tap devices (run with sudo)"
 
 target_dir() { (cd "$1" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])'); }
@@ -34,17 +37,19 @@ command -v nft >/dev/null 2>&1 || need_pkgs+=(nftables)
 command -v mosquitto >/dev/null 2>&1 || need_pkgs+=(mosquitto)
 command -v mosquitto_sub >/dev/null 2>&1 || need_pkgs+=(mosquitto-clients)
 pkg-config --exists libudev 2>/dev/null || need_pkgs+=(libudev-dev pkg-config)
-if ldd "$qemu" | grep -q "not found"; then
-    need_pkgs+=(libglib2.0-0 libpixman-1-0 libslirp0 libgcrypt20 libfdt1 libpng16-16 libgnutls30 libncursesw6 libudev1)
-fi
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     echo "installing ${need_pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq && apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
 fi
-if ldd "$qemu" | grep "not found"; then die "the emulator still misses the libraries above"; fi
-
 host_target="$(target_dir "$root")"
+qemu="${STARLING_EMU_QEMU:-}"
+if [ -z "$qemu" ]; then
+    emu_start=$(date +%s)
+    qemu=$(bash "$root/node-esp/emulator/build.sh" "$emu" "$host_target/emulator") || die "building the emulator failed"
+    echo "emulator ready in $(($(date +%s) - emu_start)) s: $qemu"
+fi
+if ldd "$qemu" | grep "not found"; then die "the emulator misses the libraries above"; fi
 tools="$host_target/tools/espflash-$espflash_version"
 espflash="$tools/bin/espflash"
 if ! [ -x "$espflash" ]; then
@@ -78,7 +83,8 @@ cd "$work"
 bssid=10:01:00:c4:0a:51
 host_ip=192.168.4.1
 ip netns add "$ns"
-nsx() { ip netns exec "$ns" "$@"; }
+in_ns=(ip netns exec "$ns")   # for background jobs: $! is then the process itself
+nsx() { "${in_ns[@]}" "$@"; }
 nsx ip link set lo up
 nsx ip link add br0 type bridge
 nsx ip link set br0 address "$bssid"
@@ -171,24 +177,42 @@ EOF
 # serial log goes to NAME.log (appended across boots). Sets $board_pid.
 boot() {
     echo "=== power on $(date +%T.%3N)" >>"$1.log"
-    nsx "$qemu" -L "$emu" -nographic -M esp32c3-picsimlab \
+    "${in_ns[@]}" "$qemu" -L "$emu" -display none -M esp32c3-picsimlab \
         -drive "file=$1.flash,if=mtd,format=raw" \
         -drive "file=$1.efuse,if=none,format=raw,id=efuse" \
         -global driver=nvram.esp32c3.efuse,property=drive,value=efuse \
         -global driver=timer.esp32c3.timg,property=wdt_disable,value=true \
         -icount shift=3,align=off,sleep=on \
-        -nic "tap,model=esp32c3_wifi,ifname=$2,script=no,downscript=no" \
-        -serial file:/dev/stdout -monitor none </dev/null >>"$1.log" 2>&1 &
+        -nic "tap,id=wifi,model=esp32c3_wifi,ifname=$2,script=no,downscript=no" \
+        -qmp "unix:$work/$1.qmp,server=on,wait=off" -serial file:/dev/stdout </dev/null >>"$1.log" 2>&1 &
     board_pid=$!
     pids+=("$board_pid")
 }
 halt() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+# link NAME on|off: sets the emulated Wi-Fi link of board NAME through QEMU's QMP socket.
+link() {
+    python3 - "$work/$1.qmp" "$2" <<'PY'
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(10)
+s.connect(sys.argv[1])
+f = s.makefile("rw")
+f.readline()  # greeting
+for cmd in ({"execute": "qmp_capabilities"},
+            {"execute": "set_link", "arguments": {"name": "wifi", "up": sys.argv[2] == "on"}}):
+    f.write(json.dumps(cmd) + "\n"); f.flush()
+    while True:
+        r = json.loads(f.readline())
+        if "return" in r: break
+        if "error" in r: sys.exit("QMP: %s" % r["error"])
+PY
+}
 # st ARGS...: the starling CLI inside the namespace, on the bridge.
 st() { nsx "$starling" "$@"; }
 # Every multicast frame on the segment, as "unix_ms sender_id packet_number" lines (PROTOCOL.md
 # §2.1: the header is in clear), to check that a reboot reuses no packet number.
 sniff() {
-    nsx timeout 900 python3 -u - "$host_ip" >sniff.txt 2>sniff.err <<'PY' &
+    "${in_ns[@]}" timeout 900 python3 -u - "$host_ip" >sniff.txt 2>sniff.err <<'PY' &
 import socket, struct, sys, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -208,6 +232,38 @@ pn_range() {
     awk -v id="$1" -v a="$2" -v b="$3" '$2 == id && $1 >= a && $1 <= b {
         if (n++ == 0 || $3 < lo) lo = $3; if ($3 > hi) hi = $3 } END { if (n) print lo, hi }' sniff.txt
 }
+# memory INFO_JSON: "free_heap heap_peak_used heap_size stack_peak_used stack_size" from `info`.
+memory() {
+    python3 -c 'import json, sys; i = json.loads(sys.argv[1]); m = i["memory"]
+print(i["free_heap"], m["heap_peak_used"], m["heap_size"], m["stack_peak_used"], m["stack_size"])' "$1" 2>/dev/null \
+        || echo "- - - - -"
+}
+# load BOARD LOG MODE_ARGS...: 16 more host nodes subscribe to BOARD's readings; prints what the
+# board's info says about its memory before and after, and checks that it still answers with
+# heap to spare. The nodes are named load-1..16 (identity mode: load-N.id files).
+load() {
+    local board=$1 log=$2 before after lpids=() i args; shift 2
+    before=$(memory "$(st call "$@" "$board" info 2>&1)")
+    local ups; ups=$(count_log "$log" "peer up: load-")
+    for i in $(seq 16); do
+        args=("$@")
+        [ -f "load-$i.id" ] && args=(--identity "load-$i.id" --allowlist net.allow)
+        "${in_ns[@]}" "$starling" sub "${args[@]}" --name "load-$i" "$board/#" --timeout 120 >"load-$i.sub" 2>&1 &
+        lpids+=($!)
+    done
+    check "$board takes 16 more peers (peer up load-1..16)" wait_count "$log" "peer up: load-" $((ups + 16)) 60
+    sleep 4
+    after=$(memory "$(st call "$@" "$board" info 2>&1)")
+    for p in "${lpids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${lpids[@]}"; do wait "$p" 2>/dev/null || true; done
+    read -r f0 _ _ _ _ <<<"$before"
+    read -r f1 peak size spk ssz <<<"$after"
+    echo "  $board, 16 more peers: free heap $f0 -> $f1 B; heap peak used $peak of $size B; main stack peak $spk of $ssz B"
+    measured+=("$board with 16 more peers: free heap $f0 -> $f1 B, heap peak $peak of $size B, stack peak $spk of $ssz B")
+    check "$board answers with 16 more peers and keeps 8 KiB of heap free at its peak" \
+        bash -c '[ "$1" -ge 0 ] 2>/dev/null && [ $(($3 - $2)) -ge 8192 ]' _ "$f1" "$peak" "$size"
+}
+measured=()
 # on_mesh LOG N: the id and epoch of the Nth "on the mesh as" line of a board log.
 on_mesh() { grep -E "on the mesh as" "$1" | sed -n "${2}p" | sed -E 's/.*\(([0-9a-f]+)\), epoch ([0-9]+).*/\1 \2/'; }
 
@@ -224,7 +280,7 @@ efuse b 2
 sniff
 
 # ---------------------------------------------------------------- one board, network key
-st sub --name host-sub 'emu-a/#' --timeout 600 >a.sub 2>&1 &
+"${in_ns[@]}" "$starling" sub --name host-sub 'emu-a/#' --timeout 600 >a.sub 2>&1 &
 pids+=($!)
 t0=$(now_ms)
 boot a tap1
@@ -277,37 +333,41 @@ check "board A sees board B" wait_log a.log "peer up: emu-b" 30
 check "board B sees board A" wait_log b.log "peer up: emu-a" 30
 halt "$b_pid"
 
-# ---------------------------------------------------------------- a network outage
-# The emulated access point lives inside QEMU and keeps the association, so this is an outage
-# of the wired side: nothing gets through for 15 s. The board must notice its peers gone
-# and take them back, and its readings must flow again, without anyone touching it.
+# ---------------------------------------------------------------- a Wi-Fi outage
+# QMP `set_link wifi off` takes board A's access point off the air (node-esp/emulator/
+# qemu-starling.patch): the board is deauthenticated, finds no network for 15 s, and must
+# reconnect, get its address again and take its peers back without anyone touching it.
 check "board A knows host-sub before the outage" wait_log a.log "peer up: host-sub" 1
-downs=$(count_log a.log "peer down: .*Timeout")
+downs=$(count_log a.log "Wi-Fi: disconnected")
+conns=$(count_log a.log "Wi-Fi: connected")
 ups=$(count_log a.log "peer up: host-sub")
-nsx ip link set tap1 down
+check "the emulated access point goes off the air (QMP set_link)" link a off
+check "board A notices that the access point is gone (logged)" wait_count a.log "Wi-Fi: disconnected" $((downs + 1)) 15
 sleep 15
 readings=$(count_log a.sub '^emu-a/uptime ')
-check "board A notices the outage (peer down by timeout)" test "$(count_log a.log 'peer down: .*Timeout')" -gt "$downs"
-nsx ip link set tap1 up
-check "board A takes host-sub back after the outage" wait_count a.log "peer up: host-sub" $((ups + 1)) 30
-check "board A's readings reach starling sub again after the outage" wait_count a.sub '^emu-a/uptime ' $((readings + 1)) 30
+check "the emulated access point is back (QMP set_link)" link a on
+check "board A reconnects to Wi-Fi after the outage (logged)" wait_count a.log "Wi-Fi: connected" $((conns + 1)) 60
+check "board A takes host-sub back after the outage" wait_count a.log "peer up: host-sub" $((ups + 1)) 60
+check "board A's readings reach starling sub again after the outage" wait_count a.sub '^emu-a/uptime ' $((readings + 1)) 60
 
 # ---------------------------------------------------------------- through the gateway to MQTT
 mqtt_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-st gateway --name emu-gw --listen "127.0.0.1:$mqtt_port" --rpc 'emu-a/info' >gateway.log 2>&1 &
+"${in_ns[@]}" "$starling" gateway --name emu-gw --listen "127.0.0.1:$mqtt_port" --rpc 'emu-a/info' >gateway.log 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do nsx bash -c "echo >/dev/tcp/127.0.0.1/$mqtt_port" 2>/dev/null && break; sleep 0.1; done
 mqtt=$(nsx mosquitto_sub -p "$mqtt_port" -t 'starling/emu-a/uptime' -C 1 -W 30 2>&1 || true)
 check "board A's readings reach an MQTT client through the gateway (mosquitto_sub)" grep -qE '^[0-9]+$' <<<"$mqtt"
 rr=$(nsx mosquitto_rr -V mqttv5 -p "$mqtt_port" -t 'starling/$rpc/emu-a/info' -e 'starling/$reply/emu' -m '' -W 20 2>&1 || true)
 check "an MQTT client calls board A through the gateway (mosquitto_rr, info)" grep -q '"platform":"esp32c3"' <<<"$rr"
+load emu-a a.log
 halt "$a_pid"
 
 # ---------------------------------------------------------------- identity mode
 unset STARLING_KEY_FILE
-for who in emu-c laptop outsider; do "$starling" identity new "$who" >"$who.id" 2>/dev/null && chmod 600 "$who.id"; done
+for who in emu-c laptop outsider $(seq -f 'load-%g' 16); do "$starling" identity new "$who" >"$who.id" 2>/dev/null && chmod 600 "$who.id"; done
 "$starling" allow add emu-c.id --name emu-c --publish 'emu-c/#' --network emu -a net.allow >/dev/null 2>&1
 "$starling" allow add laptop.id --name laptop --subscribe '#' --call '*' -a net.allow >/dev/null 2>&1
+for i in $(seq 16); do "$starling" allow add "load-$i.id" --name "load-$i" --subscribe 'emu-c/#' -a net.allow >/dev/null 2>&1; done
 # The outsider's own file lists the board (as the real network's does) but the board's does not list it.
 cp net.allow out.allow
 "$starling" allow add outsider.id --name outsider --subscribe '#' --call '*' -a out.allow >/dev/null 2>&1
@@ -317,9 +377,9 @@ image c c.prov
 efuse c 3
 id_in=(--identity laptop.id --allowlist net.allow)
 id_out=(--identity outsider.id --allowlist out.allow)
-st sub "${id_in[@]}" --name laptop-sub 'emu-c/#' --timeout 600 >c.sub 2>&1 &
+"${in_ns[@]}" "$starling" sub "${id_in[@]}" --name laptop-sub 'emu-c/#' --timeout 600 >c.sub 2>&1 &
 pids+=($!)
-st sub "${id_out[@]}" --name outsider-sub '#' --timeout 600 >out.sub 2>&1 &
+"${in_ns[@]}" "$starling" sub "${id_out[@]}" --name outsider-sub '#' --timeout 600 >out.sub 2>&1 &
 out_sub=$!
 pids+=("$out_sub")
 boot c tap3
@@ -334,10 +394,12 @@ check "the member's sub still gets board C's readings after its call" wait_count
 oinfo=$(st call "${id_out[@]}" -t 8s emu-c info 2>&1) && o_rc=0 || o_rc=$?
 check "an outsider's call to board C fails" bash -c '[ "$1" != 0 ] && ! grep -q platform <<<"$2"' _ "$o_rc" "$oinfo"
 check "an outsider's starling sub gets nothing from board C" bash -c "! grep -q '^emu-c/' out.sub"
+load emu-c c.log "${id_in[@]}"
 halt "$c_pid"
 
 # ---------------------------------------------------------------- measurements and summary
 echo "measured on the emulated chip (wall time; the emulator is not cycle-exact):"
+printf '  %s\n' "${measured[@]}"
 echo "  power-on to on the mesh: $((t_mesh - t0)) ms, to the first reading at starling sub: $((t_first - t0)) ms (polled every 0.2 s)"
 heaps=$(grep -hE '^emu-[ac]/heap ' a.sub c.sub | awk '{print $NF}' | sort -n)
 echo "  free heap reported (network key board A; identity board C): min $(head -n1 <<<"$heaps") B, max $(tail -n1 <<<"$heaps") B of 128 KiB"

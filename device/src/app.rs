@@ -53,6 +53,24 @@ pub trait Board {
     fn set_output(&mut self, pin: GpioPin, on: bool) -> Result<(), &'static str>;
     /// The platform's name, reported by `info` (e.g. `esp32c3`, `host-twin`).
     fn platform(&self) -> &'static str;
+    /// How close the firmware has come to its memory limits since boot, reported by `info` so
+    /// that a board owner sees the margin left. Platforms that cannot measure it report nothing.
+    fn memory(&mut self) -> Memory {
+        Memory::default()
+    }
+}
+
+/// Memory sizes and high-water marks since boot, in bytes; `None` where not measured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Memory {
+    /// Size of the heap.
+    pub heap_size: Option<usize>,
+    /// The most heap in use at once.
+    pub heap_peak_used: Option<usize>,
+    /// Size of the main stack (the one every async task of the firmware runs on).
+    pub stack_size: Option<usize>,
+    /// The deepest the main stack has been used.
+    pub stack_peak_used: Option<usize>,
 }
 
 /// One reading to publish, best effort.
@@ -197,6 +215,19 @@ impl Device {
             }
         };
         json_field(&mut s, "output", &output);
+        let m = board.memory();
+        let num = |v: Option<usize>| v.map_or("null".into(), |v| format!("{v}"));
+        json_field(
+            &mut s,
+            "memory",
+            &format!(
+                "{{\"heap_size\":{},\"heap_peak_used\":{},\"stack_size\":{},\"stack_peak_used\":{}}}",
+                num(m.heap_size),
+                num(m.heap_peak_used),
+                num(m.stack_size),
+                num(m.stack_peak_used)
+            ),
+        );
         let methods: Vec<String> = METHODS.iter().map(|m| json_str(m)).collect();
         json_field(&mut s, "methods", &format!("[{}]", methods.join(",")));
         s.pop(); // the last comma
@@ -295,6 +326,9 @@ mod tests {
         fn platform(&self) -> &'static str {
             "fake"
         }
+        fn memory(&mut self) -> Memory {
+            Memory { heap_size: Some(131072), heap_peak_used: Some(70000), ..Memory::default() }
+        }
     }
 
     fn device(gpio: bool) -> Device {
@@ -334,6 +368,9 @@ mod tests {
         assert!(info.starts_with("{\"name\":\"kitchen \\\"sensor\\\"\",\"platform\":\"fake\""), "{info}");
         assert!(info.contains("\"uptime_s\":5,") && info.contains("\"free_heap\":null"), "{info}");
         assert!(info.contains("\"output\":{\"pin\":8,\"on\":null}"), "{info}");
+        let memory =
+            "\"memory\":{\"heap_size\":131072,\"heap_peak_used\":70000,\"stack_size\":null,\"stack_peak_used\":null}";
+        assert!(info.contains(memory), "{info}");
         assert_eq!(d.handle_request(now, "gpio.set", b" ON\n", &mut b), Ok(b"on".to_vec()));
         assert_eq!(d.handle_request(now, "gpio.set", b"0", &mut b), Ok(b"off".to_vec()));
         assert_eq!(b.set, [(8, true), (8, false)]);

@@ -6,7 +6,7 @@ use esp_hal::peripherals::TSENS;
 use esp_hal::tsens::TemperatureSensor;
 use log::warn;
 use starling_device::provision::GpioPin;
-use starling_device::Board;
+use starling_device::{Board, Memory};
 
 /// The last RSSI the Wi-Fi task read; `i32::MIN` while disconnected.
 pub static RSSI: AtomicI32 = AtomicI32::new(i32::MIN);
@@ -66,5 +66,15 @@ impl Board for EspBoard {
 
     fn platform(&self) -> &'static str {
         "esp32c3"
+    }
+
+    fn memory(&mut self) -> Memory {
+        let heap = esp_alloc::HEAP.stats();
+        Memory {
+            heap_size: Some(heap.size),
+            heap_peak_used: Some(heap.max_usage),
+            stack_size: Some(crate::stack::size()),
+            stack_peak_used: Some(crate::stack::peak_used()),
+        }
     }
 }

@@ -11,6 +11,7 @@
 //!   heap, one GPIO output).
 //! - [`runner`]: the datagram/time loop around the core.
 //! - [`layout`]: where the provisioning blob and the lease log live in flash.
+//! - [`stack`]: the main stack's high-water mark, reported by `info`.
 #![no_std]
 #![no_main]
 
@@ -19,6 +20,7 @@ extern crate alloc;
 mod board;
 mod layout;
 mod runner;
+mod stack;
 
 use alloc::boxed::Box;
 use core::time::Duration;
@@ -39,6 +41,7 @@ pub(crate) use starling_device::retry::backoff;
 
 #[esp_rtos::main]
 async fn main(spawner: Spawner) -> ! {
+    stack::paint();
     esp_println::logger::init_logger_from_env();
     let peripherals = esp_hal::init(esp_hal::Config::default().with_cpu_clock(esp_hal::clock::CpuClock::max()));
     // Wi-Fi wants about 72 KiB of heap, the starling core stays below 32 KiB with 16 peers.
