@@ -38,6 +38,9 @@ step "the core and device logic on an emulated RV32IMC core (qemu-system-riscv32
 bash scripts/qemu-rv32.sh
 (cd qemu-rv32 && cargo fmt -- --check && cargo clippy --release --locked -- -D warnings)
 
+step "the real firmware image on an emulated ESP32-C3 with Wi-Fi, meshing with host nodes (builds the emulator once, needs root for its network namespace)"
+bash scripts/firmware-emu.sh
+
 step "docs build without warnings"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 
