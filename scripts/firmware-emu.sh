@@ -232,37 +232,42 @@ pn_range() {
     awk -v id="$1" -v a="$2" -v b="$3" '$2 == id && $1 >= a && $1 <= b {
         if (n++ == 0 || $3 < lo) lo = $3; if ($3 > hi) hi = $3 } END { if (n) print lo, hi }' sniff.txt
 }
-# memory INFO_JSON: "free_heap heap_peak_used heap_size stack_peak_used stack_size" from `info`.
+# memory INFO_JSON: "free_heap heap_peak heap_size stack_peak stack_size" from `info`.
 memory() {
-    python3 -c 'import json, sys; i = json.loads(sys.argv[1]); m = i["memory"]
-print(i["free_heap"], m["heap_peak_used"], m["heap_size"], m["stack_peak_used"], m["stack_size"])' "$1" 2>/dev/null \
+    python3 -c 'import json, sys; i = json.loads(sys.argv[1])
+print(*(i[k] for k in ("free_heap", "heap_peak", "heap_size", "stack_peak", "stack_size")))' "$1" 2>/dev/null \
         || echo "- - - - -"
 }
-# load BOARD LOG MODE_ARGS...: 16 more host nodes subscribe to BOARD's readings; prints what the
-# board's info says about its memory before and after, and checks that it still answers with
-# heap to spare. The nodes are named load-1..16 (identity mode: load-N.id files).
+# load BOARD LOG FIRST LAST MODE_ARGS...: host nodes load-FIRST..LAST (identity mode: with the
+# load-I.id files) subscribe to BOARD's readings and keep running (unload stops them). Prints
+# what the board's info says about its memory before and after, and checks that the board
+# knows them all and still answers with heap to spare.
 load() {
-    local board=$1 log=$2 before after lpids=() i args; shift 2
+    local board=$1 log=$2 first=$3 last=$4 before after i args n=$(($4 - $3 + 1)); shift 4
     before=$(memory "$(st call "$@" "$board" info 2>&1)")
     local ups; ups=$(count_log "$log" "peer up: load-")
-    for i in $(seq 16); do
+    for i in $(seq "$first" "$last"); do
         args=("$@")
         [ -f "load-$i.id" ] && args=(--identity "load-$i.id" --allowlist net.allow)
-        "${in_ns[@]}" "$starling" sub "${args[@]}" --name "load-$i" "$board/#" --timeout 120 >"load-$i.sub" 2>&1 &
-        lpids+=($!)
+        "${in_ns[@]}" "$starling" sub "${args[@]}" --name "load-$i" "$board/#" --timeout 300 >"load-$i.sub" 2>&1 &
+        load_pids+=($!)
     done
-    check "$board takes 16 more peers (peer up load-1..16)" wait_count "$log" "peer up: load-" $((ups + 16)) 60
+    check "$board takes $n more peers (peer up load-$first..$last)" wait_count "$log" "peer up: load-" $((ups + n)) 60
     sleep 4
     after=$(memory "$(st call "$@" "$board" info 2>&1)")
-    for p in "${lpids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${lpids[@]}"; do wait "$p" 2>/dev/null || true; done
     read -r f0 _ _ _ _ <<<"$before"
     read -r f1 peak size spk ssz <<<"$after"
-    echo "  $board, 16 more peers: free heap $f0 -> $f1 B; heap peak used $peak of $size B; main stack peak $spk of $ssz B"
-    measured+=("$board with 16 more peers: free heap $f0 -> $f1 B, heap peak $peak of $size B, stack peak $spk of $ssz B")
-    check "$board answers with 16 more peers and keeps 8 KiB of heap free at its peak" \
+    echo "  $board, $n more peers: free heap $f0 -> $f1 B; heap peak $peak of $size B; main stack peak $spk of $ssz B"
+    measured+=("$board with $n more peers: free heap $f0 -> $f1 B, heap peak $peak of $size B, stack peak $spk of $ssz B")
+    check "$board answers with $n more peers and keeps 8 KiB of heap free at its peak" \
         bash -c '[ "$1" -ge 0 ] 2>/dev/null && [ $(($3 - $2)) -ge 8192 ]' _ "$f1" "$peak" "$size"
 }
+unload() {
+    for p in "${load_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${load_pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    load_pids=()
+}
+load_pids=()
 measured=()
 # on_mesh LOG N: the id and epoch of the Nth "on the mesh as" line of a board log.
 on_mesh() { grep -E "on the mesh as" "$1" | sed -n "${2}p" | sed -E 's/.*\(([0-9a-f]+)\), epoch ([0-9]+).*/\1 \2/'; }
@@ -359,15 +364,16 @@ mqtt=$(nsx mosquitto_sub -p "$mqtt_port" -t 'starling/emu-a/uptime' -C 1 -W 30 2
 check "board A's readings reach an MQTT client through the gateway (mosquitto_sub)" grep -qE '^[0-9]+$' <<<"$mqtt"
 rr=$(nsx mosquitto_rr -V mqttv5 -p "$mqtt_port" -t 'starling/$rpc/emu-a/info' -e 'starling/$reply/emu' -m '' -W 20 2>&1 || true)
 check "an MQTT client calls board A through the gateway (mosquitto_rr, info)" grep -q '"platform":"esp32c3"' <<<"$rr"
-load emu-a a.log
+load emu-a a.log 1 16
+unload
 halt "$a_pid"
 
 # ---------------------------------------------------------------- identity mode
 unset STARLING_KEY_FILE
-for who in emu-c laptop outsider $(seq -f 'load-%g' 16); do "$starling" identity new "$who" >"$who.id" 2>/dev/null && chmod 600 "$who.id"; done
+for who in emu-c laptop outsider $(seq -f 'load-%g' 15); do "$starling" identity new "$who" >"$who.id" 2>/dev/null && chmod 600 "$who.id"; done
 "$starling" allow add emu-c.id --name emu-c --publish 'emu-c/#' --network emu -a net.allow >/dev/null 2>&1
 "$starling" allow add laptop.id --name laptop --subscribe '#' --call '*' -a net.allow >/dev/null 2>&1
-for i in $(seq 16); do "$starling" allow add "load-$i.id" --name "load-$i" --subscribe 'emu-c/#' -a net.allow >/dev/null 2>&1; done
+for i in $(seq 15); do "$starling" allow add "load-$i.id" --name "load-$i" --subscribe 'emu-c/#' -a net.allow >/dev/null 2>&1; done
 # The outsider's own file lists the board (as the real network's does) but the board's does not list it.
 cp net.allow out.allow
 "$starling" allow add outsider.id --name outsider --subscribe '#' --call '*' -a out.allow >/dev/null 2>&1
@@ -394,7 +400,35 @@ check "the member's sub still gets board C's readings after its call" wait_count
 oinfo=$(st call "${id_out[@]}" -t 8s emu-c info 2>&1) && o_rc=0 || o_rc=$?
 check "an outsider's call to board C fails" bash -c '[ "$1" != 0 ] && ! grep -q platform <<<"$2"' _ "$o_rc" "$oinfo"
 check "an outsider's starling sub gets nothing from board C" bash -c "! grep -q '^emu-c/' out.sub"
-load emu-c c.log "${id_in[@]}"
+readings=$(count_log c.sub '^emu-c/uptime ')
+read -r c_id c_epoch < <(on_mesh c.log 1) || true
+reply=$(st call "${id_in[@]}" emu-c reboot 2>&1 || true)
+check "a member reboots identity board C" grep -q "rebooting" <<<"$reply"
+check "identity board C comes back with its id and a higher epoch, and the member's sub hears it again" bash -c '
+    '"$(declare -f wait_count count_log on_mesh)"'
+    wait_count c.log "on the mesh as emu-c" 2 60 || exit 1
+    read -r id epoch < <(on_mesh c.log 2)
+    [ "$id" = "$1" ] && [ "$epoch" -gt "$2" ] || { echo "id $1 -> $id, epoch $2 -> $epoch"; exit 1; }
+    wait_count c.sub "^emu-c/uptime " $(($3 + 1)) 30' _ "${c_id:-}" "${c_epoch:-0}" "$readings"
+# An identity board keeps at most IDENTITY_MAX_PEERS (12, device/src/app.rs) peers: about 2.5 KiB
+# of heap each, and 29 peers exhausted the heap. The member's sub is one; 11 more fill the table,
+# and 4 beyond it must be turned away without the board running out of memory.
+load emu-c c.log 1 11 "${id_in[@]}"
+for i in 12 13 14 15; do
+    "${in_ns[@]}" "$starling" sub --identity "load-$i.id" --allowlist net.allow --name "load-$i" 'emu-c/#' \
+        --timeout 300 >"load-$i.sub" 2>&1 &
+    load_pids+=($!)
+done
+sleep 15
+# A call from outside the full table would be turned away too (issue: boards that stay
+# reachable), so the check asks the board's log and a member in its table.
+readings=$(count_log load-1.sub '^emu-c/uptime ')
+check "identity board C stays up with 4 members beyond its 12 peers (no panic, readings still served)" bash -c '
+    '"$(declare -f wait_count count_log)"'
+    ! grep -q PANIC c.log && wait_count load-1.sub "^emu-c/uptime " $(($1 + 2)) 30' _ "$readings"
+check "identity board C turns members beyond its 12 peers away" \
+    test "$(count_log c.log 'peer up: load-1[2-5] ')" -lt 4
+unload
 halt "$c_pid"
 
 # ---------------------------------------------------------------- measurements and summary

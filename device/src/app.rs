@@ -28,15 +28,27 @@ pub const REBOOT_DELAY: Duration = Duration::from_secs(1);
 /// Firmware identification reported by `info`.
 pub const FIRMWARE: &str = concat!("starling-device ", env!("CARGO_PKG_VERSION"));
 
+/// The most peers an identity-mode device keeps; a network-key device keeps [`Config::embedded`]'s
+/// 32. An identity peer costs the board about 2.5 KiB of heap (its Noise session, its multicast keys
+/// with their replay windows, its allowlist entry), and handshakes with newcomers add a transient
+/// peak: on the emulated ESP32-C3 beside Wi-Fi, 13 peers peaked at 111 of 128 KiB, 17 at 124 KiB,
+/// and 29 exhausted the heap (`scripts/firmware-emu.sh`). Frames from further members are dropped
+/// (`drop_peer_table_full`) until a peer leaves or times out.
+pub const IDENTITY_MAX_PEERS: usize = 12;
+
 /// The core's configuration on a device: [`Config::embedded`] with a smaller response cache and
-/// event queue, so that the core's heap stays within 32 KiB with 16 peers (`tests/core_heap.rs`).
-/// Calls older than the last 8 may run again if retransmitted late; the device's methods are
-/// idempotent.
-pub fn core_config(name: &str, rng_seed: [u8; 32], beacon_interval: Duration) -> Config {
+/// event queue, so that the core's heap stays within 32 KiB with 16 peers (`tests/core_heap.rs`),
+/// and at most [`IDENTITY_MAX_PEERS`] peers in identity mode (`identity`, see
+/// [`Membership::is_identity`]). Calls older than the last 8 may run again if retransmitted late;
+/// the device's methods are idempotent.
+pub fn core_config(name: &str, rng_seed: [u8; 32], beacon_interval: Duration, identity: bool) -> Config {
     let mut c = Config::embedded(name, rng_seed);
     c.beacon_interval = beacon_interval;
     c.response_cache_entries = 8;
     c.max_events = 16;
+    if identity {
+        c.max_peers = c.max_peers.min(IDENTITY_MAX_PEERS);
+    }
     c
 }
 
@@ -217,17 +229,10 @@ impl Device {
         json_field(&mut s, "output", &output);
         let m = board.memory();
         let num = |v: Option<usize>| v.map_or("null".into(), |v| format!("{v}"));
-        json_field(
-            &mut s,
-            "memory",
-            &format!(
-                "{{\"heap_size\":{},\"heap_peak_used\":{},\"stack_size\":{},\"stack_peak_used\":{}}}",
-                num(m.heap_size),
-                num(m.heap_peak_used),
-                num(m.stack_size),
-                num(m.stack_peak_used)
-            ),
-        );
+        json_field(&mut s, "heap_size", &num(m.heap_size));
+        json_field(&mut s, "heap_peak", &num(m.heap_peak_used));
+        json_field(&mut s, "stack_size", &num(m.stack_size));
+        json_field(&mut s, "stack_peak", &num(m.stack_peak_used));
         let methods: Vec<String> = METHODS.iter().map(|m| json_str(m)).collect();
         json_field(&mut s, "methods", &format!("[{}]", methods.join(",")));
         s.pop(); // the last comma
@@ -368,8 +373,7 @@ mod tests {
         assert!(info.starts_with("{\"name\":\"kitchen \\\"sensor\\\"\",\"platform\":\"fake\""), "{info}");
         assert!(info.contains("\"uptime_s\":5,") && info.contains("\"free_heap\":null"), "{info}");
         assert!(info.contains("\"output\":{\"pin\":8,\"on\":null}"), "{info}");
-        let memory =
-            "\"memory\":{\"heap_size\":131072,\"heap_peak_used\":70000,\"stack_size\":null,\"stack_peak_used\":null}";
+        let memory = "\"heap_size\":131072,\"heap_peak\":70000,\"stack_size\":null,\"stack_peak\":null,";
         assert!(info.contains(memory), "{info}");
         assert_eq!(d.handle_request(now, "gpio.set", b" ON\n", &mut b), Ok(b"on".to_vec()));
         assert_eq!(d.handle_request(now, "gpio.set", b"0", &mut b), Ok(b"off".to_vec()));

@@ -20,5 +20,5 @@ pub mod lease;
 pub mod provision;
 pub mod retry;
 
-pub use app::{core_config, Board, Device, Memory, Reading, METHODS};
+pub use app::{core_config, Board, Device, Memory, Reading, IDENTITY_MAX_PEERS, METHODS};
 pub use provision::{Membership, ProvisionError, Provisioning};

@@ -86,6 +86,11 @@ pub enum Membership {
 }
 
 impl Membership {
+    /// Whether this is identity mode (per-device keys and an allowlist) rather than a network key.
+    pub fn is_identity(&self) -> bool {
+        matches!(self, Membership::Identity { .. })
+    }
+
     /// The node id this membership fixes: identity mode derives it from the public key, PSK
     /// mode leaves it free (`None`).
     pub fn fixed_node_id(&self) -> Option<NodeId> {

@@ -66,9 +66,18 @@ impl Board for SimBoard {
     }
 }
 
-/// The firmware's core bounds on top of the runtime's defaults.
-fn embedded_bounds(c: &mut Config) {
-    let e = starling_device::core_config(&c.name, c.rng_seed, c.beacon_interval);
+/// The firmware's core bounds on top of the runtime's defaults, network-key mode.
+fn psk_bounds(c: &mut Config) {
+    embedded_bounds(c, false)
+}
+
+/// The firmware's core bounds on top of the runtime's defaults, identity mode.
+fn identity_bounds(c: &mut Config) {
+    embedded_bounds(c, true)
+}
+
+fn embedded_bounds(c: &mut Config, identity: bool) {
+    let e = starling_device::core_config(&c.name, c.rng_seed, c.beacon_interval, identity);
     c.max_peers = e.max_peers;
     c.response_cache_lifetime = e.response_cache_lifetime;
     c.max_subscriptions = e.max_subscriptions;
@@ -134,7 +143,7 @@ async fn boot(a: &TwinArgs, prov: &Provisioning, board: &Arc<Mutex<SimBoard>>) -
         .port(prov.port)
         .interface(a.interface)
         .beacon_interval(prov.beacon_interval)
-        .configure(embedded_bounds);
+        .configure(if prov.membership.is_identity() { identity_bounds } else { psk_bounds });
     if let Some(s) = &a.state {
         builder = builder.state_file(s);
     }

@@ -90,6 +90,16 @@ async fn main(spawner: Spawner) -> ! {
     runner::run(stack, device, board, lease, prev, trng, seed).await
 }
 
+/// Called by esp-backtrace after it has printed a panic (an exhausted heap panics too): restart
+/// after a pause instead of hanging with interrupts off, so that a board in a ceiling comes back
+/// by itself. The lease log keeps packet numbers unique across the restart; the pause lets the
+/// log drain and bounds the flash writes of a panic at every boot (one lease record per boot).
+#[no_mangle]
+fn custom_halt() -> ! {
+    esp_hal::delay::Delay::new().delay_millis(3000);
+    esp_hal::system::software_reset()
+}
+
 /// Reads and checks the provisioning blob; while it is missing or bad, says why on the serial
 /// log with growing pauses and tries again (the device never boot-loops silently).
 async fn read_provisioning(flash: &mut FlashStorage<'_>) -> Provisioning {

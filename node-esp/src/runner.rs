@@ -47,7 +47,7 @@ pub async fn run(
     let prov = device.provisioning();
     let (name, group, port) = (prov.name.clone(), prov.group, prov.port);
     let membership = prov.membership.clone();
-    let config = core_config(&name, seed, prov.beacon_interval);
+    let config = core_config(&name, seed, prov.beacon_interval, membership.is_identity());
     let fresh_id = NodeId::from_u64(u64::from(trng.random()) << 32 | u64::from(trng.random()));
     // Identity mode fixes the node id (derived from the public key); PSK mode keeps the stored one.
     let ids = BootIds { fixed: membership.fixed_node_id(), fresh: fresh_id, random_epoch: trng.random() };
