@@ -824,7 +824,7 @@ async fn call(a: CallArgs) -> Result<()> {
         write!(stdout, "{}", starling_gateway::render::hexdump(&reply, ""))?;
     } else {
         match starling_gateway::render::printable_text(&reply) {
-            Some(text) => writeln!(stdout, "{text}")?,
+            Some(text) => writeln!(stdout, "{}", text.trim_end_matches(['\n', '\r']))?,
             None if reply.is_empty() => {}
             None => writeln!(stdout, "hex {}", hex(&reply))?,
         }

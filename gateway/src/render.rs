@@ -1,5 +1,6 @@
-//! How `starling sub` shows messages: one line each, payload as text when it is printable UTF-8
-//! and as hex otherwise; `--hex` gives a classic hexdump, `--json` one JSON object per line.
+//! How `starling sub` shows messages: payload as text when it is printable UTF-8 (lines and tabs
+//! included) and as hex otherwise; `--hex` gives a classic hexdump, `--json` one JSON object per
+//! line.
 
 use std::fmt::Write as _;
 
@@ -12,10 +13,22 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// `bytes` as text if they are UTF-8 without control characters (tab allowed), else `None`.
+/// `bytes` as text if they are UTF-8 without control characters other than tab, line feed and
+/// carriage return (multi-line text such as a `$stats` reply is text), else `None`.
 pub fn printable_text(bytes: &[u8]) -> Option<&str> {
     let s = std::str::from_utf8(bytes).ok()?;
-    (!s.chars().any(|c| c.is_control() && c != '\t')).then_some(s)
+    (!s.chars().any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))).then_some(s)
+}
+
+/// `text` on one line, for places that show one line per message (the live monitor): line
+/// breaks become `⏎`, and at most `max` characters are kept.
+pub fn one_line(text: &str, max: usize) -> String {
+    text.trim_end_matches(['\n', '\r'])
+        .chars()
+        .filter(|&c| c != '\r')
+        .map(|c| if c == '\n' { '⏎' } else { c })
+        .take(max)
+        .collect()
 }
 
 /// A hexdump: offset, 16 bytes in hex, and their printable ASCII, one line per 16 bytes.
@@ -63,13 +76,23 @@ impl Shown<'_> {
         }
     }
 
-    /// One line: topic, sender, size, then the payload as text, or as hex when it is binary.
+    /// Topic, sender, size, then the payload as text, or as hex when it is binary. Text of
+    /// several lines follows the header on lines of its own, indented, so that every message
+    /// still starts with its topic at the start of a line.
     pub fn line(&self) -> String {
         let n = self.payload.len();
         let head = format!("{}  from {}  {n} B", self.topic, self.sender());
         match printable_text(self.payload) {
             _ if n == 0 => format!("{head}  (empty)"),
-            Some(text) => format!("{head}  {text}"),
+            Some(text) if text.trim_end_matches(['\n', '\r']).contains('\n') => {
+                let mut s = head;
+                for l in text.trim_end_matches(['\n', '\r']).lines() {
+                    s.push_str("\n    ");
+                    s.push_str(l);
+                }
+                s
+            }
+            Some(text) => format!("{head}  {}", text.trim_end_matches(['\n', '\r'])),
             None => format!("{head}  hex {}", hex(self.payload)),
         }
     }
@@ -110,7 +133,11 @@ mod tests {
     fn text_binary_and_empty_lines() {
         assert_eq!(shown(b"21.5").line(), "a/b  from kitchen (00000000000000ff)  4 B  21.5");
         assert_eq!(shown(&[0, 0xff, b'a']).line(), "a/b  from kitchen (00000000000000ff)  3 B  hex 00ff61");
-        assert_eq!(shown(b"two\nlines").line(), "a/b  from kitchen (00000000000000ff)  9 B  hex 74776f0a6c696e6573");
+        assert_eq!(shown(b"two\nlines\n").line(), "a/b  from kitchen (00000000000000ff)  10 B\n    two\n    lines");
+        assert_eq!(shown(b"one line\r\n").line(), "a/b  from kitchen (00000000000000ff)  10 B  one line");
+        assert_eq!(shown(b"a\x1bb").line(), "a/b  from kitchen (00000000000000ff)  3 B  hex 611b62");
+        assert_eq!(one_line("rx 1\r\ntx 2\n", 40), "rx 1⏎tx 2");
+        assert_eq!(one_line("abcdef", 3), "abc");
         assert_eq!(shown(b"").line(), "a/b  from kitchen (00000000000000ff)  0 B  (empty)");
     }
 

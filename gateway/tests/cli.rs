@@ -224,6 +224,14 @@ fn call_against_serve_echo_as_separate_processes() {
     let hex: String = blob.iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(stdout(&out), format!("hex {hex}\n"));
 
+    // multi-line text (the built-in `$stats`) is shown as text, one counter a line
+    let out = env.cmd("call").args(["echo-1", "$stats"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = stdout(&out);
+    assert!(text.starts_with("rx_datagrams ") && text.contains("\ntx_datagrams "), "{text}");
+    let out = env.cmd("call").args(["echo-1", "echo", "two\nlines\n"]).output().unwrap();
+    assert_eq!(stdout(&out), "two\nlines\n");
+
     fails_with(env.cmd("call").args(["echo-1", "fail", "it broke"]), "the handler failed: it broke");
     fails_with(env.cmd("call").args(["echo-1", "no.such", "x"]), "no such method");
     fails_with(env.cmd("call").args(["--timeout", "500ms", "nobody", "echo", "x"]), "no node named 'nobody'");
@@ -232,7 +240,9 @@ fn call_against_serve_echo_as_separate_processes() {
     let out = server.wait_with_output().unwrap();
     let log = stdout(&out);
     assert!(log.contains("echo  from ") && log.contains("10 B  hello mesh"), "the server logs each call: {log}");
-    assert_eq!(log.lines().filter(|l| l.starts_with("echo ")).count(), 2, "each call ran once: {log}");
+    assert_eq!(log.lines().filter(|l| l.starts_with("echo ")).count(), 3, "each call ran once: {log}");
+    // the server's log shows multi-line text as text too, on indented lines under its header
+    assert!(log.contains("10 B\n    two\n    lines\n"), "{log}");
 }
 
 /// The README's quick start sends images with a fresh `starling pub --file`, best effort: the

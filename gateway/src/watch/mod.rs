@@ -313,7 +313,7 @@ pub fn plain_report(model: &Model, pattern: &Pattern, elapsed: Duration) -> Stri
                 let last = t.history.back().map(|c| {
                     let body = match crate::render::printable_text(&c.payload) {
                         _ if c.payload.is_empty() => "(empty)".to_owned(),
-                        Some(text) => text.chars().take(60).collect(),
+                        Some(text) => crate::render::one_line(text, 60),
                         None => format!("hex {}", crate::render::hex(&c.payload[..c.payload.len().min(32)])),
                     };
                     format!(" last={} B {body}", c.payload.len())
@@ -472,7 +472,7 @@ async fn submit(
                 let s = match node.call(id, &method, payload, Duration::from_secs(5)).await {
                     Ok(reply) => {
                         let shown = match crate::render::printable_text(&reply) {
-                            Some(t) => t.to_owned(),
+                            Some(t) => crate::render::one_line(t, usize::MAX),
                             None => format!("hex {}", crate::render::hex(&reply)),
                         };
                         format!("reply from {who} to {method}: {shown}")

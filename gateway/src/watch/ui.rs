@@ -275,7 +275,7 @@ fn draw_messages(f: &mut Frame, area: Rect, model: &Model, ui: &UiState) {
         .take(area.height.saturating_sub(2) as usize)
         .map(|(i, m)| {
             let preview = match crate::render::printable_text(&m.payload) {
-                Some(t) => t.chars().take(40).collect::<String>(),
+                Some(t) => crate::render::one_line(t, 40),
                 None => format!("hex {}", crate::render::hex(&m.payload[..m.payload.len().min(16)])),
             };
             let mark = if i == ui.back { ">" } else { " " };
