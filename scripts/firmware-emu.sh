@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the real node-esp release image on an emulated ESP32-C3 with Wi-Fi and checks it against
 # host nodes: Wi-Fi and DHCP, discovery, readings, calls, a reboot (same id, higher epoch, no
-# packet number reused), identity mode (an outsider gets nothing), two boards on one segment, a
-# network outage, and the path through the gateway to an MQTT client.
+# packet number reused), two boards on one segment, a Wi-Fi outage, the path through the gateway
+# to MQTT clients, identity mode (an outsider gets nothing, a reboot, the peer limit), and the
+# board's memory with more peers (printed).
 #
 # The emulator is built by node-esp/emulator/build.sh (cached in the target directory) from the
 # source archive in ../shared/emulator (override with STARLING_EMULATOR=DIR): the public
@@ -72,7 +73,7 @@ cleanup() {
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
     ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null || true
     ip netns del "$ns" 2>/dev/null || true
-    if [ "${STARLING_EMU_KEEP:-0}" = 1 ]; then echo "logs kept in $work"; else rm -rf "$work"; fi
+    if [ "${STARLING_EMU_KEEP:-0}" = 1 ] || [ "${failed:-0}" != 0 ]; then echo "logs kept in $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 cd "$work"
