@@ -18,7 +18,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         args.next().ok_or("usage: actuator KEY_FILE [NAME]   (make a key with `starling keygen > net.key`)")?;
     let name = args.next().unwrap_or_else(|| "relay".to_owned());
     let key = NetworkKey::parse(&std::fs::read_to_string(&key_path)?).map_err(|e| format!("{key_path}: {e}"))?;
-    let node = NodeBuilder::new(key).name(&name).state_file(format!("{name}.state")).open().await?;
+    let mut builder = NodeBuilder::new(key).name(&name).state_file(format!("{name}.state"));
+    // The mesh's port, as the CLI takes it (STARLING_PORT), so that several meshes share a machine.
+    if let Ok(port) = std::env::var("STARLING_PORT") {
+        builder = builder.port(port.parse().map_err(|_| format!("STARLING_PORT={port}: not a UDP port number"))?);
+    }
+    let node = builder.open().await?;
     println!("{name}: id {}; serving relay.set and relay.get", node.id());
 
     let relay = Arc::new(AtomicBool::new(false));

@@ -18,7 +18,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let key = NetworkKey::parse(&std::fs::read_to_string(&key_path)?).map_err(|e| format!("{key_path}: {e}"))?;
 
     // A state file keeps the node's id across restarts, so peers see a restart, not a stranger.
-    let node = NodeBuilder::new(key).name(&name).state_file(format!("{name}.state")).open().await?;
+    let mut builder = NodeBuilder::new(key).name(&name).state_file(format!("{name}.state"));
+    // The mesh's port, as the CLI takes it (STARLING_PORT), so that several meshes share a machine.
+    if let Ok(port) = std::env::var("STARLING_PORT") {
+        builder = builder.port(port.parse().map_err(|_| format!("STARLING_PORT={port}: not a UDP port number"))?);
+    }
+    let node = builder.open().await?;
     println!("{name}: id {} epoch {}", node.id(), node.epoch());
     let mut events = node.peer_events();
     let mut tick = tokio::time::interval(Duration::from_secs(1));

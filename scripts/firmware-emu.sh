@@ -28,7 +28,8 @@ die() { echo "firmware-emu: $*" >&2; exit 1; }
 [ -f "$emu/esp32c3-rom.bin" ] || die "no emulator in $emu: put ../shared/emulator beside the repository or set STARLING_EMULATOR"
 [ "$(id -u)" = 0 ] || die "needs root to create a network namespace and tap devices (run with sudo)"
 
-target_dir() { (cd "$1" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])'); }
+# shellcheck source=scripts/lib.sh
+. "$root/scripts/lib.sh"
 
 # ---------------------------------------------------------------- what it needs
 need_pkgs=()
@@ -43,7 +44,7 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq && apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
 fi
-host_target="$(target_dir "$root")"
+host_target="$(cargo_target_dir "$root")"
 qemu="${STARLING_EMU_QEMU:-}"
 if [ -z "$qemu" ]; then
     emu_start=$(date +%s)
@@ -60,9 +61,11 @@ fi
 
 echo "building the firmware (release) and the starling CLI"
 (cd "$root/node-esp" && cargo build --release --locked --quiet)
-fw="$(target_dir "$root/node-esp")/riscv32imc-unknown-none-elf/release/node-esp"
+fw="$(cargo_target_dir "$root/node-esp")/riscv32imc-unknown-none-elf/release/node-esp"
+need_built "$fw"
 (cd "$root" && cargo build --release --quiet -p starling-gateway)
 starling="$host_target/release/starling"
+need_built "$starling"
 
 # ---------------------------------------------------------------- the world
 work="$(mktemp -d /tmp/starling-emu.XXXXXX)"

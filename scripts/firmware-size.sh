@@ -7,10 +7,13 @@
 # Cargo runs inside node-esp/ so that it reads node-esp/.cargo/config.toml (target, linker script).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
+. "$root/scripts/lib.sh"
 cd "$root/node-esp"
 rustup target add riscv32imc-unknown-none-elf >/dev/null 2>&1 || true
 cargo build --release --locked
-python3 "$root/scripts/firmware-size.py" target/riscv32imc-unknown-none-elf/release/node-esp
+fw="$(cargo_target_dir .)/riscv32imc-unknown-none-elf/release/node-esp"
+need_built "$fw"
+python3 "$root/scripts/firmware-size.py" "$fw"
 cd "$root"
 if ! out=$(cargo test --quiet -p starling-device --test core_heap -- --nocapture 2>&1); then
     echo "$out"

@@ -11,8 +11,10 @@ if ! command -v mosquitto >/dev/null 2>&1 || ! command -v mosquitto_sub >/dev/nu
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq && apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
 fi
+. scripts/lib.sh
 cargo build --release -q -p starling-gateway -p starling-examples
-bin=target/release
+bin="$(cargo_target_dir .)/release"
+for b in starling sensor actuator; do need_built "$bin/$b"; done
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -23,6 +25,12 @@ cleanup() {
 trap cleanup EXIT
 
 port=${MQTT_PORT:-18883}
+export STARLING_PORT="${STARLING_PORT:-4783}"
+echo "== mesh on 239.255.83.76:$STARLING_PORT (loopback), MQTT on 127.0.0.1:$port; set STARLING_PORT and MQTT_PORT to change them"
+if (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "main-job: something already listens on 127.0.0.1:$port (another main job?); set MQTT_PORT to a free port" >&2
+    exit 1
+fi
 "$bin/starling" keygen > "$work/net.key" && chmod 600 "$work/net.key"
 export STARLING_KEY_FILE="$work/net.key"
 
@@ -36,10 +44,9 @@ timeout 6 mosquitto_sub -p "$port" -t 'starling/#' -v -F '%t  %p' \
     > >(grep --line-buffered -v '/alive\|/stats' | sed -u 's/^/   mqtt: /') 2>/dev/null &
 pids+=($!)
 sleep 0.5
-root=$PWD
-(cd "$work" && exec "$root/$bin/sensor" net.key kitchen-sensor) > >(sed -u 's/^/   sensor: /') 2>&1 &
+(cd "$work" && exec "$bin/sensor" net.key kitchen-sensor) > >(sed -u 's/^/   sensor: /') 2>&1 &
 pids+=($!)
-(cd "$work" && exec "$root/$bin/actuator" net.key relay) > >(sed -u 's/^/   actuator: /') 2>&1 &
+(cd "$work" && exec "$bin/actuator" net.key relay) > >(sed -u 's/^/   actuator: /') 2>&1 &
 pids+=($!)
 sleep 2
 echo "== a call from MQTT 5 (allowed by the gateway's --rpc): mosquitto_rr -t 'starling/\$rpc/relay/relay.set' -m 1"

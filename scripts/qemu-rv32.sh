@@ -2,6 +2,7 @@
 # Runs checks of the starling core and starling-device on an emulated RV32IMC core (the
 # ESP32-C3's instruction set): qemu-system-riscv32 -machine virt. Installs QEMU if missing.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/../qemu-rv32"
 if ! command -v qemu-system-riscv32 >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive
@@ -9,7 +10,8 @@ if ! command -v qemu-system-riscv32 >/dev/null 2>&1; then
     apt-get install -y -qq --no-install-recommends qemu-system-misc >/dev/null
 fi
 cargo build --release --locked
-out=$(timeout 120 qemu-system-riscv32 -machine virt -nographic -bios none -m 64M \
-    -kernel target/riscv32imc-unknown-none-elf/release/starling-qemu-rv32) || { echo "$out"; exit 1; }
+kernel="$(cargo_target_dir .)/riscv32imc-unknown-none-elf/release/starling-qemu-rv32"
+need_built "$kernel"
+out=$(timeout 120 qemu-system-riscv32 -machine virt -nographic -bios none -m 64M -kernel "$kernel") || { echo "$out"; exit 1; }
 echo "$out"
 grep -q "all checks passed" <<<"$out"
