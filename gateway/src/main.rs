@@ -632,11 +632,22 @@ async fn subscribe(a: SubArgs) -> Result<()> {
     let deadline = a.timeout.map(|t| tokio::time::Instant::now() + t);
     let mut seen = 0u64;
     let mut stdout = std::io::stdout().lock();
+    // Said once, checked every 2 s, while nothing has arrived but another network's datagrams have.
+    let mut hint_check =
+        tokio::time::interval_at(tokio::time::Instant::now() + Duration::from_secs(2), Duration::from_secs(2));
+    let mut hinted = false;
     while a.count.is_none_or(|c| seen < c) {
         let next = tokio::select! {
             m = rx.recv() => m,
             _ = sleep_until(deadline) => None,
             _ = tokio::signal::ctrl_c() => None,
+            _ = hint_check.tick(), if !hinted && seen == 0 => {
+                if let Some(hint) = other_network(&node, &a.mesh).await {
+                    eprintln!("note: nothing received yet, but {hint}");
+                    hinted = true;
+                }
+                continue;
+            }
         };
         let m = match next {
             None => break,
@@ -742,6 +753,9 @@ async fn nodes(a: NodesArgs) -> Result<()> {
             println!("{:<16}  {:<24}  {:<21}  {:>5}  {:>9}", p.id, p.name, p.addr, p.epoch, ago);
         }
         println!("{} node(s) seen in {:.1}s (this node: {})", peers.len(), a.wait.as_secs_f64(), node.id());
+        if let Some(hint) = other_network(&node, &a.mesh).await {
+            eprintln!("note: {hint}");
+        }
         if a.stats {
             println!("\nthis node's counters:");
             for (k, v) in &own {
@@ -762,6 +776,21 @@ async fn nodes(a: NodesArgs) -> Result<()> {
     }
     node.close().await?;
     Ok(())
+}
+
+/// The likeliest misconfiguration, nodes with another key (or the other security mode) on the
+/// same group and port, must not meet silence: a sentence when datagrams arrived that this node's
+/// key does not open, else `None`.
+async fn other_network(node: &Node, mesh: &MeshArgs) -> Option<String> {
+    let c = node.stats().await.ok()?.core;
+    let n = c.drop_foreign_network + c.drop_auth + c.drop_version;
+    (n > 0).then(|| {
+        format!(
+            "heard {n} datagram(s) on {}:{} from another network: do the nodes you expect use another key, or the \
+             other mode (network key or identity)?",
+            mesh.group, mesh.port
+        )
+    })
 }
 
 /// A node's counters by the built-in `$stats` call, plus a gateway's `$stats.bridge` ones.
@@ -814,7 +843,13 @@ async fn call(a: CallArgs) -> Result<()> {
     let request = if given { payload(a.payload.as_ref(), &a.source)? } else { Vec::new() };
     let node = open(&a.mesh, "call").await?;
     let started = tokio::time::Instant::now();
-    let peer = find_peer(&node, &a.node, a.timeout).await?;
+    let peer = match find_peer(&node, &a.node, a.timeout).await {
+        Ok(p) => p,
+        Err(e) => match other_network(&node, &a.mesh).await {
+            Some(hint) => bail!("{e}; {hint}"),
+            None => return Err(e),
+        },
+    };
     let left = a.timeout.saturating_sub(started.elapsed());
     let reply = node.call(peer, &a.method, request, left).await;
     node.close().await?;

@@ -353,3 +353,35 @@ fn gateway_check_config_validates_file_and_flags() {
     c.args(["gateway", "--config", bad.to_str().unwrap(), "--check-config"]).env_remove("STARLING_BROKER");
     fails_with(&mut c, "line 2");
 }
+
+/// The likeliest misconfiguration, another key on the same group and port, is named instead of
+/// met with silence: `nodes`, `call` and `sub` say that another network's datagrams arrived.
+#[test]
+fn a_wrong_key_is_named_not_met_with_silence() {
+    let env = Env::new("wrongkey");
+    let mut server = serve_echo(&env, "echo-1");
+    let other = env.dir.join("other.key");
+    write_private(&other, &Command::new(BIN).arg("keygen").output().unwrap().stdout);
+    let with_other = |sub: &str| {
+        let mut c = Command::new(BIN);
+        c.arg(sub).arg("--key").arg(&other).args(["--group", &env.group, "--port", &env.port]);
+        c.env_remove("STARLING_KEY").env_remove("STARLING_KEY_FILE");
+        c
+    };
+    // serve-echo beacons every 5 s (jittered up to 6.25 s): each window below holds one.
+    let out = with_other("nodes").args(["--wait", "7s"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout(&out).contains("0 node(s) seen"), "{}", stdout(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("from another network") && err.contains("another key"), "{err}");
+    fails_with(with_other("call").args(["--timeout", "7s", "echo-1", "echo", "x"]), "from another network");
+    let out = with_other("sub").args(["--timeout", "8s", "#"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nothing received yet, but heard"), "{err}");
+    // With the right key there is nothing to say.
+    let out = env.cmd("nodes").args(["--wait", "3s"]).output().unwrap();
+    assert!(stdout(&out).contains("echo-1"), "{}", stdout(&out));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("another network"));
+    server.kill().unwrap();
+    let _ = server.wait();
+}

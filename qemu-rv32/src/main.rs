@@ -198,7 +198,8 @@ fn two_nodes() {
     let mut device = Device::new(prov.clone(), Instant::ZERO);
     let mut board = FixedBoard;
     let cfg = |name: &str, seed: u8| {
-        let mut c = starling_device::core_config(name, [seed; 32], Duration::from_millis(200), prov.membership.is_identity());
+        let mut c =
+            starling_device::core_config(name, [seed; 32], Duration::from_millis(200), prov.membership.is_identity());
         c.max_message = 4096;
         c
     };
