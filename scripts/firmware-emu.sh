@@ -312,7 +312,7 @@ check "call emu-a config.get answers without secrets" bash -c \
     'grep -q "Espressif" <<<"$1" && ! grep -qi "\"key\"\|pass" <<<"$1"' _ "$conf"
 check "call emu-a gpio.set on / off answers on / off" bash -c \
     '[ "$("$@" on 2>&1)" = on ] && [ "$("$@" off 2>&1)" = off ]' _ ip netns exec "$ns" "$starling" call emu-a gpio.set
-stats=$(st call emu-a '$stats' 2>&1 | sed 's/^hex //' | python3 -c 'import sys; print(bytes.fromhex(sys.stdin.read().strip()).decode())' 2>&1 || true)
+stats=$(st call emu-a '$stats' 2>&1 || true)
 check "call emu-a \$stats answers with the core's counters" grep -q "^rx_datagrams [1-9]" <<<"$stats"
 
 # A reboot keeps the id (lease log in flash), raises the epoch and reuses no packet number.
