@@ -78,11 +78,11 @@ pub struct Memory {
     /// Size of the heap.
     pub heap_size: Option<usize>,
     /// The most heap in use at once.
-    pub heap_peak_used: Option<usize>,
+    pub heap_peak: Option<usize>,
     /// Size of the main stack (the one every async task of the firmware runs on).
     pub stack_size: Option<usize>,
     /// The deepest the main stack has been used.
-    pub stack_peak_used: Option<usize>,
+    pub stack_peak: Option<usize>,
 }
 
 /// One reading to publish, best effort.
@@ -230,9 +230,9 @@ impl Device {
         let m = board.memory();
         let num = |v: Option<usize>| v.map_or("null".into(), |v| format!("{v}"));
         json_field(&mut s, "heap_size", &num(m.heap_size));
-        json_field(&mut s, "heap_peak", &num(m.heap_peak_used));
+        json_field(&mut s, "heap_peak", &num(m.heap_peak));
         json_field(&mut s, "stack_size", &num(m.stack_size));
-        json_field(&mut s, "stack_peak", &num(m.stack_peak_used));
+        json_field(&mut s, "stack_peak", &num(m.stack_peak));
         let methods: Vec<String> = METHODS.iter().map(|m| json_str(m)).collect();
         json_field(&mut s, "methods", &format!("[{}]", methods.join(",")));
         s.pop(); // the last comma
@@ -332,7 +332,7 @@ mod tests {
             "fake"
         }
         fn memory(&mut self) -> Memory {
-            Memory { heap_size: Some(131072), heap_peak_used: Some(70000), ..Memory::default() }
+            Memory { heap_size: Some(131072), heap_peak: Some(70000), ..Memory::default() }
         }
     }
 

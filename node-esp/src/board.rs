@@ -72,9 +72,9 @@ impl Board for EspBoard {
         let heap = esp_alloc::HEAP.stats();
         Memory {
             heap_size: Some(heap.size),
-            heap_peak_used: Some(heap.max_usage),
+            heap_peak: Some(heap.max_usage),
             stack_size: Some(crate::stack::size()),
-            stack_peak_used: Some(crate::stack::peak_used()),
+            stack_peak: Some(crate::stack::peak_used()),
         }
     }
 }

@@ -44,7 +44,8 @@ async fn main(spawner: Spawner) -> ! {
     stack::paint();
     esp_println::logger::init_logger_from_env();
     let peripherals = esp_hal::init(esp_hal::Config::default().with_cpu_clock(esp_hal::clock::CpuClock::max()));
-    // Wi-Fi wants about 72 KiB of heap, the starling core stays below 32 KiB with 16 peers.
+    // Wi-Fi wants about 72 KiB of heap; the starling core stays below 32 KiB with 16 peers in PSK
+    // mode and keeps at most 12 in identity mode (starling_device::IDENTITY_MAX_PEERS).
     esp_alloc::heap_allocator!(#[esp_hal::ram(reclaimed)] size: 64 * 1024);
     esp_alloc::heap_allocator!(size: 64 * 1024);
     let timg0 = esp_hal::timer::timg::TimerGroup::new(peripherals.TIMG0);
