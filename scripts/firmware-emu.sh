@@ -131,16 +131,6 @@ check() {
     if out=$("$@" 2>&1); then ok "$name"; else bad "$name" "$out"; fi
 }
 now_ms() { date +%s%3N; }
-# wait_log FILE REGEX SECONDS: waits until FILE has a line matching REGEX.
-wait_log() {
-    local end=$(($(date +%s) + $3))
-    while [ "$(date +%s)" -lt "$end" ]; do
-        grep -qE "$2" "$1" 2>/dev/null && return 0
-        sleep 0.2
-    done
-    echo "no line matching /$2/ in $1 within $3 s; its last lines:"; tail -n 15 "$1" 2>/dev/null
-    return 1
-}
 # wait_logs FILE SECONDS REGEX...: wait_log for each REGEX.
 wait_logs() {
     local f=$1 t=$2; shift 2
@@ -159,6 +149,8 @@ wait_count() {
         sleep 0.2
     done
 }
+# wait_log FILE REGEX SECONDS: waits until FILE has a line matching REGEX.
+wait_log() { wait_count "$1" "$2" 1 "$3"; }
 
 # image NAME BLOB: the 4 MB flash image of the README's flash path, with the blob at 0x200000.
 image() {
@@ -217,7 +209,7 @@ st() { nsx "$starling" "$@"; }
 # §2.1: the header is in clear), to check that a reboot reuses no packet number.
 sniff() {
     "${in_ns[@]}" timeout 900 python3 -u - "$host_ip" >sniff.txt 2>sniff.err <<'PY' &
-import socket, struct, sys, time
+import socket, sys, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
