@@ -9,6 +9,7 @@
 //! - [`crypto`]: network key, derived keys, per-sender AEAD (PROTOCOL.md §3).
 //! - [`identity`]: identity mode's keys and allowlist (PROTOCOL.md §11).
 //! - [`noise`]: identity mode's Noise IK handshakes, macs and cookies.
+//! - [`stream`]: reliable streams (PROTOCOL.md §6); [`parity`]: their RaptorQ repair symbols.
 //! - [`replay`]: the sliding anti-replay window.
 //! - [`state`]: what a node persists between boots (id, epoch, packet-number lease).
 //! - [`topic`]: MQTT-style topic names and filters.
@@ -28,6 +29,7 @@ pub mod hex;
 pub mod identity;
 pub mod node;
 pub mod noise;
+pub mod parity;
 pub mod reassembly;
 pub mod replay;
 pub mod response_cache;

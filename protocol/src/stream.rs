@@ -11,7 +11,7 @@ use alloc::vec::Vec;
 use core::time::Duration;
 
 use crate::time::Instant;
-use crate::wire::{Ack, DataHeader, Heartbeat, NodeId, Record, SeqRange, MAX_ACK_RANGES};
+use crate::wire::{Ack, DataHeader, Heartbeat, NodeId, Record, RepairHeader, SeqRange, MAX_ACK_RANGES};
 
 /// Tunables and bounds of reliable streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +58,10 @@ impl Default for StreamLimits {
 /// Most chunks one Ack record gets repaired (PROTOCOL.md §6.3): bounds what one small NACK can
 /// make a sender multicast (36 KiB of 1200-byte datagrams).
 pub const MAX_REPAIRS_PER_ACK: usize = 32;
+
+/// Repair rounds of one message that send parity symbols; later rounds resend the chunks asked
+/// for (a receiver that cannot use parity, an older one, still gets the message).
+pub const MAX_PARITY_ROUNDS: u8 = 4;
 
 /// How a retained message ended for the sender's bookkeeping.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,7 +137,28 @@ struct Tag {
     lost: Vec<NodeId>,
 }
 
-/// The multicast stream's verdict state (boxed: unicast streams never have any).
+/// A multicast stream's parity repair state.
+#[derive(Default)]
+struct ParityState {
+    /// Per message (its first sequence number): the most holes any one NACK since the last
+    /// `poll` asked for in it. Receivers count their holes minus the repair symbols they hold,
+    /// so this is what the neediest of them still lacks.
+    need: BTreeMap<u64, u32>,
+    /// Per message: its repair rounds so far.
+    rounds: BTreeMap<u64, ParityRound>,
+}
+
+struct ParityRound {
+    /// Repair symbols sent for the message so far: the next one's number.
+    sent: u32,
+    /// When the current round began, and the symbols it sent.
+    at: Instant,
+    burst: u32,
+    /// Rounds so far.
+    count: u8,
+}
+
+/// The multicast stream's verdict state and parity rounds.
 #[derive(Default)]
 struct Verdicts {
     /// The earliest held verdict not yet reached.
@@ -142,6 +167,8 @@ struct Verdicts {
     unidentified: Vec<NodeId>,
     /// How long after its creation a message's verdict may wait for them.
     hold: Duration,
+    /// Parity repair (PROTOCOL.md §6.8).
+    parity: ParityState,
 }
 
 /// The sending side of one stream.
@@ -167,6 +194,8 @@ pub struct OutStream {
     completions_due: bool,
     /// Retained messages with a time to live: without any, no expiry needs finding.
     expiring: usize,
+    /// Verdict holds and parity rounds: the multicast stream's (boxed: unicast streams never
+    /// have any).
     verdicts: Option<Box<Verdicts>>,
 }
 
@@ -370,7 +399,9 @@ impl OutStream {
     }
 
     fn message_of(&self, seq: u64) -> Option<&OutMessage> {
-        self.messages.iter().find(|m| m.first <= seq && seq < m.end)
+        // Retained messages are in sequence order.
+        let i = self.messages.partition_point(|m| m.end <= seq);
+        self.messages.get(i).filter(|m| m.first <= seq)
     }
 
     fn encode(&self, now: Instant, seq: u64, expires: Option<Instant>) -> Vec<u8> {
@@ -415,6 +446,10 @@ impl OutStream {
     fn pop_message(&mut self, failure: Option<Failure>) -> Option<Option<Completion>> {
         let m = self.messages.pop_front()?;
         self.expiring -= usize::from(m.expires.is_some());
+        if let Some(v) = self.verdicts.as_mut() {
+            v.parity.rounds.remove(&m.first);
+            v.parity.need.remove(&m.first);
+        }
         while self.chunks.front().is_some_and(|c| c.seq < m.end) {
             let c = self.chunks.pop_front().expect("front exists");
             self.bytes -= c.bytes.len();
@@ -473,6 +508,8 @@ impl OutStream {
         // four records; what is still missing is asked again after the repair wait), so one small
         // NACK cannot make the sender multicast its whole retention.
         let mut asked = 0;
+        // Multicast: holes per message of several chunks, for parity repair (`poll`).
+        let mut per_message: Vec<(u64, u32)> = Vec::new();
         'ranges: for &(start, len) in &ack.missing {
             for seq in start.max(self.low())..start.saturating_add(u64::from(len)).min(self.next_seq) {
                 if asked == MAX_REPAIRS_PER_ACK || self.repairs.len() > 4096 {
@@ -480,6 +517,21 @@ impl OutStream {
                 }
                 asked += 1;
                 self.repairs.insert(seq);
+                if self.kind == crate::wire::stream::MULTICAST {
+                    if let Some(m) = self.message_of(seq).filter(|m| m.end - m.first >= 2) {
+                        match per_message.last_mut() {
+                            Some((first, n)) if *first == m.first => *n += 1,
+                            _ => per_message.push((m.first, 1)),
+                        }
+                    }
+                }
+            }
+        }
+        if !per_message.is_empty() {
+            let p = &mut self.verdicts.get_or_insert_with(Default::default).parity;
+            for (first, n) in per_message {
+                let need = p.need.entry(first).or_insert(0);
+                *need = (*need).max(n);
             }
         }
         true
@@ -631,11 +683,85 @@ impl OutStream {
         Some(self.encode(now, seq, expires))
     }
 
+    /// Parity repair of the message starting at `first`, `need` symbols asked for by the
+    /// neediest NACK: its end and the Repair records to send, or `None` to resend its chunks
+    /// instead (its parity rounds are used up, or it is gone or expired).
+    ///
+    /// NACKs that arrive within a round trip of a round (four hold-offs, as the hold-off is a
+    /// quarter of the slowest round trip) may have been sent before its symbols arrived: they
+    /// add only what they ask beyond what the round sent, so several receivers cost what the
+    /// neediest lacks, not the sum.
+    fn parity_repair(&mut self, now: Instant, first: u64, need: u32, holdoff: Duration) -> Option<(u64, Vec<Vec<u8>>)> {
+        let m = self.message_of(first).filter(|m| m.first == first)?;
+        let (end, expires) = (m.end, m.expires);
+        if expires.is_some_and(|e| e <= now) {
+            return None;
+        }
+        let k = u32::try_from(end - first).ok()?;
+        let i = self.chunk_index(first)?;
+        let chunks = self.chunks.range(i..i + k as usize);
+        let len: usize = chunks.clone().map(|c| c.bytes.len()).sum();
+        let symbol = u16::try_from(self.chunks[i].bytes.len()).ok().filter(|&t| t > 0)?;
+        let len = u32::try_from(len).ok()?;
+        let p = &mut self.verdicts.get_or_insert_with(Default::default).parity;
+        let round = p.rounds.entry(first).or_insert(ParityRound { sent: 0, at: now, burst: 0, count: 0 });
+        let extra = if round.count > 0 && now < round.at + holdoff * 4 {
+            need.saturating_sub(round.burst)
+        } else {
+            if round.count >= MAX_PARITY_ROUNDS {
+                return None;
+            }
+            round.count += 1;
+            round.at = now;
+            round.burst = 0;
+            need
+        }
+        .min(k)
+        .min(MAX_REPAIRS_PER_ACK as u32);
+        let start = round.sent;
+        round.sent += extra;
+        round.burst += extra;
+        if extra == 0 {
+            return Some((end, Vec::new()));
+        }
+        let symbols = crate::parity::encode(
+            self.chunks.range(i..i + k as usize).map(|c| &c.bytes[..]),
+            len,
+            symbol,
+            start,
+            extra,
+        );
+        let ttl_ms = match expires {
+            Some(e) => u32::try_from(e.saturating_duration_since(now).as_millis()).unwrap_or(u32::MAX).max(1),
+            None => 0,
+        };
+        let mut records = Vec::with_capacity(symbols.len());
+        for (esi, bytes) in symbols {
+            let header = RepairHeader { stream: self.kind, epoch: self.epoch, first, len, symbol, esi, ttl_ms };
+            let mut rec = Vec::with_capacity(bytes.len() + 32);
+            Record::Repair { header, symbol: &bytes }.emit(&mut rec);
+            records.push(rec);
+        }
+        // Acks that now cover the message measure their round trip from this repair.
+        for c in self.chunks.range_mut(i..i + k as usize) {
+            c.sent_at = now;
+        }
+        Some((end, records))
+    }
+
     /// Records to send now: requested repairs (each at most once per `holdoff`) and a heartbeat
     /// when due. `heartbeat_cap` bounds the heartbeat interval (unicast streams pass the RTO).
     pub fn poll(&mut self, now: Instant, holdoff: Duration, heartbeat_cap: Duration) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
-        let repairs = core::mem::take(&mut self.repairs);
+        let mut repairs = core::mem::take(&mut self.repairs);
+        let need = self.verdicts.as_mut().map(|v| core::mem::take(&mut v.parity.need)).unwrap_or_default();
+        for (first, n) in need {
+            if let Some((end, records)) = self.parity_repair(now, first, n, holdoff) {
+                // Parity answers every hole of the message: its chunks are not resent.
+                repairs.retain(|s| !(first..end).contains(s));
+                out.extend(records);
+            }
+        }
         for seq in repairs {
             out.extend(self.resend(now, seq, holdoff));
         }
@@ -752,6 +878,23 @@ pub struct InStream {
     asked: Option<Box<Asked>>,
 }
 
+/// Parity repair symbols a receiver holds for one incomplete message (PROTOCOL.md §6.8).
+struct HeldRepairs {
+    len: u32,
+    symbol: u16,
+    expires: Option<Instant>,
+    /// `(esi, bytes)`.
+    symbols: Vec<(u32, Vec<u8>)>,
+    /// Decoding attempts that failed with enough symbols (RaptorQ needs one more, rarely):
+    /// each asks for one symbol more.
+    failed: u32,
+}
+
+/// Why a Repair record was refused: it disagrees with the chunks held for its message (a
+/// different message shape at the same sequence numbers). Counted as `drop_stream`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inconsistent;
+
 /// The NACK bookkeeping of a stream with holes. Two timers: holes never asked for are asked
 /// for once they survived a short reordering delay (`fresh_due`, covering holes below
 /// `limit`); holes asked for already are asked again when their repair is overdue
@@ -771,9 +914,25 @@ struct Asked {
     /// A sequence number first asked for by the last NACK, and when: its arrival is a
     /// round-trip sample (a number asked for only once, so the sample is unambiguous).
     probe: Option<(u64, Instant)>,
+    /// Repair symbols held for incomplete messages, by their first sequence number (only a
+    /// stream with holes holds any).
+    held: BTreeMap<u64, HeldRepairs>,
 }
 
 impl Asked {
+    fn new(next: u64) -> Box<Self> {
+        Box::new(Asked {
+            upto: next,
+            limit: next,
+            fresh_due: None,
+            repeat_at: None,
+            round: 0,
+            queued: Vec::new(),
+            probe: None,
+            held: BTreeMap::new(),
+        })
+    }
+
     fn due(&self) -> Option<Instant> {
         [self.fresh_due, self.repeat_at].into_iter().flatten().min()
     }
@@ -883,7 +1042,51 @@ impl InStream {
             }
             self.next = low;
             self.highest = self.highest.max(low);
+            self.release_held(|first| first < low);
         }
+    }
+
+    /// Frees the repair symbols held for messages `which` selects.
+    fn release_held(&mut self, which: impl Fn(u64) -> bool) {
+        let Some(a) = self.asked.as_mut() else { return };
+        let mut freed = 0;
+        a.held.retain(|&first, h| {
+            let keep = !which(first);
+            if !keep {
+                freed += h.symbols.iter().map(|(_, b)| b.len()).sum::<usize>();
+            }
+            keep
+        });
+        self.pending_bytes -= freed;
+    }
+
+    /// Forgets the NACK state (no holes left, or leaving), and the repair symbols it held.
+    fn clear_asked(&mut self) {
+        self.release_held(|_| true);
+        self.asked = None;
+    }
+
+    fn held(&self) -> Option<&BTreeMap<u64, HeldRepairs>> {
+        self.asked.as_ref().map(|a| &a.held).filter(|h| !h.is_empty())
+    }
+
+    /// Makes room for `bytes` more by dropping what is buffered beyond sequence number `before`
+    /// (farthest first; chunks, then repair symbols): they are asked for again later. True if
+    /// the room is there.
+    fn make_room(&mut self, bytes: usize, before: u64, limits: &StreamLimits) -> bool {
+        while self.pending_bytes + bytes > limits.max_pending_bytes {
+            match self.pending.last_key_value() {
+                Some((&last, _)) if last > before => {
+                    let p = self.pending.pop_last().expect("exists").1;
+                    self.pending_bytes -= p.bytes.len();
+                }
+                _ => break,
+            }
+        }
+        if self.pending_bytes + bytes > limits.max_pending_bytes {
+            self.release_held(|first| first > before);
+        }
+        self.pending_bytes + bytes <= limits.max_pending_bytes
     }
 
     fn schedule(slot: &mut Option<Instant>, at: Instant) {
@@ -921,19 +1124,11 @@ impl InStream {
         // A full buffer makes room for a chunk closer to delivery by dropping the farthest
         // ones (they are asked for again later): otherwise a buffer filled with chunks behind
         // a hole could never take the repair of that hole.
-        while self.pending_bytes + chunk.len() > limits.max_pending_bytes {
-            match self.pending.last_key_value() {
-                Some((&last, _)) if last > h.seq => {
-                    let p = self.pending.pop_last().expect("exists").1;
-                    self.pending_bytes -= p.bytes.len();
-                }
-                _ => break,
-            }
-        }
+        let room = self.make_room(chunk.len(), h.seq, limits);
         // A whole message that is next in order is delivered at once and never stays buffered:
         // it passes even when the node's shared receive budget is used up by other senders.
         let at_once = h.seq == self.next && h.count == 1;
-        if h.seq >= window_end || (!at_once && self.pending_bytes + chunk.len() > limits.max_pending_bytes) {
+        if h.seq >= window_end || (!at_once && !room) {
             // It was sent, so everything up to it (itself included, within the window) is missing.
             self.highest = self.highest.max(h.seq.saturating_add(1).min(window_end));
             self.schedule_nack(now, limits, jitter);
@@ -943,7 +1138,14 @@ impl InStream {
         self.pending_bytes += chunk.len();
         self.pending.insert(h.seq, Pending { index: h.index, count: h.count, expires, bytes: chunk.to_vec() });
         self.highest = self.highest.max(h.seq + 1);
-        self.deliver(now, &mut out);
+        self.try_rebuild(h.seq);
+        self.progress(now, limits, jitter, &mut out);
+        out
+    }
+
+    /// After something new was buffered: deliver what is complete, acknowledge and arm NACKs.
+    fn progress(&mut self, now: Instant, limits: &StreamLimits, jitter: u64, out: &mut Vec<Delivery>) {
+        self.deliver(now, out);
         // Half a receive window delivered since the last ack: ack now, so a sender in a burst
         // (its retention filling, or a small board's window overrun) keeps moving.
         let every = ACK_EVERY.min(u64::from(receive_window(limits) / 2).max(1));
@@ -966,9 +1168,126 @@ impl InStream {
             }
             self.schedule_nack(now, limits, jitter);
         } else {
-            self.asked = None;
+            self.clear_asked();
         }
-        out
+    }
+
+    /// Handles one parity repair symbol (PROTOCOL.md §6.8). Returns what became deliverable
+    /// and how many chunks were rebuilt; `Err` when it contradicts the chunks held for its
+    /// message.
+    pub fn on_repair(
+        &mut self,
+        now: Instant,
+        h: &RepairHeader,
+        symbol: &[u8],
+        limits: &StreamLimits,
+        jitter: u64,
+    ) -> Result<(Vec<Delivery>, u32), Inconsistent> {
+        let mut out = Vec::new();
+        Self::schedule(&mut self.ack_due, now + limits.ack_delay);
+        let k = u64::from(h.chunks());
+        let (first, end) = (h.first, h.first + k);
+        if first < self.next {
+            return Ok((out, 0)); // delivered or given up: the ack tells the sender
+        }
+        let window_end = self.next.saturating_add(limits.max_pending_chunks as u64);
+        if end > window_end {
+            // Beyond what this receiver can buffer: it asks for the chunks once the window moves.
+            self.highest = self.highest.max(window_end);
+            self.schedule_nack(now, limits, jitter);
+            return Ok((out, 0));
+        }
+        // What is held of the message must be of the same shape.
+        let t = usize::from(h.symbol);
+        let last_len = h.len as usize - (k as usize - 1) * t;
+        let mut held_chunks = 0;
+        for (&seq, p) in self.pending.range(first..end) {
+            let i = seq - first;
+            let want = if i + 1 == k { last_len } else { t };
+            if u64::from(p.index) != i || u64::from(p.count) != k || p.bytes.len() != want {
+                return Err(Inconsistent);
+            }
+            held_chunks += 1;
+        }
+        if let Some(a) = self.asked.as_mut() {
+            if let Some((_, sent)) = a.probe.filter(|&(seq, _)| (first..end).contains(&seq)) {
+                a.probe = None;
+                self.on_rtt_sample(now.saturating_duration_since(sent));
+            }
+        }
+        self.highest = self.highest.max(end);
+        if held_chunks == k {
+            return Ok((out, 0)); // complete already
+        }
+        if let Some(r) = self.held().and_then(|held| held.get(&first)) {
+            if r.len != h.len || r.symbol != h.symbol {
+                return Err(Inconsistent);
+            }
+            // A duplicate, or more than the holes (and failed decodings) can use.
+            let useful = (k - held_chunks) as usize + r.failed as usize;
+            if r.symbols.iter().any(|(e, _)| *e == h.esi) || r.symbols.len() >= useful {
+                return Ok((out, 0));
+            }
+        }
+        if !self.make_room(t, first, limits) {
+            self.schedule_nack(now, limits, jitter);
+            return Ok((out, 0));
+        }
+        let expires = (h.ttl_ms > 0).then(|| now + Duration::from_millis(u64::from(h.ttl_ms)));
+        let next = self.next;
+        let a = self.asked.get_or_insert_with(|| Asked::new(next));
+        let r = a.held.entry(first).or_insert_with(|| HeldRepairs {
+            len: h.len,
+            symbol: h.symbol,
+            expires,
+            symbols: Vec::new(),
+            failed: 0,
+        });
+        r.symbols.push((h.esi, symbol.to_vec()));
+        self.pending_bytes += t;
+        let rebuilt = self.try_rebuild(first);
+        self.progress(now, limits, jitter, &mut out);
+        Ok((out, rebuilt))
+    }
+
+    /// Rebuilds the message of `seq` from its chunks and the repair symbols held for it, if
+    /// they are enough; returns the chunks rebuilt.
+    fn try_rebuild(&mut self, seq: u64) -> u32 {
+        let Some(held) = self.held() else { return 0 };
+        // The message holding `seq`: the last one with repair symbols that starts at or before it.
+        let Some((&first, r)) = held.range(..=seq).next_back() else { return 0 };
+        let k = u64::from(r.len.div_ceil(u32::from(r.symbol)));
+        if seq >= first + k {
+            return 0;
+        }
+        let chunks = self.pending.range(first..first + k).count() as u64;
+        if chunks + (r.symbols.len() as u64) < k + u64::from(r.failed) {
+            return 0; // not enough yet (a failed attempt needs one more symbol)
+        }
+        let rebuilt = crate::parity::decode(
+            r.len,
+            r.symbol,
+            self.pending.range(first..first + k).map(|(&s, p)| ((s - first) as u32, &p.bytes[..])),
+            r.symbols.iter().map(|(e, b)| (*e, &b[..])),
+        );
+        let Some(bytes) = rebuilt else {
+            if let Some(r) = self.asked.as_mut().and_then(|a| a.held.get_mut(&first)) {
+                r.failed += 1;
+            }
+            return 0;
+        };
+        let (expires, t) = (r.expires, usize::from(r.symbol));
+        self.release_held(|f| f == first);
+        let mut count = 0;
+        for (i, c) in bytes.chunks(t).enumerate() {
+            let seq = first + i as u64;
+            if let alloc::collections::btree_map::Entry::Vacant(e) = self.pending.entry(seq) {
+                self.pending_bytes += c.len();
+                e.insert(Pending { index: i as u32, count: k as u32, expires, bytes: c.to_vec() });
+                count += 1;
+            }
+        }
+        count
     }
 
     /// Arms a NACK for holes no NACK asked for yet, unless one is armed: after a reordering
@@ -979,17 +1298,7 @@ impl InStream {
     fn schedule_nack(&mut self, now: Instant, limits: &StreamLimits, jitter: u64) {
         let delay = self.reorder_delay(limits) + self.suppression_delay(limits, jitter);
         let (next, highest) = (self.next, self.highest);
-        let a = self.asked.get_or_insert_with(|| {
-            Box::new(Asked {
-                upto: next,
-                limit: next,
-                fresh_due: None,
-                repeat_at: None,
-                round: 0,
-                queued: Vec::new(),
-                probe: None,
-            })
-        });
+        let a = self.asked.get_or_insert_with(|| Asked::new(next));
         a.upto = a.upto.max(next);
         if a.fresh_due.is_none() && highest > a.upto.max(a.limit) {
             a.limit = highest;
@@ -1049,6 +1358,7 @@ impl InStream {
                 bytes.extend_from_slice(&p.bytes);
             }
             self.next = seq + count;
+            self.release_held(|first| first < seq + count);
             out.push(if expired {
                 Delivery::Expired { from: seq, to: seq + count }
             } else {
@@ -1074,7 +1384,7 @@ impl InStream {
                 }
             }
         } else {
-            self.asked = None;
+            self.clear_asked();
             // Up to date: say so promptly so the sender can release and stop heartbeating.
             Self::schedule(&mut self.ack_due, now);
         }
@@ -1185,7 +1495,42 @@ impl InStream {
             a.limit = highest;
             a.fresh_due = Some(now + reorder);
         }
+        let missing = self.discount_held(missing);
         (!missing.is_empty()).then_some(missing)
+    }
+
+    /// A NACK names, of each message this receiver holds repair symbols for, its holes minus
+    /// those symbols (the highest holes are left out): the sender then sends what the neediest
+    /// receiver still lacks (PROTOCOL.md §6.8).
+    fn discount_held(&self, mut missing: Vec<SeqRange>) -> Vec<SeqRange> {
+        let Some(held) = self.held() else { return missing };
+        for (&first, r) in held.iter() {
+            let end = first + u64::from(r.len.div_ceil(u32::from(r.symbol)));
+            let credit = r.symbols.len().saturating_sub(r.failed as usize) as u64;
+            let inside: u64 =
+                missing.iter().map(|&(s, l)| (s + u64::from(l)).min(end).saturating_sub(s.max(first))).sum();
+            let mut keep = inside.saturating_sub(credit);
+            let mut out = Vec::with_capacity(missing.len() + 2);
+            for (s, l) in missing {
+                let e = s + u64::from(l);
+                if s < first {
+                    out.push((s, (e.min(first) - s) as u32));
+                }
+                let (lo, hi) = (s.max(first), e.min(end));
+                if lo < hi && keep > 0 {
+                    let take = (hi - lo).min(keep);
+                    out.push((lo, take as u32));
+                    keep -= take;
+                }
+                if e > end {
+                    let lo = s.max(end);
+                    out.push((lo, (e - lo) as u32));
+                }
+            }
+            out.truncate(NACK_RANGES);
+            missing = out;
+        }
+        missing
     }
 
     fn ack(&self, missing: Vec<SeqRange>) -> Ack {
@@ -1199,7 +1544,7 @@ impl InStream {
         }
         if self.asked.as_ref().and_then(|a| a.due()).is_some_and(|t| t <= now) {
             if !self.has_holes() {
-                self.asked = None;
+                self.clear_asked();
             } else if let Some(missing) = self.nack_now(now, limits) {
                 self.ack_due = None;
                 self.acked = self.next;
@@ -1223,7 +1568,7 @@ impl InStream {
     /// A plain acknowledgement of everything received so far, sent at once (before leaving).
     pub fn final_ack(&mut self) -> Ack {
         self.ack_due = None;
-        self.asked = None;
+        self.clear_asked();
         self.ack(Vec::new())
     }
 
@@ -1250,15 +1595,16 @@ mod tests {
 
     #[test]
     fn chunks_reassemble_in_order_despite_reordering_and_loss() {
+        // A unicast stream: its repairs are the chunks themselves (multicast uses parity).
         let limits = StreamLimits::default();
-        let mut tx = OutStream::new(0, 1);
+        let mut tx = OutStream::new(1, 1);
         let mut ev = Vec::new();
         let t0 = Instant::ZERO;
         let msg: Vec<u8> = (0..2500u32).map(|i| i as u8).collect();
         let recs = tx.send(t0, 7, &msg, 1000, None, vec![A], &limits, &mut ev).unwrap();
         assert_eq!(recs.len(), 3);
         let small = tx.send(t0, 8, b"", 1000, None, vec![A], &limits, &mut ev).unwrap();
-        let mut rx = InStream::new(NodeId::from_u64(1), 0, 1, 0);
+        let mut rx = InStream::new(NodeId::from_u64(1), 1, 1, 0);
         // deliver 2, 0 (1 lost), then the empty message
         let (h, c) = data(&recs[2]);
         assert!(rx.on_data(t0, &h, &c, &limits, 0).is_empty());
@@ -1462,5 +1808,167 @@ mod tests {
         rx.on_foreign_nack(Instant::ZERO, &other, &limits);
         assert_eq!(rx.poll(Instant::ZERO + limits.nack_delay, &limits), None, "held back");
         assert!(matches!(rx.poll(Instant::ZERO + limits.repair_wait, &limits), Some(Feedback::Nack(_))));
+    }
+
+    fn repair(rec: &[u8]) -> (RepairHeader, Vec<u8>) {
+        match RecordIter::new(rec).next() {
+            Some(Ok(Record::Repair { header, symbol })) => (header, symbol.to_vec()),
+            other => panic!("not a repair: {other:?}"),
+        }
+    }
+
+    /// Feeds `recs` to `rx` except those `lose` picks; returns what was delivered.
+    fn feed(rx: &mut InStream, now: Instant, recs: &[Vec<u8>], lose: impl Fn(usize) -> bool) -> Vec<Delivery> {
+        let limits = StreamLimits::default();
+        let mut out = Vec::new();
+        for (i, r) in recs.iter().enumerate() {
+            if lose(i) {
+                continue;
+            }
+            match RecordIter::new(r).next() {
+                Some(Ok(Record::Data { header, chunk })) => out.extend(rx.on_data(now, &header, chunk, &limits, 0)),
+                Some(Ok(Record::Repair { header, symbol })) => {
+                    out.extend(rx.on_repair(now, &header, symbol, &limits, 0).expect("consistent").0)
+                }
+                Some(Ok(Record::Heartbeat(hb))) => out.extend(rx.on_heartbeat(now, &hb, &limits, 0)),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        out
+    }
+
+    fn nack_of(rx: &mut InStream, at: Instant) -> Ack {
+        match rx.poll(at, &StreamLimits::default()) {
+            Some(Feedback::Nack(a)) => a,
+            other => panic!("NACK expected, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parity_repairs_what_the_neediest_receiver_lacks_not_the_union() {
+        // Three receivers of one 10-chunk message lose different chunks (1, 2 and 3 of them):
+        // the sender answers their NACKs with 3 repair symbols, not the 6 chunks they lack.
+        let limits = StreamLimits::default();
+        let (b, c) = (NodeId::from_u64(0xb), NodeId::from_u64(0xc));
+        let mut tx = OutStream::new(0, 1);
+        let t0 = Instant::ZERO;
+        let msg: Vec<u8> = (0..9500u32).map(|i| (i * 7) as u8).collect();
+        let recs = tx.send(t0, 1, &msg, 1000, None, vec![A, b, c], &limits, &mut Vec::new()).unwrap();
+        let losses: [&[usize]; 3] = [&[4], &[0, 9], &[2, 5, 7]];
+        let mut rxs: Vec<InStream> = (0..3).map(|_| InStream::new(NodeId::from_u64(1), 0, 1, 0)).collect();
+        for (rx, lost) in rxs.iter_mut().zip(losses) {
+            assert!(feed(rx, t0, &recs, |i| lost.contains(&i)).is_empty());
+        }
+        // The last chunk lost at the second receiver shows only through the heartbeat.
+        let hb = Heartbeat { stream: 0, epoch: 1, low: 0, next: 10 };
+        rxs[1].on_heartbeat(t0, &hb, &limits, 0);
+        let at = t0 + Duration::from_millis(20);
+        for (rx, who) in rxs.iter_mut().zip([A, b, c]) {
+            let nack = nack_of(rx, at);
+            assert!(tx.on_ack(at, who, &nack, &mut None));
+        }
+        let out = tx.poll(at, Duration::from_millis(1), limits.heartbeat_max);
+        let repairs: Vec<_> = out.iter().filter(|r| r[0] == crate::wire::kind::REPAIR).collect();
+        assert_eq!(repairs.len(), 3, "the neediest lacks 3");
+        assert!(out.iter().all(|r| r[0] != crate::wire::kind::DATA), "no chunk resent");
+        let (h, _) = repair(repairs[0]);
+        assert_eq!((h.first, h.len, h.symbol, h.chunks()), (0, 9500, 1000, 10));
+        for rx in rxs.iter_mut() {
+            let got = feed(rx, at, &out, |_| false);
+            assert_eq!(got, vec![Delivery::Message { seq: 0, bytes: msg.clone() }]);
+            assert_eq!(rx.pending_bytes(), 0, "symbols and chunks freed on delivery");
+        }
+    }
+
+    #[test]
+    fn a_receiver_asks_only_for_what_its_held_symbols_do_not_cover() {
+        let limits = StreamLimits::default();
+        let mut tx = OutStream::new(0, 1);
+        let t0 = Instant::ZERO;
+        let msg = vec![3u8; 5500];
+        let recs = tx.send(t0, 1, &msg, 1000, None, vec![A], &limits, &mut Vec::new()).unwrap();
+        let mut rx = InStream::new(NodeId::from_u64(1), 0, 1, 0);
+        feed(&mut rx, t0, &recs, |i| [1, 2, 3].contains(&i));
+        let at = t0 + Duration::from_millis(20);
+        let nack = nack_of(&mut rx, at);
+        assert_eq!(nack.missing, vec![(1, 3)]);
+        assert!(tx.on_ack(at, A, &nack, &mut None));
+        let out = tx.poll(at, Duration::from_millis(1), limits.heartbeat_max);
+        assert_eq!(out.iter().filter(|r| r[0] == crate::wire::kind::REPAIR).count(), 3);
+        // One of the three symbols arrives: two holes are left to ask for.
+        let first = out.iter().position(|r| r[0] == crate::wire::kind::REPAIR).unwrap();
+        feed(&mut rx, at, &out[first..=first], |_| false);
+        let later = at + Duration::from_secs(1);
+        let nack = nack_of(&mut rx, later);
+        assert_eq!(nack.missing, vec![(1, 2)], "3 holes minus 1 symbol held");
+        // The next round sends fresh symbols (new ids), which complete the message with the one held.
+        assert!(tx.on_ack(later, A, &nack, &mut None));
+        let out2 = tx.poll(later, Duration::from_millis(1), limits.heartbeat_max);
+        let ids: Vec<u32> =
+            out2.iter().filter(|r| r[0] == crate::wire::kind::REPAIR).map(|r| repair(r).0.esi).collect();
+        assert_eq!(ids, vec![9, 10], "K = 6: ids 6, 7, 8 went in the first round");
+        let got = feed(&mut rx, later, &out2, |_| false);
+        assert_eq!(got, vec![Delivery::Message { seq: 0, bytes: msg }]);
+    }
+
+    #[test]
+    fn nacks_within_a_round_trip_of_a_round_add_only_what_it_lacked() {
+        let limits = StreamLimits::default();
+        let b = NodeId::from_u64(0xb);
+        let mut tx = OutStream::new(0, 1);
+        let t0 = Instant::ZERO;
+        tx.send(t0, 1, &[1u8; 8000], 1000, None, vec![A, b], &limits, &mut Vec::new()).unwrap();
+        let nack = |ranges: Vec<SeqRange>| Ack { target: 1, stream: 0, epoch: 1, next: 0, missing: ranges };
+        let holdoff = Duration::from_millis(1);
+        assert!(tx.on_ack(t0, A, &nack(vec![(0, 2)]), &mut None));
+        let out = tx.poll(t0, holdoff, limits.heartbeat_max);
+        assert_eq!(out.iter().filter(|r| r[0] == crate::wire::kind::REPAIR).count(), 2);
+        // B's NACK of 3 holes, sent before it saw that round: one more symbol.
+        let t1 = t0 + Duration::from_millis(2);
+        assert!(tx.on_ack(t1, b, &nack(vec![(3, 3)]), &mut None));
+        let out = tx.poll(t1, holdoff, limits.heartbeat_max);
+        assert_eq!(out.iter().filter(|r| r[0] == crate::wire::kind::REPAIR).count(), 1);
+        // After the round trip a NACK is a new round.
+        let t2 = t0 + Duration::from_millis(10);
+        assert!(tx.on_ack(t2, b, &nack(vec![(3, 2)]), &mut None));
+        let out = tx.poll(t2, holdoff, limits.heartbeat_max);
+        assert_eq!(out.iter().filter(|r| r[0] == crate::wire::kind::REPAIR).count(), 2);
+    }
+
+    #[test]
+    fn after_its_parity_rounds_a_message_is_repaired_with_its_chunks() {
+        // A receiver that cannot use parity (an older version skips the record) still gets the
+        // message: after MAX_PARITY_ROUNDS rounds the sender resends the chunks asked for.
+        let limits = StreamLimits::default();
+        let mut tx = OutStream::new(0, 1);
+        let t0 = Instant::ZERO;
+        tx.send(t0, 1, &[1u8; 3000], 1000, None, vec![A], &limits, &mut Vec::new()).unwrap();
+        let nack = Ack { target: 1, stream: 0, epoch: 1, next: 0, missing: vec![(1, 1)] };
+        for round in 0..=MAX_PARITY_ROUNDS {
+            let at = t0 + Duration::from_millis(100) * u32::from(round);
+            assert!(tx.on_ack(at, A, &nack, &mut None));
+            let out = tx.poll(at, Duration::from_millis(1), limits.heartbeat_max);
+            let first = out[0][0];
+            let expect = if round < MAX_PARITY_ROUNDS { crate::wire::kind::REPAIR } else { crate::wire::kind::DATA };
+            assert_eq!(first, expect, "round {round}");
+        }
+    }
+
+    #[test]
+    fn a_repair_that_contradicts_the_chunks_held_is_refused_and_harms_nothing() {
+        let limits = StreamLimits::default();
+        let mut tx = OutStream::new(0, 1);
+        let t0 = Instant::ZERO;
+        let msg = vec![5u8; 2500];
+        let recs = tx.send(t0, 1, &msg, 1000, None, vec![A], &limits, &mut Vec::new()).unwrap();
+        let mut rx = InStream::new(NodeId::from_u64(1), 0, 1, 0);
+        feed(&mut rx, t0, &recs, |i| i == 1);
+        let bogus = RepairHeader { stream: 0, epoch: 1, first: 0, len: 2400, symbol: 800, esi: 3, ttl_ms: 0 };
+        assert_eq!(rx.on_repair(t0, &bogus, &[0u8; 800], &limits, 0), Err(Inconsistent));
+        assert_eq!(rx.missing(), vec![(1, 1)]);
+        // A repair of a message already delivered, or beyond the window, changes nothing.
+        let late = RepairHeader { first: u64::MAX - 5, len: 2000, symbol: 1000, esi: 2, ..bogus };
+        assert_eq!(rx.on_repair(t0, &late, &[0u8; 1000], &limits, 0).map(|r| r.0), Ok(vec![]));
+        assert_eq!(rx.pending_bytes(), 1500);
     }
 }

@@ -167,6 +167,33 @@ fn stream_and_rpc_records_match_spec() {
     assert_eq!(Inner::parse(&v["response_inner"]), Ok(response));
 }
 
+/// A parity repair symbol (PROTOCOL.md §6.8) is RFC 6330's: the vector's symbol is the first
+/// repair symbol of the ten-byte message `repair_message` in four-byte chunks, and with any two
+/// of the three chunks it rebuilds the third.
+#[test]
+fn repair_record_matches_spec_and_rebuilds_any_lost_chunk() {
+    use starling::wire::{stream, Record, RecordIter, RepairHeader};
+    let v = vectors();
+    let msg = &v["repair_message"];
+    let chunks: Vec<&[u8]> = msg.chunks(4).collect();
+    let symbols = starling::parity::encode(chunks.iter().copied(), msg.len() as u32, 4, 0, 1);
+    let (esi, symbol) = &symbols[0];
+    let header =
+        RepairHeader { stream: stream::MULTICAST, epoch: 1, first: 5, len: 10, symbol: 4, esi: *esi, ttl_ms: 0 };
+    let mut out = Vec::new();
+    Record::Repair { header, symbol }.emit(&mut out);
+    check(&v, "repair_record", &out);
+    let Some(Ok(Record::Repair { header: parsed, symbol: bytes })) = RecordIter::new(&v["repair_record"]).next() else {
+        panic!("repair_record parses")
+    };
+    assert_eq!((parsed, bytes), (header, &symbol[..]));
+    for lost in 0..3 {
+        let held = chunks.iter().enumerate().filter(|(i, _)| *i != lost).map(|(i, c)| (i as u32, *c));
+        let rebuilt = starling::parity::decode(10, 4, held, [(*esi, bytes)].into_iter());
+        assert_eq!(rebuilt.as_deref(), Some(&msg[..]), "chunk {lost} lost");
+    }
+}
+
 #[test]
 fn node_accepts_vector_frames() {
     let v = vectors();

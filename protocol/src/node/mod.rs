@@ -212,8 +212,12 @@ pub struct Stats {
     pub events_dropped: u64,
     /// Times sending waited for a packet-number lease to be stored.
     pub lease_stalls: u64,
-    /// Reliable chunks sent again on request or after silence.
+    /// Reliable chunks sent again on request or after silence, and parity repair symbols sent.
     pub retransmissions: u64,
+    /// Of those, parity repair symbols (PROTOCOL.md §6.8).
+    pub repair_symbols: u64,
+    /// Reliable chunks rebuilt from parity repair symbols instead of being resent.
+    pub rebuilt_chunks: u64,
     /// Reliable messages that arrived after their time to live.
     pub expired: u64,
     /// Stream records refused: acks for sequence numbers never sent, streams of an old epoch,
@@ -256,7 +260,7 @@ pub struct Stats {
 
 impl Stats {
     /// Every counter with its name, for printing.
-    pub fn fields(&self) -> [(&'static str, u64); 41] {
+    pub fn fields(&self) -> [(&'static str, u64); 43] {
         [
             ("rx_datagrams", self.rx_datagrams),
             ("rx_accepted", self.rx_accepted),
@@ -281,6 +285,8 @@ impl Stats {
             ("events_dropped", self.events_dropped),
             ("lease_stalls", self.lease_stalls),
             ("retransmissions", self.retransmissions),
+            ("repair_symbols", self.repair_symbols),
+            ("rebuilt_chunks", self.rebuilt_chunks),
             ("expired", self.expired),
             ("drop_stream", self.drop_stream),
             ("gaps", self.gaps),
@@ -1229,6 +1235,7 @@ impl Node {
             // member holds: they ask for repairs but acknowledge nothing (PROTOCOL.md §6.3).
             Record::Ack(ack) => self.handle_ack(now, sender, &ack, header.suite != wire::SUITE_MULTICAST),
             Record::Heartbeat(hb) => self.handle_heartbeat(now, sender, &hb),
+            Record::Repair { header: h, symbol } => self.handle_repair(now, sender, &h, symbol),
             Record::Fragment { header: h, chunk } => self.handle_fragment(now, sender, &h, chunk),
             Record::Subscriptions(filters) => self.handle_subscriptions(now, sender, &filters),
             Record::Challenge(nonce) => self.echo(now, sender, nonce),

@@ -10,10 +10,12 @@ use rand_core::RngCore;
 
 use super::{Event, Lifecycle, Node, PeerStatus, PublishError, To};
 use crate::reassembly::FragmentOutcome;
-use crate::stream::{Completion, Delivery, Failure, Feedback, InStream};
+use crate::stream::{Completion, Delivery, Failure, Feedback, InStream, StreamLimits};
 use crate::time::Instant;
 use crate::topic::{Topic, TopicFilter};
-use crate::wire::{kind, stream, Ack, DataHeader, FragmentHeader, Heartbeat, Inner, NodeId, Record, FRAME_OVERHEAD};
+use crate::wire::{
+    kind, stream, Ack, DataHeader, FragmentHeader, Heartbeat, Inner, NodeId, Record, RepairHeader, FRAME_OVERHEAD,
+};
 
 /// Identifies one reliable publication, to match its [`Event::PublishDone`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -240,14 +242,40 @@ impl Node {
         slot.as_mut()
     }
 
-    pub(super) fn handle_data(&mut self, now: Instant, sender: NodeId, h: &DataHeader, chunk: &[u8]) {
+    /// The stream limits for receiving from `sender`: its own bound, within what the node's
+    /// other streams leave of the total (PROTOCOL.md §6.1), so many senders cannot add up past
+    /// the node's memory.
+    fn receive_limits(&self, sender: NodeId) -> StreamLimits {
         let mut limits = self.config.streams;
-        // What this stream may buffer: its own bound, within what the node's other streams leave
-        // of the total (PROTOCOL.md §6.1), so many senders cannot add up past the node's memory.
         let total: usize = self.peers.values().map(|p| pending_of(p)).sum();
         let own = self.peers.get(&sender).map_or(0, |p| pending_of(p));
         let left = self.config.max_pending_total.saturating_sub(total - own);
         limits.max_pending_bytes = limits.max_pending_bytes.min(left);
+        limits
+    }
+
+    pub(super) fn handle_repair(&mut self, now: Instant, sender: NodeId, h: &RepairHeader, symbol: &[u8]) {
+        let limits = self.receive_limits(sender);
+        let jitter = self.rng.next_u64();
+        // A repair never starts a stream (it carries no `low`, and a receiver starts at the
+        // sender's oldest retained message): the Data or Heartbeat that does comes soon.
+        let Some(p) = self.peers.get_mut(&sender) else { return };
+        if h.epoch < p.epoch {
+            self.stats.drop_stream += 1;
+            return;
+        }
+        let Some(s) = p.in_mcast.as_mut().filter(|s| s.epoch() == h.epoch) else { return };
+        match s.on_repair(now, h, symbol, &limits, jitter) {
+            Ok((deliveries, rebuilt)) => {
+                self.stats.rebuilt_chunks += u64::from(rebuilt);
+                self.handle_deliveries(now, sender, h.stream, deliveries);
+            }
+            Err(_) => self.stats.drop_stream += 1,
+        }
+    }
+
+    pub(super) fn handle_data(&mut self, now: Instant, sender: NodeId, h: &DataHeader, chunk: &[u8]) {
+        let limits = self.receive_limits(sender);
         let jitter = self.rng.next_u64();
         // A new receiver starts at the oldest message the sender still retains: if the sender
         // waits for it, nothing it was meant to get can be skipped silently.
@@ -419,6 +447,9 @@ impl Node {
         for r in records {
             if r.first() == Some(&kind::DATA) {
                 self.stats.retransmissions += 1;
+            } else if r.first() == Some(&kind::REPAIR) {
+                self.stats.retransmissions += 1;
+                self.stats.repair_symbols += 1;
             }
             self.enqueue_bytes(To::Group, r);
         }

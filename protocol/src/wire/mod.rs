@@ -196,6 +196,8 @@ pub mod kind {
     pub const KEY_REQUEST: u8 = 0x0c;
     /// The sender just started and asks every node to beacon soon (PROTOCOL.md §4).
     pub const SOLICIT: u8 = 0x0d;
+    /// A parity (erasure-coded) repair symbol of a multicast stream's message (PROTOCOL.md §6.8).
+    pub const REPAIR: u8 = 0x0e;
 }
 
 /// Reliable stream identifiers (PROTOCOL.md §6.1).
@@ -257,6 +259,40 @@ pub struct Heartbeat {
     pub low: u64,
     /// Next sequence number the sender will assign.
     pub next: u64,
+}
+
+/// Header of a Repair record; the repair symbol follows it (PROTOCOL.md §6.8). The message it
+/// repairs is the one whose chunks are `first..first + K`, `K = ceil(len / symbol)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairHeader {
+    /// Which of the sender's streams: only the multicast stream ([`stream::MULTICAST`]).
+    pub stream: u8,
+    /// The sender's boot epoch.
+    pub epoch: u32,
+    /// Sequence number of the message's first chunk.
+    pub first: u64,
+    /// The message's length in bytes (its chunks' bytes together).
+    pub len: u32,
+    /// Symbol size: the length of every chunk of the message but the last, and of the symbol.
+    pub symbol: u16,
+    /// RaptorQ encoding symbol id (RFC 6330), at least K: which repair symbol this is.
+    pub esi: u32,
+    /// Remaining lifetime of the message in milliseconds when sent, 0 for none.
+    pub ttl_ms: u32,
+}
+
+/// Largest RaptorQ encoding symbol id a Repair record may carry (RFC 6330 uses 24 bits).
+pub const MAX_REPAIR_ESI: u32 = (1 << 24) - 1;
+
+/// Most chunks a message repaired by parity may have: far above any receive window, and well
+/// within RaptorQ's 56 403 source symbols per block.
+pub const MAX_REPAIR_CHUNKS: u32 = 8192;
+
+impl RepairHeader {
+    /// Number of chunks (source symbols) of the message.
+    pub fn chunks(&self) -> u32 {
+        self.len.div_ceil(u32::from(self.symbol.max(1)))
+    }
 }
 
 /// Header of a best-effort Fragment record; the chunk follows (PROTOCOL.md §6.5).
@@ -342,6 +378,13 @@ pub enum Record<'a> {
     },
     /// Identity mode, unicast only: please send your current multicast key.
     KeyRequest,
+    /// A parity repair symbol for a message of a multicast stream (PROTOCOL.md §6.8).
+    Repair {
+        /// The message and which symbol.
+        header: RepairHeader,
+        /// The symbol's bytes, exactly `header.symbol` of them.
+        symbol: &'a [u8],
+    },
     /// The sender just started: nodes answer with an early beacon (PROTOCOL.md §4).
     Solicit,
     /// A record type this version does not know; skipped.
@@ -377,6 +420,7 @@ impl Record<'_> {
             Record::Publish { .. } | Record::Fragment { .. } => matches!(class, Group | GroupData),
             Record::Data { header, .. } if multicast_stream(header.stream) => matches!(class, Group | GroupData),
             Record::Heartbeat(h) if multicast_stream(h.stream) => matches!(class, Group | GroupData),
+            Record::Repair { .. } => matches!(class, Group | GroupData),
             // A unicast stream (calls and responses) and its acks: pairwise keys only.
             Record::Data { .. } | Record::Heartbeat(_) => class == Pairwise,
             Record::Ack(a) if multicast_stream(a.stream) => matches!(class, Group | Pairwise | GroupDiscovery),
@@ -433,6 +477,7 @@ impl<'a> Record<'a> {
             Record::Ack(a) => size(a),
             Record::Heartbeat(h) => size(h),
             Record::Fragment { header, chunk } => size(header) + chunk.len(),
+            Record::Repair { header, symbol } => size(header) + symbol.len(),
             Record::Subscriptions(f) => size(f),
             Record::Challenge(n) => size(n),
             Record::Echo { nonce, floor } => size(&(nonce, floor)),
@@ -463,6 +508,7 @@ impl<'a> Record<'a> {
             Record::GroupKey { .. } => kind::GROUP_KEY,
             Record::KeyRequest => kind::KEY_REQUEST,
             Record::Solicit => kind::SOLICIT,
+            Record::Repair { .. } => kind::REPAIR,
             Record::Unknown { kind } => *kind,
         }
     }
@@ -489,6 +535,10 @@ impl<'a> Record<'a> {
             Record::Fragment { header, chunk } => {
                 put(out, header);
                 out.extend_from_slice(chunk);
+            }
+            Record::Repair { header, symbol } => {
+                put(out, header);
+                out.extend_from_slice(symbol);
             }
             Record::Subscriptions(f) => put(out, f),
             Record::Challenge(n) => put(out, n),
@@ -552,6 +602,23 @@ impl<'a> Record<'a> {
             }
             kind::KEY_REQUEST => Ok(Record::KeyRequest),
             kind::SOLICIT => Ok(Record::Solicit),
+            kind::REPAIR => {
+                let (header, symbol): (RepairHeader, _) = take(body)?;
+                let k = header.chunks();
+                // Only multicast streams are repaired by parity; a message of one chunk is
+                // repaired by resending it; the symbol is exactly one symbol long.
+                if header.stream != stream::MULTICAST
+                    || header.symbol == 0
+                    || symbol.len() != usize::from(header.symbol)
+                    || !(2..=MAX_REPAIR_CHUNKS).contains(&k)
+                    || header.esi < k
+                    || header.esi > MAX_REPAIR_ESI
+                    || header.first.checked_add(u64::from(k)).is_none()
+                {
+                    return Err(WireError::Malformed);
+                }
+                Ok(Record::Repair { header, symbol })
+            }
             kind => Ok(Record::Unknown { kind }),
         }
     }
