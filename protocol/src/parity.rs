@@ -8,11 +8,22 @@
 //! repair symbol fills a different hole at every receiver, and a sender that lost different
 //! chunks at each of ten receivers sends what the worst of them lost rather than their union.
 
+//!
+//! Without the `parity` feature (boards, to save about 190 KiB of flash) the codec is absent:
+//! [`ENABLED`] is false, [`encode`] makes nothing and [`decode`] rebuilds nothing, and the node
+//! neither sends Repair records nor announces that it can use them.
+
+#[cfg(feature = "parity")]
 use alloc::vec;
 use alloc::vec::Vec;
 
+#[cfg(feature = "parity")]
 use raptorq::{EncodingPacket, ObjectTransmissionInformation, PayloadId, SourceBlockDecoder, SourceBlockEncoder};
 
+/// Whether this build has the codec (the `parity` feature).
+pub const ENABLED: bool = cfg!(feature = "parity");
+
+#[cfg(feature = "parity")]
 fn oti(len: u32, symbol: u16) -> ObjectTransmissionInformation {
     // One source block, one sub-block, alignment 1: symbols are the chunks as they are.
     ObjectTransmissionInformation::new(u64::from(len), symbol, 1, 1, 1)
@@ -21,6 +32,7 @@ fn oti(len: u32, symbol: u16) -> ObjectTransmissionInformation {
 /// Repair symbols `count` of them, starting with repair symbol number `start` (0 is the first
 /// repair symbol), for the message whose chunks are `chunks` (all `symbol` bytes long but the
 /// last, which is 1..=symbol). Returns each symbol's encoding symbol id and bytes.
+#[cfg(feature = "parity")]
 pub fn encode<'a>(
     chunks: impl Iterator<Item = &'a [u8]>,
     len: u32,
@@ -51,6 +63,7 @@ pub fn encode<'a>(
 /// holds (`(index, bytes)`; the last one may be short) and repair symbols (`(esi, bytes)`, each
 /// `symbol` bytes). `None` when they are not enough (ask for more). The caller checked the
 /// shapes: indices below K, chunk lengths as the message's, repair ids at least K.
+#[cfg(feature = "parity")]
 pub fn decode<'a>(
     len: u32,
     symbol: u16,
@@ -75,7 +88,30 @@ pub fn decode<'a>(
     Some(out)
 }
 
-#[cfg(test)]
+/// Without the codec: no repair symbols.
+#[cfg(not(feature = "parity"))]
+pub fn encode<'a>(
+    _chunks: impl Iterator<Item = &'a [u8]>,
+    _len: u32,
+    _symbol: u16,
+    _start: u32,
+    _count: u32,
+) -> Vec<(u32, Vec<u8>)> {
+    Vec::new()
+}
+
+/// Without the codec: nothing is rebuilt.
+#[cfg(not(feature = "parity"))]
+pub fn decode<'a>(
+    _len: u32,
+    _symbol: u16,
+    _chunks: impl Iterator<Item = (u32, &'a [u8])>,
+    _repairs: impl Iterator<Item = (u32, &'a [u8])>,
+) -> Option<Vec<u8>> {
+    None
+}
+
+#[cfg(all(test, feature = "parity"))]
 mod tests {
     use super::*;
 

@@ -11,7 +11,9 @@ use alloc::vec::Vec;
 use core::time::Duration;
 
 use crate::time::Instant;
-use crate::wire::{Ack, DataHeader, Heartbeat, NodeId, Record, RepairHeader, SeqRange, MAX_ACK_RANGES};
+#[cfg(feature = "parity")]
+use crate::wire::RepairHeader;
+use crate::wire::{Ack, DataHeader, Heartbeat, NodeId, Record, SeqRange, MAX_ACK_RANGES};
 
 /// Tunables and bounds of reliable streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,16 +140,21 @@ struct Tag {
 }
 
 /// A multicast stream's parity repair state.
+#[cfg(feature = "parity")]
 #[derive(Default)]
 struct ParityState {
     /// Per message (its first sequence number): the most holes any one NACK since the last
     /// `poll` asked for in it. Receivers count their holes minus the repair symbols they hold,
     /// so this is what the neediest of them still lacks.
     need: BTreeMap<u64, u32>,
+    /// The sequence numbers those NACKs named: resent as chunks once a message's parity rounds
+    /// are used up.
+    asked: BTreeSet<u64>,
     /// Per message: its repair rounds so far.
     rounds: BTreeMap<u64, ParityRound>,
 }
 
+#[cfg(feature = "parity")]
 struct ParityRound {
     /// Repair symbols sent for the message so far: the next one's number.
     sent: u32,
@@ -168,6 +175,7 @@ struct Verdicts {
     /// How long after its creation a message's verdict may wait for them.
     hold: Duration,
     /// Parity repair (PROTOCOL.md §6.8).
+    #[cfg(feature = "parity")]
     parity: ParityState,
 }
 
@@ -446,6 +454,7 @@ impl OutStream {
     fn pop_message(&mut self, failure: Option<Failure>) -> Option<Option<Completion>> {
         let m = self.messages.pop_front()?;
         self.expiring -= usize::from(m.expires.is_some());
+        #[cfg(feature = "parity")]
         if let Some(v) = self.verdicts.as_mut() {
             v.parity.rounds.remove(&m.first);
             v.parity.need.remove(&m.first);
@@ -472,8 +481,17 @@ impl OutStream {
 
     /// Handles an acknowledgement from `from`. Returns false when it refers to sequence
     /// numbers never sent (the caller counts it as malformed). `rtt_sample` receives a round-trip
-    /// sample when the ack newly covers a chunk sent only once (Karn's rule).
-    pub fn on_ack(&mut self, now: Instant, from: NodeId, ack: &Ack, rtt_sample: &mut Option<Duration>) -> bool {
+    /// sample when the ack newly covers a chunk sent only once (Karn's rule). `parity` says the
+    /// receiver uses Repair records: its holes in messages of several chunks of a multicast
+    /// stream are then repaired with parity, otherwise with the chunks.
+    pub fn on_ack(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        ack: &Ack,
+        parity: bool,
+        rtt_sample: &mut Option<Duration>,
+    ) -> bool {
         if ack.next > self.next_seq || ack.missing.iter().any(|&(s, l)| s.saturating_add(u64::from(l)) > self.next_seq)
         {
             return false;
@@ -510,28 +528,38 @@ impl OutStream {
         let mut asked = 0;
         // Multicast: holes per message of several chunks, for parity repair (`poll`).
         let mut per_message: Vec<(u64, u32)> = Vec::new();
+        let mut parity_seqs: Vec<u64> = Vec::new();
         'ranges: for &(start, len) in &ack.missing {
             for seq in start.max(self.low())..start.saturating_add(u64::from(len)).min(self.next_seq) {
                 if asked == MAX_REPAIRS_PER_ACK || self.repairs.len() > 4096 {
                     break 'ranges;
                 }
                 asked += 1;
-                self.repairs.insert(seq);
-                if self.kind == crate::wire::stream::MULTICAST {
-                    if let Some(m) = self.message_of(seq).filter(|m| m.end - m.first >= 2) {
+                let parity = parity && crate::parity::ENABLED && self.kind == crate::wire::stream::MULTICAST;
+                match self.message_of(seq).filter(|m| parity && m.end - m.first >= 2) {
+                    Some(m) => {
                         match per_message.last_mut() {
                             Some((first, n)) if *first == m.first => *n += 1,
                             _ => per_message.push((m.first, 1)),
                         }
+                        parity_seqs.push(seq);
+                    }
+                    None => {
+                        self.repairs.insert(seq);
                     }
                 }
             }
         }
+        #[cfg(feature = "parity")]
         if !per_message.is_empty() {
             let p = &mut self.verdicts.get_or_insert_with(Default::default).parity;
             for (first, n) in per_message {
                 let need = p.need.entry(first).or_insert(0);
                 *need = (*need).max(n);
+            }
+            // Kept for the rounds after parity (`poll`), which resend the chunks themselves.
+            if p.asked.len() <= 4096 {
+                p.asked.extend(parity_seqs);
             }
         }
         true
@@ -691,6 +719,7 @@ impl OutStream {
     /// quarter of the slowest round trip) may have been sent before its symbols arrived: they
     /// add only what they ask beyond what the round sent, so several receivers cost what the
     /// neediest lacks, not the sum.
+    #[cfg(feature = "parity")]
     fn parity_repair(&mut self, now: Instant, first: u64, need: u32, holdoff: Duration) -> Option<(u64, Vec<Vec<u8>>)> {
         let m = self.message_of(first).filter(|m| m.first == first)?;
         let (end, expires) = (m.end, m.expires);
@@ -753,13 +782,21 @@ impl OutStream {
     /// when due. `heartbeat_cap` bounds the heartbeat interval (unicast streams pass the RTO).
     pub fn poll(&mut self, now: Instant, holdoff: Duration, heartbeat_cap: Duration) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
+        #[cfg_attr(not(feature = "parity"), allow(unused_mut))]
         let mut repairs = core::mem::take(&mut self.repairs);
-        let need = self.verdicts.as_mut().map(|v| core::mem::take(&mut v.parity.need)).unwrap_or_default();
-        for (first, n) in need {
-            if let Some((end, records)) = self.parity_repair(now, first, n, holdoff) {
-                // Parity answers every hole of the message: its chunks are not resent.
-                repairs.retain(|s| !(first..end).contains(s));
-                out.extend(records);
+        #[cfg(feature = "parity")]
+        if let Some(v) = self.verdicts.as_mut() {
+            let (need, mut asked) = (core::mem::take(&mut v.parity.need), core::mem::take(&mut v.parity.asked));
+            for (first, n) in need {
+                match self.parity_repair(now, first, n, holdoff) {
+                    Some((_, records)) => out.extend(records),
+                    // Its parity rounds are used up: resend the chunks asked for.
+                    None => {
+                        let end = self.message_of(first).map_or(first, |m| m.end);
+                        repairs.extend(asked.range(first..end));
+                    }
+                }
+                asked.retain(|&s| s < first);
             }
         }
         for seq in repairs {
@@ -879,6 +916,7 @@ pub struct InStream {
 }
 
 /// Parity repair symbols a receiver holds for one incomplete message (PROTOCOL.md §6.8).
+#[cfg(feature = "parity")]
 struct HeldRepairs {
     len: u32,
     symbol: u16,
@@ -916,6 +954,7 @@ struct Asked {
     probe: Option<(u64, Instant)>,
     /// Repair symbols held for incomplete messages, by their first sequence number (only a
     /// stream with holes holds any).
+    #[cfg(feature = "parity")]
     held: BTreeMap<u64, HeldRepairs>,
 }
 
@@ -929,6 +968,7 @@ impl Asked {
             round: 0,
             queued: Vec::new(),
             probe: None,
+            #[cfg(feature = "parity")]
             held: BTreeMap::new(),
         })
     }
@@ -1047,6 +1087,7 @@ impl InStream {
     }
 
     /// Frees the repair symbols held for messages `which` selects.
+    #[cfg(feature = "parity")]
     fn release_held(&mut self, which: impl Fn(u64) -> bool) {
         let Some(a) = self.asked.as_mut() else { return };
         let mut freed = 0;
@@ -1060,12 +1101,17 @@ impl InStream {
         self.pending_bytes -= freed;
     }
 
+    /// Without the codec nothing is held.
+    #[cfg(not(feature = "parity"))]
+    fn release_held(&mut self, _which: impl Fn(u64) -> bool) {}
+
     /// Forgets the NACK state (no holes left, or leaving), and the repair symbols it held.
     fn clear_asked(&mut self) {
         self.release_held(|_| true);
         self.asked = None;
     }
 
+    #[cfg(feature = "parity")]
     fn held(&self) -> Option<&BTreeMap<u64, HeldRepairs>> {
         self.asked.as_ref().map(|a| &a.held).filter(|h| !h.is_empty())
     }
@@ -1138,6 +1184,7 @@ impl InStream {
         self.pending_bytes += chunk.len();
         self.pending.insert(h.seq, Pending { index: h.index, count: h.count, expires, bytes: chunk.to_vec() });
         self.highest = self.highest.max(h.seq + 1);
+        #[cfg(feature = "parity")]
         self.try_rebuild(h.seq);
         self.progress(now, limits, jitter, &mut out);
         out
@@ -1175,6 +1222,7 @@ impl InStream {
     /// Handles one parity repair symbol (PROTOCOL.md §6.8). Returns what became deliverable
     /// and how many chunks were rebuilt; `Err` when it contradicts the chunks held for its
     /// message.
+    #[cfg(feature = "parity")]
     pub fn on_repair(
         &mut self,
         now: Instant,
@@ -1252,6 +1300,7 @@ impl InStream {
 
     /// Rebuilds the message of `seq` from its chunks and the repair symbols held for it, if
     /// they are enough; returns the chunks rebuilt.
+    #[cfg(feature = "parity")]
     fn try_rebuild(&mut self, seq: u64) -> u32 {
         let Some(held) = self.held() else { return 0 };
         // The message holding `seq`: the last one with repair symbols that starts at or before it.
@@ -1502,6 +1551,7 @@ impl InStream {
     /// A NACK names, of each message this receiver holds repair symbols for, its holes minus
     /// those symbols (the highest holes are left out): the sender then sends what the neediest
     /// receiver still lacks (PROTOCOL.md §6.8).
+    #[cfg(feature = "parity")]
     fn discount_held(&self, mut missing: Vec<SeqRange>) -> Vec<SeqRange> {
         let Some(held) = self.held() else { return missing };
         for (&first, r) in held.iter() {
@@ -1530,6 +1580,12 @@ impl InStream {
             out.truncate(NACK_RANGES);
             missing = out;
         }
+        missing
+    }
+
+    /// Without the codec nothing is held.
+    #[cfg(not(feature = "parity"))]
+    fn discount_held(&self, missing: Vec<SeqRange>) -> Vec<SeqRange> {
         missing
     }
 
@@ -1615,7 +1671,7 @@ mod tests {
         assert_eq!(rx.missing(), vec![(1, 1)]);
         let Some(Feedback::Nack(nack)) = rx.poll(t0 + limits.nack_delay, &limits) else { panic!("nack expected") };
         let mut rtt = None;
-        assert!(tx.on_ack(t0, A, &nack, &mut rtt));
+        assert!(tx.on_ack(t0, A, &nack, true, &mut rtt));
         let repairs = tx.poll(t0 + Duration::from_millis(1), limits.repair_wait, limits.heartbeat_max);
         assert_eq!(repairs.len(), 1);
         let (h, c) = data(&repairs[0]);
@@ -1625,7 +1681,7 @@ mod tests {
         // the ack completes both messages
         let Some(Feedback::Ack(ack)) = rx.poll(t0 + Duration::from_secs(1), &limits) else { panic!("ack expected") };
         assert_eq!(ack.next, 4);
-        assert!(tx.on_ack(t0, A, &ack, &mut rtt));
+        assert!(tx.on_ack(t0, A, &ack, true, &mut rtt));
         let done = tx.collect(t0, &[A], &limits);
         assert_eq!(done.iter().map(|c| (c.id, c.missing.len())).collect::<Vec<_>>(), vec![(7, 0), (8, 0)]);
         assert_eq!((tx.retained_bytes(), tx.retained_messages()), (0, 0));
@@ -1706,7 +1762,7 @@ mod tests {
         let t0 = Instant::ZERO;
         tx.send(t0, 1, b"m", 100, None, vec![A, b], &limits, &mut Vec::new()).unwrap();
         let ack = Ack { target: 1, stream: 0, epoch: 1, next: 1, missing: vec![] };
-        assert!(tx.on_ack(t0, A, &ack, &mut None));
+        assert!(tx.on_ack(t0, A, &ack, true, &mut None));
         tx.receiver_gone(A); // acknowledged, then left
         tx.receiver_gone(b); // left without acknowledging
         let done = tx.collect(t0, &[], &limits);
@@ -1723,7 +1779,7 @@ mod tests {
         tx.send(t0, 1, b"m", 100, None, vec![A], &limits, &mut Vec::new()).unwrap();
         tx.tag_last("t", None);
         let ack = Ack { target: 1, stream: 0, epoch: 1, next: 1, missing: vec![] };
-        assert!(tx.on_ack(t0, A, &ack, &mut None));
+        assert!(tx.on_ack(t0, A, &ack, true, &mut None));
         tx.receiver_gone(A);
         let done = tx.collect(t0, &[], &limits);
         assert_eq!(done, vec![Completion { id: 1, missing: vec![], failure: None }]);
@@ -1738,9 +1794,9 @@ mod tests {
     fn acks_for_unsent_sequence_numbers_are_refused() {
         let mut tx = OutStream::new(0, 1);
         let bogus = Ack { target: 1, stream: 0, epoch: 1, next: 5, missing: vec![] };
-        assert!(!tx.on_ack(Instant::ZERO, A, &bogus, &mut None));
+        assert!(!tx.on_ack(Instant::ZERO, A, &bogus, true, &mut None));
         let bogus = Ack { target: 1, stream: 0, epoch: 1, next: 0, missing: vec![(0, 9)] };
-        assert!(!tx.on_ack(Instant::ZERO, A, &bogus, &mut None));
+        assert!(!tx.on_ack(Instant::ZERO, A, &bogus, true, &mut None));
         let _ = WireError::Malformed;
     }
 
@@ -1810,165 +1866,196 @@ mod tests {
         assert!(matches!(rx.poll(Instant::ZERO + limits.repair_wait, &limits), Some(Feedback::Nack(_))));
     }
 
-    fn repair(rec: &[u8]) -> (RepairHeader, Vec<u8>) {
-        match RecordIter::new(rec).next() {
-            Some(Ok(Record::Repair { header, symbol })) => (header, symbol.to_vec()),
-            other => panic!("not a repair: {other:?}"),
-        }
-    }
+    /// Parity repair (PROTOCOL.md §6.8): needs the codec.
+    #[cfg(feature = "parity")]
+    mod parity {
+        use super::*;
 
-    /// Feeds `recs` to `rx` except those `lose` picks; returns what was delivered.
-    fn feed(rx: &mut InStream, now: Instant, recs: &[Vec<u8>], lose: impl Fn(usize) -> bool) -> Vec<Delivery> {
-        let limits = StreamLimits::default();
-        let mut out = Vec::new();
-        for (i, r) in recs.iter().enumerate() {
-            if lose(i) {
-                continue;
+        fn repair(rec: &[u8]) -> (RepairHeader, Vec<u8>) {
+            match RecordIter::new(rec).next() {
+                Some(Ok(Record::Repair { header, symbol })) => (header, symbol.to_vec()),
+                other => panic!("not a repair: {other:?}"),
             }
-            match RecordIter::new(r).next() {
-                Some(Ok(Record::Data { header, chunk })) => out.extend(rx.on_data(now, &header, chunk, &limits, 0)),
-                Some(Ok(Record::Repair { header, symbol })) => {
-                    out.extend(rx.on_repair(now, &header, symbol, &limits, 0).expect("consistent").0)
+        }
+
+        /// Feeds `recs` to `rx` except those `lose` picks; returns what was delivered.
+        fn feed(rx: &mut InStream, now: Instant, recs: &[Vec<u8>], lose: impl Fn(usize) -> bool) -> Vec<Delivery> {
+            let limits = StreamLimits::default();
+            let mut out = Vec::new();
+            for (i, r) in recs.iter().enumerate() {
+                if lose(i) {
+                    continue;
                 }
-                Some(Ok(Record::Heartbeat(hb))) => out.extend(rx.on_heartbeat(now, &hb, &limits, 0)),
-                other => panic!("unexpected {other:?}"),
+                match RecordIter::new(r).next() {
+                    Some(Ok(Record::Data { header, chunk })) => out.extend(rx.on_data(now, &header, chunk, &limits, 0)),
+                    Some(Ok(Record::Repair { header, symbol })) => {
+                        out.extend(rx.on_repair(now, &header, symbol, &limits, 0).expect("consistent").0)
+                    }
+                    Some(Ok(Record::Heartbeat(hb))) => out.extend(rx.on_heartbeat(now, &hb, &limits, 0)),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            out
+        }
+
+        fn nack_of(rx: &mut InStream, at: Instant) -> Ack {
+            match rx.poll(at, &StreamLimits::default()) {
+                Some(Feedback::Nack(a)) => a,
+                other => panic!("NACK expected, got {other:?}"),
             }
         }
-        out
-    }
 
-    fn nack_of(rx: &mut InStream, at: Instant) -> Ack {
-        match rx.poll(at, &StreamLimits::default()) {
-            Some(Feedback::Nack(a)) => a,
-            other => panic!("NACK expected, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn parity_repairs_what_the_neediest_receiver_lacks_not_the_union() {
-        // Three receivers of one 10-chunk message lose different chunks (1, 2 and 3 of them):
-        // the sender answers their NACKs with 3 repair symbols, not the 6 chunks they lack.
-        let limits = StreamLimits::default();
-        let (b, c) = (NodeId::from_u64(0xb), NodeId::from_u64(0xc));
-        let mut tx = OutStream::new(0, 1);
-        let t0 = Instant::ZERO;
-        let msg: Vec<u8> = (0..9500u32).map(|i| (i * 7) as u8).collect();
-        let recs = tx.send(t0, 1, &msg, 1000, None, vec![A, b, c], &limits, &mut Vec::new()).unwrap();
-        let losses: [&[usize]; 3] = [&[4], &[0, 9], &[2, 5, 7]];
-        let mut rxs: Vec<InStream> = (0..3).map(|_| InStream::new(NodeId::from_u64(1), 0, 1, 0)).collect();
-        for (rx, lost) in rxs.iter_mut().zip(losses) {
-            assert!(feed(rx, t0, &recs, |i| lost.contains(&i)).is_empty());
-        }
-        // The last chunk lost at the second receiver shows only through the heartbeat.
-        let hb = Heartbeat { stream: 0, epoch: 1, low: 0, next: 10 };
-        rxs[1].on_heartbeat(t0, &hb, &limits, 0);
-        let at = t0 + Duration::from_millis(20);
-        for (rx, who) in rxs.iter_mut().zip([A, b, c]) {
-            let nack = nack_of(rx, at);
-            assert!(tx.on_ack(at, who, &nack, &mut None));
-        }
-        let out = tx.poll(at, Duration::from_millis(1), limits.heartbeat_max);
-        let repairs: Vec<_> = out.iter().filter(|r| r[0] == crate::wire::kind::REPAIR).collect();
-        assert_eq!(repairs.len(), 3, "the neediest lacks 3");
-        assert!(out.iter().all(|r| r[0] != crate::wire::kind::DATA), "no chunk resent");
-        let (h, _) = repair(repairs[0]);
-        assert_eq!((h.first, h.len, h.symbol, h.chunks()), (0, 9500, 1000, 10));
-        for rx in rxs.iter_mut() {
-            let got = feed(rx, at, &out, |_| false);
-            assert_eq!(got, vec![Delivery::Message { seq: 0, bytes: msg.clone() }]);
-            assert_eq!(rx.pending_bytes(), 0, "symbols and chunks freed on delivery");
-        }
-    }
-
-    #[test]
-    fn a_receiver_asks_only_for_what_its_held_symbols_do_not_cover() {
-        let limits = StreamLimits::default();
-        let mut tx = OutStream::new(0, 1);
-        let t0 = Instant::ZERO;
-        let msg = vec![3u8; 5500];
-        let recs = tx.send(t0, 1, &msg, 1000, None, vec![A], &limits, &mut Vec::new()).unwrap();
-        let mut rx = InStream::new(NodeId::from_u64(1), 0, 1, 0);
-        feed(&mut rx, t0, &recs, |i| [1, 2, 3].contains(&i));
-        let at = t0 + Duration::from_millis(20);
-        let nack = nack_of(&mut rx, at);
-        assert_eq!(nack.missing, vec![(1, 3)]);
-        assert!(tx.on_ack(at, A, &nack, &mut None));
-        let out = tx.poll(at, Duration::from_millis(1), limits.heartbeat_max);
-        assert_eq!(out.iter().filter(|r| r[0] == crate::wire::kind::REPAIR).count(), 3);
-        // One of the three symbols arrives: two holes are left to ask for.
-        let first = out.iter().position(|r| r[0] == crate::wire::kind::REPAIR).unwrap();
-        feed(&mut rx, at, &out[first..=first], |_| false);
-        let later = at + Duration::from_secs(1);
-        let nack = nack_of(&mut rx, later);
-        assert_eq!(nack.missing, vec![(1, 2)], "3 holes minus 1 symbol held");
-        // The next round sends fresh symbols (new ids), which complete the message with the one held.
-        assert!(tx.on_ack(later, A, &nack, &mut None));
-        let out2 = tx.poll(later, Duration::from_millis(1), limits.heartbeat_max);
-        let ids: Vec<u32> =
-            out2.iter().filter(|r| r[0] == crate::wire::kind::REPAIR).map(|r| repair(r).0.esi).collect();
-        assert_eq!(ids, vec![9, 10], "K = 6: ids 6, 7, 8 went in the first round");
-        let got = feed(&mut rx, later, &out2, |_| false);
-        assert_eq!(got, vec![Delivery::Message { seq: 0, bytes: msg }]);
-    }
-
-    #[test]
-    fn nacks_within_a_round_trip_of_a_round_add_only_what_it_lacked() {
-        let limits = StreamLimits::default();
-        let b = NodeId::from_u64(0xb);
-        let mut tx = OutStream::new(0, 1);
-        let t0 = Instant::ZERO;
-        tx.send(t0, 1, &[1u8; 8000], 1000, None, vec![A, b], &limits, &mut Vec::new()).unwrap();
-        let nack = |ranges: Vec<SeqRange>| Ack { target: 1, stream: 0, epoch: 1, next: 0, missing: ranges };
-        let holdoff = Duration::from_millis(1);
-        assert!(tx.on_ack(t0, A, &nack(vec![(0, 2)]), &mut None));
-        let out = tx.poll(t0, holdoff, limits.heartbeat_max);
-        assert_eq!(out.iter().filter(|r| r[0] == crate::wire::kind::REPAIR).count(), 2);
-        // B's NACK of 3 holes, sent before it saw that round: one more symbol.
-        let t1 = t0 + Duration::from_millis(2);
-        assert!(tx.on_ack(t1, b, &nack(vec![(3, 3)]), &mut None));
-        let out = tx.poll(t1, holdoff, limits.heartbeat_max);
-        assert_eq!(out.iter().filter(|r| r[0] == crate::wire::kind::REPAIR).count(), 1);
-        // After the round trip a NACK is a new round.
-        let t2 = t0 + Duration::from_millis(10);
-        assert!(tx.on_ack(t2, b, &nack(vec![(3, 2)]), &mut None));
-        let out = tx.poll(t2, holdoff, limits.heartbeat_max);
-        assert_eq!(out.iter().filter(|r| r[0] == crate::wire::kind::REPAIR).count(), 2);
-    }
-
-    #[test]
-    fn after_its_parity_rounds_a_message_is_repaired_with_its_chunks() {
-        // A receiver that cannot use parity (an older version skips the record) still gets the
-        // message: after MAX_PARITY_ROUNDS rounds the sender resends the chunks asked for.
-        let limits = StreamLimits::default();
-        let mut tx = OutStream::new(0, 1);
-        let t0 = Instant::ZERO;
-        tx.send(t0, 1, &[1u8; 3000], 1000, None, vec![A], &limits, &mut Vec::new()).unwrap();
-        let nack = Ack { target: 1, stream: 0, epoch: 1, next: 0, missing: vec![(1, 1)] };
-        for round in 0..=MAX_PARITY_ROUNDS {
-            let at = t0 + Duration::from_millis(100) * u32::from(round);
-            assert!(tx.on_ack(at, A, &nack, &mut None));
+        #[test]
+        fn parity_repairs_what_the_neediest_receiver_lacks_not_the_union() {
+            // Three receivers of one 10-chunk message lose different chunks (1, 2 and 3 of them):
+            // the sender answers their NACKs with 3 repair symbols, not the 6 chunks they lack.
+            let limits = StreamLimits::default();
+            let (b, c) = (NodeId::from_u64(0xb), NodeId::from_u64(0xc));
+            let mut tx = OutStream::new(0, 1);
+            let t0 = Instant::ZERO;
+            let msg: Vec<u8> = (0..9500u32).map(|i| (i * 7) as u8).collect();
+            let recs = tx.send(t0, 1, &msg, 1000, None, vec![A, b, c], &limits, &mut Vec::new()).unwrap();
+            let losses: [&[usize]; 3] = [&[4], &[0, 9], &[2, 5, 7]];
+            let mut rxs: Vec<InStream> = (0..3).map(|_| InStream::new(NodeId::from_u64(1), 0, 1, 0)).collect();
+            for (rx, lost) in rxs.iter_mut().zip(losses) {
+                assert!(feed(rx, t0, &recs, |i| lost.contains(&i)).is_empty());
+            }
+            // The last chunk lost at the second receiver shows only through the heartbeat.
+            let hb = Heartbeat { stream: 0, epoch: 1, low: 0, next: 10 };
+            rxs[1].on_heartbeat(t0, &hb, &limits, 0);
+            let at = t0 + Duration::from_millis(20);
+            for (rx, who) in rxs.iter_mut().zip([A, b, c]) {
+                let nack = nack_of(rx, at);
+                assert!(tx.on_ack(at, who, &nack, true, &mut None));
+            }
             let out = tx.poll(at, Duration::from_millis(1), limits.heartbeat_max);
-            let first = out[0][0];
-            let expect = if round < MAX_PARITY_ROUNDS { crate::wire::kind::REPAIR } else { crate::wire::kind::DATA };
-            assert_eq!(first, expect, "round {round}");
+            let repairs: Vec<_> = out.iter().filter(|r| r[0] == crate::wire::kind::REPAIR).collect();
+            assert_eq!(repairs.len(), 3, "the neediest lacks 3");
+            assert!(out.iter().all(|r| r[0] != crate::wire::kind::DATA), "no chunk resent");
+            let (h, _) = repair(repairs[0]);
+            assert_eq!((h.first, h.len, h.symbol, h.chunks()), (0, 9500, 1000, 10));
+            for rx in rxs.iter_mut() {
+                let got = feed(rx, at, &out, |_| false);
+                assert_eq!(got, vec![Delivery::Message { seq: 0, bytes: msg.clone() }]);
+                assert_eq!(rx.pending_bytes(), 0, "symbols and chunks freed on delivery");
+            }
         }
-    }
 
-    #[test]
-    fn a_repair_that_contradicts_the_chunks_held_is_refused_and_harms_nothing() {
-        let limits = StreamLimits::default();
-        let mut tx = OutStream::new(0, 1);
-        let t0 = Instant::ZERO;
-        let msg = vec![5u8; 2500];
-        let recs = tx.send(t0, 1, &msg, 1000, None, vec![A], &limits, &mut Vec::new()).unwrap();
-        let mut rx = InStream::new(NodeId::from_u64(1), 0, 1, 0);
-        feed(&mut rx, t0, &recs, |i| i == 1);
-        let bogus = RepairHeader { stream: 0, epoch: 1, first: 0, len: 2400, symbol: 800, esi: 3, ttl_ms: 0 };
-        assert_eq!(rx.on_repair(t0, &bogus, &[0u8; 800], &limits, 0), Err(Inconsistent));
-        assert_eq!(rx.missing(), vec![(1, 1)]);
-        // A repair of a message already delivered, or beyond the window, changes nothing.
-        let late = RepairHeader { first: u64::MAX - 5, len: 2000, symbol: 1000, esi: 2, ..bogus };
-        assert_eq!(rx.on_repair(t0, &late, &[0u8; 1000], &limits, 0).map(|r| r.0), Ok(vec![]));
-        assert_eq!(rx.pending_bytes(), 1500);
+        #[test]
+        fn a_receiver_asks_only_for_what_its_held_symbols_do_not_cover() {
+            let limits = StreamLimits::default();
+            let mut tx = OutStream::new(0, 1);
+            let t0 = Instant::ZERO;
+            let msg = vec![3u8; 5500];
+            let recs = tx.send(t0, 1, &msg, 1000, None, vec![A], &limits, &mut Vec::new()).unwrap();
+            let mut rx = InStream::new(NodeId::from_u64(1), 0, 1, 0);
+            feed(&mut rx, t0, &recs, |i| [1, 2, 3].contains(&i));
+            let at = t0 + Duration::from_millis(20);
+            let nack = nack_of(&mut rx, at);
+            assert_eq!(nack.missing, vec![(1, 3)]);
+            assert!(tx.on_ack(at, A, &nack, true, &mut None));
+            let out = tx.poll(at, Duration::from_millis(1), limits.heartbeat_max);
+            assert_eq!(out.iter().filter(|r| r[0] == crate::wire::kind::REPAIR).count(), 3);
+            // One of the three symbols arrives: two holes are left to ask for.
+            let first = out.iter().position(|r| r[0] == crate::wire::kind::REPAIR).unwrap();
+            feed(&mut rx, at, &out[first..=first], |_| false);
+            let later = at + Duration::from_secs(1);
+            let nack = nack_of(&mut rx, later);
+            assert_eq!(nack.missing, vec![(1, 2)], "3 holes minus 1 symbol held");
+            // The next round sends fresh symbols (new ids), which complete the message with the one held.
+            assert!(tx.on_ack(later, A, &nack, true, &mut None));
+            let out2 = tx.poll(later, Duration::from_millis(1), limits.heartbeat_max);
+            let ids: Vec<u32> =
+                out2.iter().filter(|r| r[0] == crate::wire::kind::REPAIR).map(|r| repair(r).0.esi).collect();
+            assert_eq!(ids, vec![9, 10], "K = 6: ids 6, 7, 8 went in the first round");
+            let got = feed(&mut rx, later, &out2, |_| false);
+            assert_eq!(got, vec![Delivery::Message { seq: 0, bytes: msg }]);
+        }
+
+        #[test]
+        fn nacks_within_a_round_trip_of_a_round_add_only_what_it_lacked() {
+            let limits = StreamLimits::default();
+            let b = NodeId::from_u64(0xb);
+            let mut tx = OutStream::new(0, 1);
+            let t0 = Instant::ZERO;
+            tx.send(t0, 1, &[1u8; 8000], 1000, None, vec![A, b], &limits, &mut Vec::new()).unwrap();
+            let nack = |ranges: Vec<SeqRange>| Ack { target: 1, stream: 0, epoch: 1, next: 0, missing: ranges };
+            let holdoff = Duration::from_millis(1);
+            assert!(tx.on_ack(t0, A, &nack(vec![(0, 2)]), true, &mut None));
+            let out = tx.poll(t0, holdoff, limits.heartbeat_max);
+            assert_eq!(out.iter().filter(|r| r[0] == crate::wire::kind::REPAIR).count(), 2);
+            // B's NACK of 3 holes, sent before it saw that round: one more symbol.
+            let t1 = t0 + Duration::from_millis(2);
+            assert!(tx.on_ack(t1, b, &nack(vec![(3, 3)]), true, &mut None));
+            let out = tx.poll(t1, holdoff, limits.heartbeat_max);
+            assert_eq!(out.iter().filter(|r| r[0] == crate::wire::kind::REPAIR).count(), 1);
+            // After the round trip a NACK is a new round.
+            let t2 = t0 + Duration::from_millis(10);
+            assert!(tx.on_ack(t2, b, &nack(vec![(3, 2)]), true, &mut None));
+            let out = tx.poll(t2, holdoff, limits.heartbeat_max);
+            assert_eq!(out.iter().filter(|r| r[0] == crate::wire::kind::REPAIR).count(), 2);
+        }
+
+        #[test]
+        fn after_its_parity_rounds_a_message_is_repaired_with_its_chunks() {
+            // A receiver that cannot use parity (an older version skips the record) still gets the
+            // message: after MAX_PARITY_ROUNDS rounds the sender resends the chunks asked for.
+            let limits = StreamLimits::default();
+            let mut tx = OutStream::new(0, 1);
+            let t0 = Instant::ZERO;
+            tx.send(t0, 1, &[1u8; 3000], 1000, None, vec![A], &limits, &mut Vec::new()).unwrap();
+            let nack = Ack { target: 1, stream: 0, epoch: 1, next: 0, missing: vec![(1, 1)] };
+            for round in 0..=MAX_PARITY_ROUNDS {
+                let at = t0 + Duration::from_millis(100) * u32::from(round);
+                assert!(tx.on_ack(at, A, &nack, true, &mut None));
+                let out = tx.poll(at, Duration::from_millis(1), limits.heartbeat_max);
+                let first = out[0][0];
+                let expect =
+                    if round < MAX_PARITY_ROUNDS { crate::wire::kind::REPAIR } else { crate::wire::kind::DATA };
+                assert_eq!(first, expect, "round {round}");
+            }
+        }
+
+        #[test]
+        fn a_receiver_without_parity_gets_the_chunks_beside_one_that_gets_symbols() {
+            // A board built without the codec (its beacons say so) and a host NACK the same
+            // message in one round: the host's holes are answered with symbols, the board's with
+            // the chunks it named, and neither waits for the other.
+            let limits = StreamLimits::default();
+            let b = NodeId::from_u64(0xb);
+            let mut tx = OutStream::new(0, 1);
+            let t0 = Instant::ZERO;
+            let msg = vec![9u8; 4000];
+            let recs = tx.send(t0, 1, &msg, 1000, None, vec![A, b], &limits, &mut Vec::new()).unwrap();
+            let nack = |ranges: Vec<SeqRange>| Ack { target: 1, stream: 0, epoch: 1, next: 0, missing: ranges };
+            assert!(tx.on_ack(t0, A, &nack(vec![(0, 1), (2, 1)]), true, &mut None));
+            assert!(tx.on_ack(t0, b, &nack(vec![(1, 1)]), false, &mut None));
+            let out = tx.poll(t0, Duration::from_millis(1), limits.heartbeat_max);
+            let kinds: Vec<u8> = out.iter().map(|r| r[0]).filter(|&k| k != crate::wire::kind::HEARTBEAT).collect();
+            let repair = crate::wire::kind::REPAIR;
+            assert_eq!(kinds, vec![repair, repair, crate::wire::kind::DATA], "two symbols for A, chunk 1 for B");
+            let mut board = InStream::new(NodeId::from_u64(1), 0, 1, 0);
+            feed(&mut board, t0, &recs, |i| i == 1);
+            let data: Vec<Vec<u8>> = out.iter().filter(|r| r[0] == crate::wire::kind::DATA).cloned().collect();
+            assert_eq!(feed(&mut board, t0, &data, |_| false), vec![Delivery::Message { seq: 0, bytes: msg }]);
+        }
+
+        #[test]
+        fn a_repair_that_contradicts_the_chunks_held_is_refused_and_harms_nothing() {
+            let limits = StreamLimits::default();
+            let mut tx = OutStream::new(0, 1);
+            let t0 = Instant::ZERO;
+            let msg = vec![5u8; 2500];
+            let recs = tx.send(t0, 1, &msg, 1000, None, vec![A], &limits, &mut Vec::new()).unwrap();
+            let mut rx = InStream::new(NodeId::from_u64(1), 0, 1, 0);
+            feed(&mut rx, t0, &recs, |i| i == 1);
+            let bogus = RepairHeader { stream: 0, epoch: 1, first: 0, len: 2400, symbol: 800, esi: 3, ttl_ms: 0 };
+            assert_eq!(rx.on_repair(t0, &bogus, &[0u8; 800], &limits, 0), Err(Inconsistent));
+            assert_eq!(rx.missing(), vec![(1, 1)]);
+            // A repair of a message already delivered, or beyond the window, changes nothing.
+            let late = RepairHeader { first: u64::MAX - 5, len: 2000, symbol: 1000, esi: 2, ..bogus };
+            assert_eq!(rx.on_repair(t0, &late, &[0u8; 1000], &limits, 0).map(|r| r.0), Ok(vec![]));
+            assert_eq!(rx.pending_bytes(), 1500);
+        }
     }
 }

@@ -153,7 +153,7 @@ fn replayed_frames_of_dead_nodes_do_not_lock_out_a_live_publisher() {
     let dead: Vec<Vec<u8>> = (0..1600)
         .map(|_| {
             let id = NodeId::from_u64(rng.next_u64());
-            let beacon = Record::Beacon(Beacon { epoch: 1, interval_ms: 5_000, name: "gone" });
+            let beacon = Record::Beacon(Beacon { epoch: 1, interval_ms: 5_000, name: "gone", features: 0 });
             seal_frame(&key, id, 0, &record(&beacon))
         })
         .collect();
@@ -209,7 +209,7 @@ fn many_senders_cannot_buffer_past_the_node_total() {
             pn += 1;
             sim.inject(rx, attacker, &f, sim.now());
         };
-        let hello = Record::Beacon(Beacon { epoch: 1, interval_ms: 3_600_000, name: "x" });
+        let hello = Record::Beacon(Beacon { epoch: 1, interval_ms: 3_600_000, name: "x", features: 0 });
         send(&mut sim, record(&hello));
         for seq in 1..40u64 {
             let header = DataHeader { stream: stream::MULTICAST, epoch: 1, seq, low: 0, index: 1, count: 2, ttl_ms: 0 };

@@ -1158,8 +1158,10 @@ fn forged_acks_and_responses_are_dropped_and_counted() {
     let epoch = v.epoch();
     // A subscriber the node's reliable publications wait for: it never acknowledges them.
     let sub = NodeId::from_u64(0x5b);
-    let hello =
-        [Record::Beacon(Beacon { epoch: 1, interval_ms: 3_600_000, name: "sub" }), Record::Subscriptions(vec!["#"])];
+    let hello = [
+        Record::Beacon(Beacon { epoch: 1, interval_ms: 3_600_000, name: "sub", features: 0 }),
+        Record::Subscriptions(vec!["#"]),
+    ];
     let events = f.send(&mut v, now, sub, &hello);
     assert!(matches!(events[..], [Event::PeerUp(ref p)] if p.id == sub), "{events:?}");
     // Two reliable publications: sequence numbers 0 and 1 exist, nothing above.

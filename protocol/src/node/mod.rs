@@ -436,6 +436,8 @@ struct Peer {
     floor: u64,
     /// Set while it has not yet answered our freshness challenge; its frames wait here.
     verify: Option<fresh::Verify>,
+    /// Its beacons say it uses parity Repair records (PROTOCOL.md §6.8).
+    parity: bool,
 }
 
 impl Peer {
@@ -1183,6 +1185,7 @@ impl Node {
                 rtt: RttEstimator::new(self.config.initial_rto, MIN_RTO, Duration::from_secs(5)),
                 floor: 0,
                 verify: None,
+                parity: false,
             }),
         );
     }
@@ -1252,6 +1255,7 @@ impl Node {
             p.name = b.name.to_string();
         }
         p.interval = Duration::from_millis(u64::from(b.interval_ms.max(10)));
+        p.parity = b.features & wire::feature::PARITY != 0;
         let event = match p.status {
             PeerStatus::Up if b.epoch > p.epoch => {
                 p.epoch = b.epoch;
@@ -1327,7 +1331,8 @@ impl Node {
 
     fn send_beacon(&mut self) {
         let interval_ms = u32::try_from(self.config.beacon_interval.as_millis()).unwrap_or(u32::MAX);
-        let beacon = Beacon { epoch: self.boot.epoch, interval_ms, name: &self.config.name };
+        let features = if crate::parity::ENABLED { wire::feature::PARITY } else { 0 };
+        let beacon = Beacon { epoch: self.boot.epoch, interval_ms, name: &self.config.name, features };
         let record = Record::Beacon(beacon);
         let mut bytes = Vec::with_capacity(record.encoded_len());
         record.emit(&mut bytes);

@@ -255,6 +255,18 @@ impl Node {
     }
 
     pub(super) fn handle_repair(&mut self, now: Instant, sender: NodeId, h: &RepairHeader, symbol: &[u8]) {
+        #[cfg(not(feature = "parity"))]
+        {
+            // Built without the codec (and its beacons say so): skipped like an unknown record.
+            let _ = (now, sender, h, symbol);
+            self.stats.unknown_records += 1;
+        }
+        #[cfg(feature = "parity")]
+        self.handle_repair_symbol(now, sender, h, symbol);
+    }
+
+    #[cfg(feature = "parity")]
+    fn handle_repair_symbol(&mut self, now: Instant, sender: NodeId, h: &RepairHeader, symbol: &[u8]) {
         let limits = self.receive_limits(sender);
         let jitter = self.rng.next_u64();
         // A repair never starts a stream (it carries no `low`, and a receiver starts at the
@@ -356,10 +368,14 @@ impl Node {
             return;
         }
         let mut sample = None;
+        // A receiver whose beacons say it uses Repair records gets parity (PROTOCOL.md §6.8).
+        let parity = self.peers.get(&sender).is_some_and(|p| p.parity);
         let accepted = match ack.stream {
-            stream::MULTICAST if ack.epoch == self.epoch() => self.out_mcast.on_ack(now, sender, ack, &mut sample),
+            stream::MULTICAST if ack.epoch == self.epoch() => {
+                self.out_mcast.on_ack(now, sender, ack, parity, &mut sample)
+            }
             stream::UNICAST if ack.epoch == self.epoch() => match self.peers.get_mut(&sender) {
-                Some(p) => p.out_ucast.as_mut().is_some_and(|s| s.on_ack(now, sender, ack, &mut sample)),
+                Some(p) => p.out_ucast.as_mut().is_some_and(|s| s.on_ack(now, sender, ack, false, &mut sample)),
                 None => false,
             },
             _ => false,

@@ -316,6 +316,24 @@ pub struct Beacon<'a> {
     pub interval_ms: u32,
     /// Human-readable node name (at most [`MAX_NAME_LEN`] bytes).
     pub name: &'a str,
+    /// What the sender can do beyond version 1's base ([`feature`] bits); 0 in beacons of nodes
+    /// that predate the field (it was appended).
+    pub features: u32,
+}
+
+/// The beacon as it was before `features` was appended.
+#[derive(Deserialize)]
+struct BeaconV0<'a> {
+    epoch: u32,
+    interval_ms: u32,
+    name: &'a str,
+}
+
+/// Bits of [`Beacon::features`] (PROTOCOL.md §4).
+pub mod feature {
+    /// The sender uses parity Repair records (PROTOCOL.md §6.8): a multicast stream may repair
+    /// its holes with them. Without it, its NACKs are answered with the chunks themselves.
+    pub const PARITY: u32 = 1;
 }
 
 /// Longest node name in bytes.
@@ -551,7 +569,14 @@ impl<'a> Record<'a> {
     fn parse(code: u8, body: &'a [u8]) -> Result<Record<'a>, WireError> {
         match code {
             kind::BEACON => {
-                let (b, _rest): (Beacon<'a>, _) = postcard::take_from_bytes(body).map_err(|_| WireError::Malformed)?;
+                let b = match postcard::take_from_bytes::<Beacon<'a>>(body) {
+                    Ok((b, _rest)) => b,
+                    Err(_) => {
+                        let (v0, _rest): (BeaconV0<'a>, _) =
+                            postcard::take_from_bytes(body).map_err(|_| WireError::Malformed)?;
+                        Beacon { epoch: v0.epoch, interval_ms: v0.interval_ms, name: v0.name, features: 0 }
+                    }
+                };
                 if b.name.len() > MAX_NAME_LEN {
                     return Err(WireError::Malformed);
                 }
@@ -810,7 +835,7 @@ mod tests {
     #[test]
     fn records_round_trip_and_unknown_is_skipped() {
         let recs = [
-            Record::Beacon(Beacon { epoch: 3, interval_ms: 5000, name: "kitchen" }),
+            Record::Beacon(Beacon { epoch: 3, interval_ms: 5000, name: "kitchen", features: 1 }),
             Record::Publish { topic: "a/b", payload: &[0, 0xff, 0] },
             Record::Unknown { kind: 0x7f },
             Record::Publish { topic: "e", payload: &[] },
