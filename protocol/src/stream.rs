@@ -514,6 +514,9 @@ impl OutStream {
             }
             self.acks.insert(from, ack.next);
             self.completions_due = true;
+        } else {
+            // Known as a receiver even before it acknowledged anything (see `parity` below).
+            self.acks.entry(from).or_insert(prev);
         }
         // A receiver that still lacks something is alive and talking: heartbeats (which fetch
         // its next ack or NACK) start again from the short interval; they back off only while
@@ -535,8 +538,13 @@ impl OutStream {
                     break 'ranges;
                 }
                 asked += 1;
+                // With one receiver, resending exactly what it lacks is as good and costs no
+                // coding: parity only pays where receivers lose different chunks.
                 let parity = parity && crate::parity::ENABLED && self.kind == crate::wire::stream::MULTICAST;
-                match self.message_of(seq).filter(|m| parity && m.end - m.first >= 2) {
+                let receivers = self.acks.len();
+                let parity_for =
+                    |m: &&OutMessage| parity && m.end - m.first >= 2 && receivers.max(m.waiting.len()) >= 2;
+                match self.message_of(seq).filter(parity_for) {
                     Some(m) => {
                         match per_message.last_mut() {
                             Some((first, n)) if *first == m.first => *n += 1,
@@ -786,7 +794,7 @@ impl OutStream {
         let mut repairs = core::mem::take(&mut self.repairs);
         #[cfg(feature = "parity")]
         if let Some(v) = self.verdicts.as_mut() {
-            let (need, mut asked) = (core::mem::take(&mut v.parity.need), core::mem::take(&mut v.parity.asked));
+            let (need, asked) = (core::mem::take(&mut v.parity.need), core::mem::take(&mut v.parity.asked));
             for (first, n) in need {
                 match self.parity_repair(now, first, n, holdoff) {
                     Some((_, records)) => out.extend(records),
@@ -796,7 +804,6 @@ impl OutStream {
                         repairs.extend(asked.range(first..end));
                     }
                 }
-                asked.retain(|&s| s < first);
             }
         }
         for seq in repairs {
@@ -1871,6 +1878,21 @@ mod tests {
     mod parity {
         use super::*;
 
+        /// A second receiver: parity is used where receivers may lose different chunks.
+        const B: NodeId = NodeId::from_u64(0xb2);
+
+        #[test]
+        fn one_receiver_gets_its_chunks_resent_not_parity() {
+            let limits = StreamLimits::default();
+            let mut tx = OutStream::new(0, 1);
+            let t0 = Instant::ZERO;
+            tx.send(t0, 1, &[1u8; 3000], 1000, None, vec![A], &limits, &mut Vec::new()).unwrap();
+            let nack = Ack { target: 1, stream: 0, epoch: 1, next: 0, missing: vec![(1, 1)] };
+            assert!(tx.on_ack(t0, A, &nack, true, &mut None));
+            let out = tx.poll(t0, Duration::from_millis(1), limits.heartbeat_max);
+            assert_eq!(out[0][0], crate::wire::kind::DATA);
+        }
+
         fn repair(rec: &[u8]) -> (RepairHeader, Vec<u8>) {
             match RecordIter::new(rec).next() {
                 Some(Ok(Record::Repair { header, symbol })) => (header, symbol.to_vec()),
@@ -1947,7 +1969,7 @@ mod tests {
             let mut tx = OutStream::new(0, 1);
             let t0 = Instant::ZERO;
             let msg = vec![3u8; 5500];
-            let recs = tx.send(t0, 1, &msg, 1000, None, vec![A], &limits, &mut Vec::new()).unwrap();
+            let recs = tx.send(t0, 1, &msg, 1000, None, vec![A, B], &limits, &mut Vec::new()).unwrap();
             let mut rx = InStream::new(NodeId::from_u64(1), 0, 1, 0);
             feed(&mut rx, t0, &recs, |i| [1, 2, 3].contains(&i));
             let at = t0 + Duration::from_millis(20);
@@ -2003,7 +2025,7 @@ mod tests {
             let limits = StreamLimits::default();
             let mut tx = OutStream::new(0, 1);
             let t0 = Instant::ZERO;
-            tx.send(t0, 1, &[1u8; 3000], 1000, None, vec![A], &limits, &mut Vec::new()).unwrap();
+            tx.send(t0, 1, &[1u8; 3000], 1000, None, vec![A, B], &limits, &mut Vec::new()).unwrap();
             let nack = Ack { target: 1, stream: 0, epoch: 1, next: 0, missing: vec![(1, 1)] };
             for round in 0..=MAX_PARITY_ROUNDS {
                 let at = t0 + Duration::from_millis(100) * u32::from(round);
@@ -2046,7 +2068,7 @@ mod tests {
             let mut tx = OutStream::new(0, 1);
             let t0 = Instant::ZERO;
             let msg = vec![5u8; 2500];
-            let recs = tx.send(t0, 1, &msg, 1000, None, vec![A], &limits, &mut Vec::new()).unwrap();
+            let recs = tx.send(t0, 1, &msg, 1000, None, vec![A, B], &limits, &mut Vec::new()).unwrap();
             let mut rx = InStream::new(NodeId::from_u64(1), 0, 1, 0);
             feed(&mut rx, t0, &recs, |i| i == 1);
             let bogus = RepairHeader { stream: 0, epoch: 1, first: 0, len: 2400, symbol: 800, esi: 3, ttl_ms: 0 };
