@@ -863,6 +863,65 @@ fn data<'a>(stream: u8, seq: u64, index: u32, count: u32, chunk: &'a [u8]) -> Re
     Record::Data { header: DataHeader { stream, epoch: 1, seq, low: 0, index, count, ttl_ms: 0 }, chunk }
 }
 
+/// 7c. A key holder floods Repair records (PROTOCOL.md §6.8): for messages in the window with
+///     every symbol id, for messages of other shapes over chunks the receiver holds, beyond the
+///     window, and of older epochs. Nothing is delivered that was not sent, contradictions are
+///     counted, and what the receiver holds stays within `max_pending_bytes` (symbols count
+///     against the same budget as chunks), and so does its heap.
+#[test]
+fn forged_repairs_cannot_grow_memory_or_deliver_anything() {
+    use starling::wire::RepairHeader;
+    const MAX_PENDING: usize = 40 * 1024;
+    let mut v = lone(0x71c8, |c| {
+        c.streams.max_pending_bytes = MAX_PENDING;
+        c.max_message = 32 * 1024;
+    });
+    v.subscribe("#").unwrap();
+    drain(&mut v, Instant::ZERO);
+    let mut f = Forger::new();
+    let evil = NodeId::from_u64(0xe712);
+    let chunk = vec![0xcc; 1000];
+    // A stream to attack: message 0 of three chunks, only its first chunk sent.
+    assert_eq!(f.send(&mut v, ms(1), evil, &[data(stream::MULTICAST, 0, 0, 3, &chunk)]), vec![]);
+    let base = heap_held();
+    let mut rng = SplitMix64::new(seed(0x5e1_000c));
+    let symbol = vec![0x5a; 1000];
+    let mut now = ms(2);
+    for n in 0..3000u64 {
+        let (first, len) = match n % 4 {
+            // Other shapes over the chunk held: contradictions. (Symbols of message 0's own
+            // shape would rebuild it with forged bytes, as forged chunks would: a key holder
+            // can publish in a PSK sender's name anyway, §3.5.)
+            0 => (0, 5000),
+            1 => (0, 7000),
+            // Messages in the window that nobody sent, of many chunks.
+            2 => (3 + rng.below(200), 1000 * (2 + rng.below(20) as u32)),
+            // Far beyond the window.
+            _ => (1 << 30 | rng.below(1 << 20), 4000),
+        };
+        let k = len.div_ceil(1000);
+        let header = RepairHeader {
+            stream: stream::MULTICAST,
+            epoch: 1,
+            first,
+            len,
+            symbol: 1000,
+            esi: k + rng.below(1 << 20) as u32,
+            ttl_ms: 0,
+        };
+        now += Duration::from_millis(1);
+        let events = f.send(&mut v, now, evil, &[Record::Repair { header, symbol: &symbol }]);
+        assert!(events.iter().all(|e| !matches!(e, Event::Message(_))), "nothing can be delivered");
+        let pending = v.pending_from(evil);
+        assert!(pending <= MAX_PENDING, "after {n}: {pending} bytes pending");
+        let grown = heap_held() - base;
+        assert!(grown < (MAX_PENDING + 64 * 1024) as isize, "heap grew by {grown} bytes after {n} frames");
+    }
+    // Every contradiction of message 0, and of forged messages among themselves, is counted.
+    assert!(v.stats().drop_stream >= 1500, "contradictions counted: {}", v.stats().drop_stream);
+    assert_eq!(v.stats().rebuilt_chunks, 0);
+}
+
 /// 7b. A key holder floods Data records of one stream, in and out of the receive window, behind
 ///     an incomplete first message: what the receiver buffers from it never exceeds
 ///     `max_pending_bytes` (per stream: at most twice that for its two streams), and neither does
