@@ -6,21 +6,54 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use starling::NetworkKey;
 
-/// Parses `500ms`, `2s`, `1.5s`, `3m`, `1h` (a bare number is seconds).
+/// Parses `500ms`, `2s`, `1.5s`, `3m`, `1h`, and sums such as `2m30s` or `1h15m` (a bare number
+/// is seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let value: f64 =
-        num.parse().map_err(|_| format!("'{text}' is not a duration; write e.g. 500ms, 2s, 1.5m or 1h"))?;
-    let secs = match unit {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" | "min" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return Err(format!("unknown unit '{unit}' in '{text}'; use ms, s, m or h")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("duration '{text}' is out of range"))
+    let not_a_duration = || format!("'{text}' is not a duration; write e.g. 500ms, 2s, 1.5m, 2m30s or 1h");
+    if t.is_empty() {
+        return Err(not_a_duration());
+    }
+    if let Ok(secs) = t.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs).map_err(|_| format!("duration '{text}' is out of range"));
+    }
+    let mut total = 0.0;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let split = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let (num, after) = rest.split_at(split);
+        let value: f64 = num.parse().map_err(|_| not_a_duration())?;
+        let unit_len = after.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(after.len());
+        let (unit, next) = after.split_at(unit_len);
+        total += match unit.trim() {
+            "ms" => value / 1000.0,
+            "s" => value,
+            "m" | "min" => value * 60.0,
+            "h" => value * 3600.0,
+            "" => return Err(format!("'{text}' mixes a bare number with units; write e.g. 2m30s")),
+            unit => return Err(format!("unknown unit '{unit}' in '{text}'; use ms, s, m or h")),
+        };
+        rest = next;
+    }
+    Duration::try_from_secs_f64(total).map_err(|_| format!("duration '{text}' is out of range"))
+}
+
+/// A duration that must be more than zero: a time limit of nothing is a mistake.
+pub fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => Err(format!("'{text}' is zero; give a time of at least 1ms")),
+        d => Ok(d),
+    }
+}
+
+/// A reliable message's time to live: more than zero and at most 24 h (a publisher retains a
+/// message for repair at most 30 s by default, so longer lifetimes add nothing).
+pub fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let d = parse_positive_duration(text)?;
+    if d > Duration::from_secs(24 * 3600) {
+        return Err(format!("'{text}' is longer than 24h; a time to live is at most 24h"));
+    }
+    Ok(d)
 }
 
 /// Decodes hex digits; spaces, colons and a leading `0x` are allowed for readability.
@@ -40,9 +73,16 @@ pub fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
 
 /// Loads the network key from a file written by `starling keygen`, warning when others can read it.
 pub fn load_key_file(path: &Path) -> Result<NetworkKey> {
-    let text = std::fs::read_to_string(path).with_context(|| {
+    let bytes = std::fs::read(path).with_context(|| {
         format!("cannot read key file {} (create one with `starling keygen > net.key`)", path.display())
     })?;
+    let Ok(text) = String::from_utf8(bytes) else {
+        bail!(
+            "key file {} is not text: a network key is 64 hexadecimal digits on a line (create one with \
+             `starling keygen > net.key`)",
+            path.display()
+        );
+    };
     let key = NetworkKey::parse(&text).with_context(|| format!("key file {}", path.display()))?;
     #[cfg(unix)]
     {
@@ -82,8 +122,17 @@ mod tests {
         assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("2m30s"), Ok(Duration::from_secs(150)));
+        assert_eq!(parse_duration("1h15m"), Ok(Duration::from_secs(4500)));
+        assert_eq!(parse_duration("1s500ms"), Ok(Duration::from_millis(1500)));
         assert!(parse_duration("2 parsecs").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("soon").unwrap_err().contains("not a duration"));
+        assert!(parse_duration("").unwrap_err().contains("not a duration"));
+        assert!(parse_duration("2m30").unwrap_err().contains("bare number"));
+        assert!(parse_positive_duration("0s").unwrap_err().contains("zero"));
+        assert!(parse_ttl("0").unwrap_err().contains("zero"));
+        assert!(parse_ttl("100000h").unwrap_err().contains("24h"));
+        assert_eq!(parse_ttl("30s"), Ok(Duration::from_secs(30)));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use starling::runtime::{self, Node, NodeBuilder, PeerEvent, Received, Request};
-use starling_gateway::args::{parse_duration, parse_hex, resolve_key};
+use starling_gateway::args::{parse_duration, parse_hex, parse_positive_duration, parse_ttl, resolve_key};
 use starling_gateway::render::{hex, Shown};
 
 /// Starling: brokerless, encrypted publish/subscribe over UDP multicast.
@@ -251,7 +251,7 @@ struct CallArgs {
     #[command(flatten)]
     source: PayloadArgs,
     /// Give up after this long.
-    #[arg(short, long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(short, long, default_value = "5s", value_parser = parse_positive_duration, value_name = "DURATION")]
     timeout: Duration,
     /// Print the reply as a hexdump.
     #[arg(long = "show-hex")]
@@ -277,8 +277,9 @@ struct MeshArgs {
     /// Multicast group of the mesh.
     #[arg(long, env = "STARLING_GROUP", default_value_t = runtime::DEFAULT_GROUP)]
     group: Ipv4Addr,
-    /// UDP port of the mesh.
-    #[arg(long, env = "STARLING_PORT", default_value_t = runtime::DEFAULT_PORT)]
+    /// UDP port of the mesh (1-65535).
+    #[arg(long, env = "STARLING_PORT", default_value_t = runtime::DEFAULT_PORT,
+          value_parser = clap::value_parser!(u16).range(1..))]
     port: u16,
     /// Network interface: an IPv4 address or a name such as `lo` or `wlan0`. The default keeps
     /// traffic on this machine; give your LAN interface to reach other devices.
@@ -316,8 +317,8 @@ struct PubArgs {
     /// was waited for, so nothing is known to have arrived).
     #[arg(long)]
     reliable: bool,
-    /// With --reliable: never deliver or repair the message after this long.
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION", requires = "reliable")]
+    /// With --reliable: never deliver or repair the message after this long (at most 24h).
+    #[arg(long, value_parser = parse_ttl, value_name = "DURATION")]
     ttl: Option<Duration>,
     /// With --reliable or --identity: how long to ask the mesh for its nodes before publishing
     /// (a new node solicits beacons for its first second; on a lossy link the later answers
@@ -342,14 +343,15 @@ struct SubArgs {
     /// Show every payload as a hexdump.
     #[arg(long, conflicts_with = "json")]
     hex: bool,
-    /// Print one JSON object per message (topic, from, name, size, hex, text).
+    /// Print one JSON object per message: t_ms (arrival, Unix milliseconds), topic, from, name,
+    /// size, hex, text (when UTF-8), seq (when it came reliably).
     #[arg(long)]
     json: bool,
     /// Exit after this many messages.
     #[arg(short, long, value_name = "N")]
     count: Option<u64>,
     /// Exit after this long.
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = parse_positive_duration, value_name = "DURATION")]
     timeout: Option<Duration>,
 }
 
@@ -500,7 +502,22 @@ fn membership(mesh: &MeshArgs) -> Result<Membership> {
 }
 
 async fn open(mesh: &MeshArgs, command: &str) -> Result<Node> {
-    builder(mesh, command)?.open().await.context("cannot start the node")
+    let opened = builder(mesh, command)?.open().await;
+    opened.map_err(|e| explain_open_error(e, mesh)).context("cannot start the node")
+}
+
+/// Adds the fix to socket errors users meet: a port another program holds.
+fn explain_open_error(e: runtime::Error, mesh: &MeshArgs) -> anyhow::Error {
+    let in_use = matches!(&e, runtime::Error::Socket { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse);
+    let e = anyhow::Error::from(e);
+    if in_use {
+        return e.context(format!(
+            "UDP port {} is held by a program that does not share it; pick another with --port (every node of \
+             the mesh must use the same one) or stop that program",
+            mesh.port
+        ));
+    }
+    e
 }
 
 fn builder(mesh: &MeshArgs, command: &str) -> Result<NodeBuilder> {
@@ -566,6 +583,9 @@ const IDENTITY_GRACE: Duration = Duration::from_secs(2);
 
 async fn publish(a: PubArgs) -> Result<()> {
     starling::Topic::new(&a.topic).with_context(|| format!("topic '{}'", a.topic))?;
+    if a.ttl.is_some() && !a.reliable {
+        bail!("--ttl needs --reliable: a best-effort message is sent once and has no lifetime to limit");
+    }
     let payload = payload(a.payload.as_ref(), &a.source)?;
     let node = open(&a.mesh, "pub").await?;
     if a.reliable || a.mesh.identity.is_some() {
@@ -674,7 +694,10 @@ async fn subscribe(a: SubArgs) -> Result<()> {
             seq: m.seq,
         };
         let text = if a.json {
-            shown.json()
+            let t_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            shown.json_at(t_ms)
         } else if a.hex {
             shown.hexdump()
         } else {

@@ -104,6 +104,18 @@ impl Shown<'_> {
 
     /// One JSON object: topic, from, name, size, hex, and text when the payload is UTF-8.
     pub fn json(&self) -> String {
+        self.json_value().to_string()
+    }
+
+    /// [`json`](Self::json) with the arrival time, `t_ms` (Unix milliseconds, as in `watch`'s
+    /// save format).
+    pub fn json_at(&self, t_ms: u64) -> String {
+        let mut v = self.json_value();
+        v["t_ms"] = t_ms.into();
+        v.to_string()
+    }
+
+    fn json_value(&self) -> serde_json::Value {
         let mut v = serde_json::json!({
             "topic": self.topic,
             "from": self.from,
@@ -117,7 +129,7 @@ impl Shown<'_> {
         if let Ok(text) = std::str::from_utf8(self.payload) {
             v["text"] = serde_json::Value::String(text.to_owned());
         }
-        v.to_string()
+        v
     }
 }
 

@@ -286,9 +286,41 @@ fn reliable_pub_waits_for_subscribers_and_reports_sequence() {
     assert_eq!(msgs.len(), 2, "{out}");
     assert_eq!(msgs[0]["text"], "first");
     assert_eq!(msgs[0]["seq"], 0, "a reliable message carries its sequence number");
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let t = msgs[0]["t_ms"].as_u64().expect("arrival time in Unix ms");
+    assert!(now_ms - 60_000 < t && t <= now_ms, "t_ms {t} is the arrival time (now {now_ms})");
     let hex: String = blob.iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(msgs[1]["hex"], hex);
-    fails_with(env.cmd("pub").args(["--ttl", "1s", "r/a", "x"]), "--reliable");
+    fails_with(env.cmd("pub").args(["--ttl", "1s", "r/a", "x"]), "--ttl needs --reliable");
+}
+
+/// Durations, ports, interfaces and key files: the mistakes of a first hour get the fix.
+#[test]
+fn durations_ports_addresses_and_key_files_are_checked_with_the_fix() {
+    let env = Env::new("args");
+    fails_with(env.cmd("pub").args(["--reliable", "--ttl", "0s", "a", "x"]), "zero");
+    fails_with(env.cmd("pub").args(["--reliable", "--ttl", "1000h", "a", "x"]), "at most 24h");
+    fails_with(env.cmd("sub").args(["a", "--timeout", "2m30"]), "2m30s");
+    fails_with(env.cmd("sub").args(["a", "--timeout", "0"]), "zero");
+    // A sum of units is a duration.
+    let out = env.cmd("sub").args(["a", "--timeout", "0m0.3s"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut c = Command::new(BIN);
+    c.args(["pub", "--key", env.key.to_str().unwrap(), "--port", "0", "a", "x"]);
+    fails_with(&mut c, "not in 1..=65535");
+    fails_with(env.cmd("pub").args(["--interface", "192.0.2.254", "a", "x"]), "no interface of this machine has");
+    fails_with(env.cmd("pub").args(["--interface", "192.0.2.254", "a", "x"]), "127.0.0.1 (lo)");
+    let raw = env.dir.join("raw.key");
+    std::fs::write(&raw, [0x8a, 0xff, 0x00, 0x13]).unwrap();
+    let mut c = Command::new(BIN);
+    c.args(["pub", "--key", raw.to_str().unwrap(), "a", "x"]);
+    fails_with(&mut c, "is not text: a network key is 64 hexadecimal digits");
+    // A port another program holds without sharing it.
+    let held = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    let port = held.local_addr().unwrap().port().to_string();
+    let mut c = Command::new(BIN);
+    c.args(["sub", "--key", env.key.to_str().unwrap(), "--group", &env.group, "--port", &port, "a"]);
+    fails_with(&mut c, "is held by a program that does not share it");
 }
 
 #[test]

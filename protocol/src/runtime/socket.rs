@@ -13,10 +13,24 @@ use super::Error;
 /// Resolves `--interface` text: an IPv4 address (`127.0.0.1`) or an interface name (`lo`,
 /// `wlan0`) with an IPv4 address.
 pub fn resolve_interface(text: &str) -> Result<Ipv4Addr, String> {
+    let ifaces = if_addrs::get_if_addrs().map_err(|e| format!("cannot list network interfaces: {e}"));
     if let Ok(addr) = text.parse::<Ipv4Addr>() {
-        return Ok(addr);
+        // 0.0.0.0 lets the kernel choose; any other address must be one of this machine's.
+        let Ok(ifaces) = ifaces else { return Ok(addr) };
+        if addr.is_unspecified() || ifaces.iter().any(|i| i.ip() == IpAddr::V4(addr)) {
+            return Ok(addr);
+        }
+        let mut have: std::vec::Vec<String> = ifaces
+            .iter()
+            .filter_map(|i| match i.ip() {
+                IpAddr::V4(v4) => Some(format!("{v4} ({})", i.name)),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        have.sort();
+        return Err(format!("no interface of this machine has the address {addr}; give one of: {}", have.join(", ")));
     }
-    let ifaces = if_addrs::get_if_addrs().map_err(|e| format!("cannot list network interfaces: {e}"))?;
+    let ifaces = ifaces?;
     let mut names: std::vec::Vec<String> = ifaces.iter().map(|i| i.name.clone()).collect();
     names.sort();
     names.dedup();
