@@ -362,9 +362,13 @@ struct NodesArgs {
     /// How long to listen before printing.
     #[arg(short, long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
     wait: Duration,
-    /// Also print this node's traffic and drop counters (bad key, replay, malformed...).
+    /// Also print the counters of this node and of every node (traffic, drops: drop_auth is a
+    /// bad MAC, drop_replay a replay...) as one table; counters that are zero everywhere are left out.
     #[arg(long)]
     stats: bool,
+    /// With --stats: show the counters that are zero too.
+    #[arg(long, requires = "stats")]
+    all: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -780,21 +784,12 @@ async fn nodes(a: NodesArgs) -> Result<()> {
             eprintln!("note: {hint}");
         }
         if a.stats {
-            println!("\nthis node's counters:");
-            for (k, v) in &own {
-                println!("  {k:<22} {v}");
+            let mut columns = vec![("this node".to_owned(), Some(own))];
+            for (p, fields) in peers.iter().zip(remote) {
+                let name = if p.name.is_empty() { p.id.to_string() } else { p.name.clone() };
+                columns.push((name, fields));
             }
-            for (p, fields) in peers.iter().zip(&remote) {
-                match fields {
-                    Some(fields) => {
-                        println!("\ncounters of {} ({}):", p.name, p.id);
-                        for (k, v) in fields {
-                            println!("  {k:<22} {v}");
-                        }
-                    }
-                    None => println!("\ncounters of {} ({}): not available", p.name, p.id),
-                }
-            }
+            print!("\n{}", starling_gateway::render::counter_table(&columns, a.all));
         }
     }
     node.close().await?;

@@ -133,6 +133,61 @@ impl Shown<'_> {
     }
 }
 
+/// One node's column of [`counter_table`]: its name and its counters (`None`: not available).
+pub type CounterColumn = (String, Option<Vec<(String, u64)>>);
+
+/// Counters of several nodes as one table: a row per counter (in the order first seen), a
+/// column per node (`-`: that node has no such counter, or did not answer). Rows that are zero
+/// in every column are left out unless `all`; a line then says how many.
+pub fn counter_table(columns: &[CounterColumn], all: bool) -> String {
+    let mut names: Vec<&str> = Vec::new();
+    for (_, fields) in columns {
+        for (k, _) in fields.iter().flatten() {
+            if !names.contains(&k.as_str()) {
+                names.push(k);
+            }
+        }
+    }
+    let value = |col: &Option<Vec<(String, u64)>>, name: &str| {
+        col.as_ref().and_then(|f| f.iter().find(|(k, _)| k == name).map(|(_, v)| *v))
+    };
+    let rows: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| all || columns.iter().any(|(_, c)| value(c, n).is_some_and(|v| v != 0)))
+        .collect();
+    let label = rows.iter().map(|n| n.len()).max().unwrap_or(7).max(7);
+    let widths: Vec<usize> = columns
+        .iter()
+        .map(|(h, c)| {
+            rows.iter().map(|n| value(c, n).map_or(1, |v| v.to_string().len())).max().unwrap_or(1).max(h.len())
+        })
+        .collect();
+    let mut out = format!("{:<label$}", "counter");
+    for ((h, _), w) in columns.iter().zip(&widths) {
+        out.push_str(&format!("  {h:>w$}"));
+    }
+    out.push('\n');
+    for n in &rows {
+        out.push_str(&format!("{n:<label$}"));
+        for ((_, c), w) in columns.iter().zip(&widths) {
+            let cell = value(c, n).map_or("-".to_owned(), |v| v.to_string());
+            out.push_str(&format!("  {cell:>w$}"));
+        }
+        out.push('\n');
+    }
+    let hidden = names.len() - rows.len();
+    if hidden > 0 {
+        out.push_str(&format!("({hidden} counter(s) zero everywhere not shown; --all shows them)\n"));
+    }
+    for (h, c) in columns {
+        if c.is_none() {
+            out.push_str(&format!("({h}: counters not available)\n"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,6 +216,26 @@ mod tests {
             "00000000  30 31 32 33 34 35 36 37  38 39 61 62 63 64 65 66  |0123456789abcdef|\n\
              00000010  58 59 00                                          |XY.|\n"
         );
+    }
+
+    #[test]
+    fn counter_table_hides_rows_zero_everywhere_and_marks_what_a_node_lacks() {
+        let c = |pairs: &[(&str, u64)]| Some(pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect::<Vec<_>>());
+        let columns = vec![
+            ("this node".to_owned(), c(&[("rx_accepted", 12), ("drop_auth", 0), ("drop_replay", 0)])),
+            ("gw".to_owned(), c(&[("rx_accepted", 3), ("drop_auth", 2), ("drop_replay", 0), ("mqtt_out", 7)])),
+            ("board".to_owned(), None),
+        ];
+        let t = counter_table(&columns, false);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0].split_whitespace().collect::<Vec<_>>(), ["counter", "this", "node", "gw", "board"]);
+        assert_eq!(lines[1].split_whitespace().collect::<Vec<_>>(), ["rx_accepted", "12", "3", "-"]);
+        assert_eq!(lines[2].split_whitespace().collect::<Vec<_>>(), ["drop_auth", "0", "2", "-"]);
+        assert_eq!(lines[3].split_whitespace().collect::<Vec<_>>(), ["mqtt_out", "-", "7", "-"]);
+        assert!(lines[4].contains("1 counter(s) zero everywhere"), "{t}");
+        assert!(lines[5].contains("board: counters not available"), "{t}");
+        assert!(!t.contains("drop_replay"));
+        assert!(counter_table(&columns, true).contains("drop_replay"));
     }
 
     #[test]

@@ -120,7 +120,15 @@ fn nodes_lists_running_nodes_with_stats() {
 
     let out = env.cmd("nodes").args(["--wait", "1s", "--stats"]).output().unwrap();
     let table = stdout(&out);
-    assert!(table.contains("watcher") && table.contains("drop_replay"), "{table}");
+    // One table: a column per node, zero rows left out (--all shows them).
+    let header = table.lines().find(|l| l.starts_with("counter")).expect(&table);
+    assert!(header.contains("this node") && header.contains("watcher"), "{table}");
+    let rx = table.lines().find(|l| l.starts_with("rx_accepted")).expect(&table);
+    assert_eq!(rx.split_whitespace().count(), 3, "a value per node: {rx}");
+    assert!(!table.lines().any(|l| l.starts_with("drop_replay")), "{table}");
+    assert!(table.contains("--all shows them"), "{table}");
+    let out = env.cmd("nodes").args(["--wait", "1s", "--stats", "--all"]).output().unwrap();
+    assert!(stdout(&out).lines().any(|l| l.starts_with("drop_replay")), "{}", stdout(&out));
     let mut sub = sub;
     sub.kill().unwrap();
     let _ = sub.wait();

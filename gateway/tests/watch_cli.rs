@@ -82,7 +82,7 @@ fn plain_mode_reports_topics_filters_nodes_and_saves_a_capture_that_replays() {
     assert!(cmd.contains("qos=reliable") && cmd.ends_with("last=2 B on"), "{cmd}");
     assert!(last_block.contains(&"filter home/+/cmd subscribed-by=listener"), "{out}");
     let node = last_block.iter().find(|l| l.starts_with("node listener ")).unwrap_or_else(|| panic!("{out}"));
-    assert!(node.contains("epoch=1") && node.contains("bad_mac=0 replay=0 malformed=0"), "{node}");
+    assert!(node.contains("epoch=1") && node.contains("drop_auth=0 drop_replay=0 drop_malformed=0"), "{node}");
     assert!(node.contains("filters=home/+/cmd"), "{node}");
 
     let saved = std::fs::read_to_string(&save).unwrap();

@@ -340,7 +340,7 @@ pub fn plain_report(model: &Model, pattern: &Pattern, elapsed: Duration) -> Stri
         let methods: Vec<&str> = n.methods.iter().map(String::as_str).filter(|m| !m.starts_with('$')).collect();
         let _ = writeln!(
             s,
-            "node {} id={} addr={} epoch={} up={:.0}s rtt_ms={}/{} loss={} bad_mac={} replay={} malformed={} methods={} filters={} publishes={}",
+            "node {} id={} addr={} epoch={} up={:.0}s rtt_ms={}/{} loss={} drop_auth={} drop_replay={} drop_malformed={} methods={} filters={} publishes={}",
             n.name,
             n.id,
             n.addr,
