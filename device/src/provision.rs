@@ -70,6 +70,24 @@ pub struct GpioPin {
     pub active_low: bool,
 }
 
+/// The ESP32-C3's GPIOs the firmware never drives: 12-17 carry the SPI flash, 18-19 the USB serial
+/// console.
+pub const ESP32C3_RESERVED_GPIOS: core::ops::RangeInclusive<u8> = 12..=19;
+
+impl GpioPin {
+    /// Why an ESP32-C3 would refuse to drive this pin, if it would (a blob written before
+    /// `encode` refused these is still read: the board then refuses `gpio.set`).
+    pub fn esp32c3_refusal(&self) -> Option<&'static str> {
+        if self.pin > MAX_GPIO {
+            Some("the ESP32-C3 has GPIO 0 to 21")
+        } else if ESP32C3_RESERVED_GPIOS.contains(&self.pin) {
+            Some("GPIO 12-17 carry the ESP32-C3's flash and 18-19 its USB serial console")
+        } else {
+            None
+        }
+    }
+}
+
 /// How the device proves it belongs to the mesh.
 #[derive(Clone)]
 pub enum Membership {
@@ -324,9 +342,15 @@ impl Provisioning {
         Ok(())
     }
 
-    /// Encodes the blob (layout in the module docs), after [`validate`](Self::validate).
+    /// Encodes the blob (layout in the module docs), after [`validate`](Self::validate). A GPIO
+    /// the ESP32-C3 firmware would refuse to drive (12-19) is refused here too, so it is found
+    /// before flashing; reading (`decode`) still accepts one, and the board then refuses
+    /// `gpio.set`, as before this check.
     pub fn encode(&self) -> Result<Vec<u8>, ProvisionError> {
         self.validate()?;
+        if self.gpio.is_some_and(|g| ESP32C3_RESERVED_GPIOS.contains(&g.pin)) {
+            return Err(field("gpio", "must not be 12-19 (an ESP32-C3's flash and USB serial console)"));
+        }
         let mut b = Vec::with_capacity(MAX_BLOB_LEN);
         b.extend_from_slice(MAGIC);
         b.push(match self.membership {

@@ -72,6 +72,9 @@ pub fn run(a: ProvisionArgs) -> Result<()> {
         // Debug leaves the secrets out; in identity mode it shows the public key, network name
         // and member count.
         println!("{p:#?}");
+        if let Some(why) = p.gpio.and_then(|g| g.esp32c3_refusal().map(|w| (g.pin, w))) {
+            bail!("{} is refused by the ESP32-C3 firmware for gpio.set: GPIO {}: {}", path.display(), why.0, why.1);
+        }
         if let Membership::Identity { identity, allowlist } = &p.membership {
             println!("node id: {}", identity.node_id());
             for e in &allowlist.entries {
@@ -102,15 +105,41 @@ pub fn run(a: ProvisionArgs) -> Result<()> {
     p.group = a.group;
     p.port = a.port;
     let blob = p.encode().map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The blob holds the network key (or the device's secret) and the Wi-Fi password: only its
+    // owner may read it, as a key file.
     match &a.out {
-        Some(path) => std::fs::write(path, &blob).with_context(|| format!("writing {}", path.display()))?,
+        Some(path) => write_private(path, &blob).with_context(|| format!("writing {}", path.display()))?,
         None => {
             let mut out = std::io::stdout().lock();
             if out.is_terminal() {
-                bail!("the blob is binary: redirect it to a file (`> {name}.prov`) or pass --out FILE");
+                bail!("the blob is binary: pass --out {name}.prov (or redirect it to a file)");
             }
+            private_if_file(&out);
             out.write_all(&blob).context("writing the blob to standard output")?;
         }
     }
     Ok(())
+}
+
+/// Creates (or replaces) `path` readable by its owner only, then writes `bytes`.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    // An existing file keeps its mode on open: narrow it too.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(bytes)
+}
+
+/// Standard output redirected to a file (`> kitchen.prov`): the shell created it readable by
+/// others (umask), so narrow it to its owner; a pipe or device is left alone.
+fn private_if_file(out: &std::io::StdoutLock<'_>) {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(fd) = out.as_fd().try_clone_to_owned() else { return };
+    let file = std::fs::File::from(fd);
+    if file.metadata().is_ok_and(|m| m.is_file())
+        && file.set_permissions(std::fs::Permissions::from_mode(0o600)).is_err()
+    {
+        eprintln!("warning: could not make the blob file private (it holds the key and the Wi-Fi password)");
+    }
 }

@@ -102,6 +102,52 @@ fn provision_output_is_read_by_the_firmware_parser() {
     assert!(text.contains("kitchen-sensor") && !text.contains("hunter2"), "secrets stay out: {text}");
 }
 
+/// What the board would refuse is refused when writing and when checking, and the blob (key and
+/// Wi-Fi password inside) is readable by its owner only, written with --out or redirected.
+#[test]
+fn reserved_pins_are_refused_and_blobs_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir();
+    let key = key_file(&dir.0);
+    let base = ["provision", "--wifi-ssid", "Home Net", "--wifi-pass", "hunter2hunter2", "--name", "k"];
+    for pin in ["12", "13", "19"] {
+        let out = starling(&[&base[..], &["--gpio", pin]].concat(), &key);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("`gpio`") && err.contains("12-19"), "{pin}: {err}");
+    }
+    assert!(starling(&[&base[..], &["--gpio", "11"]].concat(), &key).status.success());
+    // A blob with a reserved pin, as older versions wrote: --check says the board refuses it.
+    let mut p = Provisioning::new("k", "Home Net", "hunter2hunter2", starling::NetworkKey::from_bytes([1; 32]));
+    p.gpio = Some(GpioPin { pin: 7, active_low: false });
+    let mut blob = p.encode().unwrap();
+    // The gpio field (pin 7, active high) is followed by the group, 239.255.83.76.
+    let at = blob.windows(6).position(|w| w == [7, 0, 239, 255, 83, 76]).expect("the gpio field");
+    blob[at] = 13;
+    reseal(&mut blob);
+    assert_eq!(Provisioning::decode(&blob).map(|p| p.gpio), Ok(Some(GpioPin { pin: 13, active_low: false })));
+    let path = dir.0.join("pin13.prov");
+    std::fs::write(&path, &blob).unwrap();
+    let out = check(&path);
+    assert!(!out.status.success(), "--check must not pass what the board refuses");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("GPIO 13"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let file = dir.0.join("k.prov");
+    std::fs::write(&file, b"old, world-readable").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = starling(&[&base[..], &["--out", file.to_str().unwrap()]].concat(), &key);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(Provisioning::decode(&std::fs::read(&file).unwrap()).is_ok());
+    // `> file`: the shell creates it with the umask; the command narrows it.
+    let redirected = dir.0.join("redirected.prov");
+    let target = std::fs::File::create(&redirected).unwrap();
+    std::fs::set_permissions(&redirected, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let status =
+        Command::new(BIN).args(base).arg("--key").arg(&key).env_remove("STARLING_KEY").stdout(target).status().unwrap();
+    assert!(status.success());
+    assert_eq!(std::fs::metadata(&redirected).unwrap().permissions().mode() & 0o777, 0o600);
+}
+
 #[test]
 fn corrupt_truncated_wrong_version_and_missing_blobs_are_refused_with_a_reason() {
     let dir = temp_dir();

@@ -5,14 +5,11 @@ use esp_hal::gpio::{AnyPin, Level, Output, OutputConfig};
 use esp_hal::peripherals::TSENS;
 use esp_hal::tsens::TemperatureSensor;
 use log::warn;
-use starling_device::provision::GpioPin;
+use starling_device::provision::{GpioPin, ESP32C3_RESERVED_GPIOS};
 use starling_device::{Board, Memory};
 
 /// The last RSSI the Wi-Fi task read; `i32::MIN` while disconnected.
 pub static RSSI: AtomicI32 = AtomicI32::new(i32::MIN);
-
-/// GPIOs the firmware must not drive: 12-17 carry the SPI flash, 18-19 the USB serial console.
-const RESERVED: core::ops::RangeInclusive<u8> = 12..=19;
 
 /// The board's peripherals the application uses.
 pub struct EspBoard {
@@ -25,7 +22,7 @@ impl EspBoard {
     pub fn new(tsens: TSENS<'static>, gpio: Option<GpioPin>) -> Self {
         let tsens = TemperatureSensor::new(tsens, Default::default()).ok();
         let output = gpio.and_then(|g| {
-            if RESERVED.contains(&g.pin) {
+            if ESP32C3_RESERVED_GPIOS.contains(&g.pin) {
                 warn!("GPIO{} is reserved (flash or USB serial); gpio.set will refuse", g.pin);
                 return None;
             }
