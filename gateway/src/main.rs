@@ -590,6 +590,7 @@ async fn publish(a: PubArgs) -> Result<()> {
     if a.ttl.is_some() && !a.reliable {
         bail!("--ttl needs --reliable: a best-effort message is sent once and has no lifetime to limit");
     }
+    check_own_publish_right(&a.mesh, &a.topic)?;
     let payload = payload(a.payload.as_ref(), &a.source)?;
     let node = open(&a.mesh, "pub").await?;
     if a.reliable || a.mesh.identity.is_some() {
@@ -625,6 +626,27 @@ async fn publish(a: PubArgs) -> Result<()> {
     }
     node.close().await?;
     result
+}
+
+/// Identity mode: a topic outside this device's own allowlist entry would be dropped by every
+/// member, so say so before anything is sent, naming what the entry allows.
+fn check_own_publish_right(mesh: &MeshArgs, topic: &str) -> Result<()> {
+    if mesh.identity.is_none() {
+        return Ok(());
+    }
+    let Membership::Identity { file, list, .. } = membership(mesh)? else { return Ok(()) };
+    let Some(entry) = list.get(&file.identity.public()) else { return Ok(()) };
+    let t = starling::Topic::new(topic).with_context(|| format!("topic '{topic}'"))?;
+    if !entry.permissions.may_publish(&t) {
+        let allowed: Vec<&str> = entry.permissions.publish.iter().map(|f| f.as_str()).collect();
+        bail!(
+            "this device's allowlist entry '{}' may publish only on {}: every member would drop a message on \
+             '{topic}' (widen the entry with `starling allow add ... --publish FILTER`)",
+            entry.name,
+            if allowed.is_empty() { "no topic".to_owned() } else { allowed.join(", ") }
+        );
+    }
+    Ok(())
 }
 
 async fn subscribe(a: SubArgs) -> Result<()> {

@@ -126,7 +126,11 @@ fn members_publish_subscribe_and_call_within_their_rights_and_outsiders_get_noth
         let out = env.cmd("pub", who, list).args([topic, text]).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     };
-    publish("kitchen", "net.allow", "home/hall/temp", "not its topic");
+    // Outside its own entry: refused at once, naming what the entry allows.
+    let out = env.cmd("pub", "kitchen", "net.allow").args(["home/hall/temp", "not its topic"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("'kitchen' may publish only on home/kitchen/#") && err.contains("home/hall/temp"), "{err}");
     publish("kitchen", "net.allow", "home/kitchen/temp", "21.5");
     publish("outsider", "out.allow", "home/kitchen/temp", "forged");
 

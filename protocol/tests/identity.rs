@@ -13,7 +13,7 @@ use starling::wire::{
     stream, Ack, DataHeader, Header, Inner, NodeId, Record, HEADER_LEN, SUITE_ANNOUNCE, SUITE_HS_INIT, SUITE_HS_RESP,
     SUITE_MULTICAST, SUITE_UNICAST, TAG_LEN,
 };
-use starling::{CallError, Destination, DownReason, Event, Instant, TopicFilter};
+use starling::{CallError, Destination, DownReason, Event, Instant, PublishError, TopicFilter};
 
 fn identity(i: usize) -> Identity {
     let mut secret = [0u8; 32];
@@ -153,11 +153,24 @@ fn permissions_are_enforced_by_receivers_and_before_handing_out_keys() {
     sim.serve(1, &["info", "reboot"], |r| Some(Ok(if r.method == "info" { b"v1".to_vec() } else { Vec::new() })));
     sim.run_for(Duration::from_secs(2));
     sim.publish(0, "home/kitchen/temp", b"21");
-    sim.publish(0, "home/hall/temp", b"outside its permission");
+    // Outside its own entry: refused at once, nothing sent or delivered anywhere...
+    let sent = sim.stats(0).tx_datagrams;
+    assert_eq!(sim.node_mut(0).publish("home/hall/temp", b"x"), Err(PublishError::NotPermitted));
+    let now = sim.now();
+    assert_eq!(sim.node_mut(0).publish_reliable(now, "home/hall/temp", b"x", None), Err(PublishError::NotPermitted));
+    sim.flush(0);
+    assert_eq!(sim.stats(0).tx_datagrams, sent);
+
     let ok = sim.call(0, sim.id(1), "info", b"", Duration::from_secs(3));
     let denied = sim.call(0, sim.id(1), "reboot", b"", Duration::from_secs(3));
     let reliable = sim.publish_reliable(0, "home/kitchen/temp", b"22", Some(Duration::from_secs(5)));
     sim.run_for(Duration::from_secs(4));
+    // ...and if a modified node sends it anyway (under its own data key), receivers drop it.
+    let data_key = sim.node(0).handed_out_keys()[1];
+    let forged = Record::Publish { topic: "home/hall/temp", payload: b"outside its permission" };
+    let f = forge_multicast(sim.id(0), data_key, 100_000, &[forged]);
+    sim.inject(1, sim.addr(0), &f, sim.now());
+    sim.run_for(Duration::from_millis(100));
     let at1: Vec<_> = sim.messages(1).into_iter().map(|(t, p, _)| (t, p)).collect();
     assert_eq!(
         at1,

@@ -1131,6 +1131,14 @@ impl Node {
         self.permissions_of(from).is_none_or(|p| p.is_some_and(|p| p.may_publish(topic)))
     }
 
+    /// May this node itself publish on `topic`, by its own allowlist entry? Always true in PSK
+    /// mode (and if the entry is missing, which the allowlist's own checks prevent).
+    pub(super) fn may_publish_own(&self, topic: &Topic<'_>) -> bool {
+        self.security
+            .identity()
+            .is_none_or(|state| state.list.by_id(state.me.node_id()).is_none_or(|e| e.permissions.may_publish(topic)))
+    }
+
     /// May `from` call `method`? Always true in PSK mode.
     pub(super) fn may_call(&self, from: NodeId, method: &str) -> bool {
         self.permissions_of(from).is_none_or(|p| p.is_some_and(|p| p.may_call(method)))

@@ -342,6 +342,9 @@ pub enum PublishError {
     QueueFull,
     /// The node is closing.
     Closed,
+    /// Identity mode: this node's own allowlist entry does not let it publish on the topic, so
+    /// every member would drop the message (PROTOCOL.md §11.5). Nothing was sent or delivered.
+    NotPermitted,
 }
 
 impl fmt::Display for PublishError {
@@ -353,6 +356,9 @@ impl fmt::Display for PublishError {
             }
             PublishError::QueueFull => f.write_str("send queue is full; retry after the node has sent what it holds"),
             PublishError::Closed => f.write_str("node is closed"),
+            PublishError::NotPermitted => f.write_str(
+                "this node's allowlist entry does not permit publishing on this topic: every member would drop it",
+            ),
         }
     }
 }
@@ -783,6 +789,9 @@ impl Node {
             return Err(PublishError::Closed);
         }
         let topic = Topic::new(topic).map_err(PublishError::InvalidTopic)?;
+        if !self.may_publish_own(&topic) {
+            return Err(PublishError::NotPermitted);
+        }
         if payload.len() > self.config.max_message {
             return Err(PublishError::TooLarge { size: payload.len(), max: self.config.max_message });
         }

@@ -92,6 +92,9 @@ impl Node {
             return Err(PublishError::Closed);
         }
         let topic = Topic::new(topic).map_err(PublishError::InvalidTopic)?;
+        if !self.may_publish_own(&topic) {
+            return Err(PublishError::NotPermitted);
+        }
         let max = self.config.max_message;
         if payload.len() > max {
             return Err(PublishError::TooLarge { size: payload.len(), max });
