@@ -1284,7 +1284,8 @@ impl InStream {
                 return Ok((out, 0));
             }
         }
-        if !self.make_room(t, first, limits) {
+        // Room comes from farther messages only: never from this message's own chunks.
+        if !self.make_room(t, end - 1, limits) {
             self.schedule_nack(now, limits, jitter);
             return Ok((out, 0));
         }
