@@ -131,6 +131,8 @@ impl Config {
                 max_retained_bytes: 16 * 1024,
                 max_pending_chunks: 16,
                 max_pending_bytes: 8 * 1024,
+                // Boards keep no copies for block repair (and run without the parity codec).
+                parity_keep_bytes: 0,
                 ..StreamLimits::default()
             },
             max_pending_total: 16 * 1024,

@@ -11,9 +11,9 @@ use alloc::vec::Vec;
 use core::time::Duration;
 
 use crate::time::Instant;
-#[cfg(feature = "parity")]
-use crate::wire::RepairHeader;
 use crate::wire::{Ack, DataHeader, Heartbeat, NodeId, Record, SeqRange, MAX_ACK_RANGES};
+#[cfg(feature = "parity")]
+use crate::wire::{BlockRepairHeader, RepairHeader, REPAIR_BLOCK};
 
 /// Tunables and bounds of reliable streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +38,10 @@ pub struct StreamLimits {
     pub heartbeat_min: Duration,
     /// Longest heartbeat interval.
     pub heartbeat_max: Duration,
+    /// Bytes of delivered one-chunk messages a receiver keeps per stream until their block of
+    /// 16 sequence numbers is behind it, so a block repair (PROTOCOL.md §6.9) can rebuild a
+    /// hole from them. 0 (boards): no block repair for this node, and its beacons say so.
+    pub parity_keep_bytes: usize,
 }
 
 impl Default for StreamLimits {
@@ -53,6 +57,7 @@ impl Default for StreamLimits {
             repair_wait: Duration::from_millis(60),
             heartbeat_min: Duration::from_millis(40),
             heartbeat_max: Duration::from_secs(2),
+            parity_keep_bytes: 16 * MAX_BLOCK_SYMBOL,
         }
     }
 }
@@ -64,6 +69,27 @@ pub const MAX_REPAIRS_PER_ACK: usize = 32;
 /// Repair rounds of one message that send parity symbols; later rounds resend the chunks asked
 /// for (a receiver that cannot use parity, an older one, still gets the message).
 pub const MAX_PARITY_ROUNDS: u8 = 4;
+
+/// What a receiver can rebuild from parity, as its beacons say (PROTOCOL.md §4): repair symbols
+/// of messages of several chunks, and of blocks of one-chunk messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ParityUse {
+    /// Repair records (PROTOCOL.md §6.8).
+    pub messages: bool,
+    /// BlockRepair records (PROTOCOL.md §6.9).
+    pub blocks: bool,
+}
+
+impl ParityUse {
+    /// Neither: every hole is repaired with the chunk itself.
+    pub const NONE: ParityUse = ParityUse { messages: false, blocks: false };
+    /// Both kinds.
+    pub const ALL: ParityUse = ParityUse { messages: true, blocks: true };
+}
+
+/// Longest one-chunk message a block repair covers: a BlockRepair record of 16 members then fits
+/// a datagram (PROTOCOL.md §6.9). Longer ones are repaired with the chunk itself.
+pub const MAX_BLOCK_SYMBOL: usize = crate::wire::MAX_DATAGRAM - crate::wire::FRAME_OVERHEAD - 68;
 
 /// How a retained message ended for the sender's bookkeeping.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,9 +178,14 @@ struct ParityState {
     asked: BTreeSet<u64>,
     /// Per message: its repair rounds so far.
     rounds: BTreeMap<u64, ParityRound>,
+    /// Per block of one-chunk messages (its first sequence number): as `need` for messages.
+    block_need: BTreeMap<u64, u32>,
+    /// Per block: its rounds, and its members (fixed at the first round).
+    blocks: BTreeMap<u64, (ParityRound, u16)>,
 }
 
 #[cfg(feature = "parity")]
+#[derive(Clone, Copy)]
 struct ParityRound {
     /// Repair symbols sent for the message so far: the next one's number.
     sent: u32,
@@ -163,6 +194,38 @@ struct ParityRound {
     burst: u32,
     /// Rounds so far.
     count: u8,
+}
+
+#[cfg(feature = "parity")]
+impl ParityRound {
+    fn new(now: Instant) -> Self {
+        ParityRound { sent: 0, at: now, burst: 0, count: 0 }
+    }
+
+    /// The symbols to send for `need` asked now, as `(first symbol number, count)`, at most
+    /// `cap`; `None` once the rounds are used up. NACKs that arrive within a round trip of a
+    /// round (four hold-offs, as the hold-off is a quarter of the slowest round trip) may have
+    /// been sent before its symbols arrived: they add only what they ask beyond what the round
+    /// sent, so several receivers cost what the neediest lacks, not the sum.
+    fn burst(&mut self, now: Instant, need: u32, holdoff: Duration, cap: u32) -> Option<(u32, u32)> {
+        let extra = if self.count > 0 && now < self.at + holdoff * 4 {
+            need.saturating_sub(self.burst)
+        } else {
+            if self.count >= MAX_PARITY_ROUNDS {
+                return None;
+            }
+            self.count += 1;
+            self.at = now;
+            self.burst = 0;
+            need
+        }
+        .min(cap)
+        .min(MAX_REPAIRS_PER_ACK as u32);
+        let start = self.sent;
+        self.sent += extra;
+        self.burst += extra;
+        Some((start, extra))
+    }
 }
 
 /// The multicast stream's verdict state and parity rounds.
@@ -406,6 +469,28 @@ impl OutStream {
         (i < self.chunks.len()).then_some(i)
     }
 
+    /// A message a block repair may cover (PROTOCOL.md §6.9): one chunk, no time to live (a
+    /// rebuilt chunk would not know its lifetime), at most [`MAX_BLOCK_SYMBOL`] bytes.
+    fn block_member(&self, m: &OutMessage) -> bool {
+        m.end - m.first == 1
+            && m.expires.is_none()
+            && self.chunk_index(m.first).is_some_and(|i| self.chunks[i].bytes.len() <= MAX_BLOCK_SYMBOL)
+    }
+
+    /// `seq` is a member of its block's repair, or may be one: the block's members are fixed at
+    /// its first round, and what was sent later is repaired with its chunk.
+    #[cfg(feature = "parity")]
+    fn may_join_block(&self, seq: u64) -> bool {
+        let block = seq - seq % REPAIR_BLOCK;
+        let fixed = self.verdicts.as_ref().and_then(|v| v.parity.blocks.get(&block));
+        fixed.is_none_or(|(_, members)| members & (1 << (seq - block)) != 0)
+    }
+
+    #[cfg(not(feature = "parity"))]
+    fn may_join_block(&self, _seq: u64) -> bool {
+        false
+    }
+
     fn message_of(&self, seq: u64) -> Option<&OutMessage> {
         // Retained messages are in sequence order.
         let i = self.messages.partition_point(|m| m.end <= seq);
@@ -458,6 +543,9 @@ impl OutStream {
         if let Some(v) = self.verdicts.as_mut() {
             v.parity.rounds.remove(&m.first);
             v.parity.need.remove(&m.first);
+            // A block is done with once its last sequence number leaves.
+            v.parity.blocks.retain(|&b, _| b + REPAIR_BLOCK > m.end);
+            v.parity.block_need.retain(|&b, _| b + REPAIR_BLOCK > m.end);
         }
         while self.chunks.front().is_some_and(|c| c.seq < m.end) {
             let c = self.chunks.pop_front().expect("front exists");
@@ -481,15 +569,16 @@ impl OutStream {
 
     /// Handles an acknowledgement from `from`. Returns false when it refers to sequence
     /// numbers never sent (the caller counts it as malformed). `rtt_sample` receives a round-trip
-    /// sample when the ack newly covers a chunk sent only once (Karn's rule). `parity` says the
-    /// receiver uses Repair records: its holes in messages of several chunks of a multicast
-    /// stream are then repaired with parity, otherwise with the chunks.
+    /// sample when the ack newly covers a chunk sent only once (Karn's rule). `parity` says what
+    /// the receiver rebuilds from repair symbols: its holes in messages of several chunks, or in
+    /// blocks of one-chunk messages, of a multicast stream are then repaired with parity,
+    /// otherwise with the chunks.
     pub fn on_ack(
         &mut self,
         now: Instant,
         from: NodeId,
         ack: &Ack,
-        parity: bool,
+        parity: ParityUse,
         rtt_sample: &mut Option<Duration>,
     ) -> bool {
         if ack.next > self.next_seq || ack.missing.iter().any(|&(s, l)| s.saturating_add(u64::from(l)) > self.next_seq)
@@ -531,6 +620,7 @@ impl OutStream {
         let mut asked = 0;
         // Multicast: holes per message of several chunks, for parity repair (`poll`).
         let mut per_message: Vec<(u64, u32)> = Vec::new();
+        let mut per_block: Vec<(u64, u32)> = Vec::new();
         let mut parity_seqs: Vec<u64> = Vec::new();
         'ranges: for &(start, len) in &ack.missing {
             for seq in start.max(self.low())..start.saturating_add(u64::from(len)).min(self.next_seq) {
@@ -540,29 +630,40 @@ impl OutStream {
                 asked += 1;
                 // With one receiver, resending exactly what it lacks is as good and costs no
                 // coding: parity only pays where receivers lose different chunks.
-                let parity = parity && crate::parity::ENABLED && self.kind == crate::wire::stream::MULTICAST;
+                let multicast = crate::parity::ENABLED && self.kind == crate::wire::stream::MULTICAST;
                 let receivers = self.acks.len();
-                let parity_for =
-                    |m: &&OutMessage| parity && m.end - m.first >= 2 && receivers.max(m.waiting.len()) >= 2;
-                match self.message_of(seq).filter(parity_for) {
-                    Some(m) => {
+                let several = |m: &OutMessage| receivers.max(m.waiting.len()) >= 2;
+                match self.message_of(seq).filter(|m| multicast && several(m)) {
+                    Some(m) if parity.messages && m.end - m.first >= 2 => {
                         match per_message.last_mut() {
                             Some((first, n)) if *first == m.first => *n += 1,
                             _ => per_message.push((m.first, 1)),
                         }
                         parity_seqs.push(seq);
                     }
-                    None => {
+                    Some(m) if parity.blocks && self.block_member(m) && self.may_join_block(seq) => {
+                        let block = seq - seq % crate::wire::REPAIR_BLOCK;
+                        match per_block.last_mut() {
+                            Some((first, n)) if *first == block => *n += 1,
+                            _ => per_block.push((block, 1)),
+                        }
+                        parity_seqs.push(seq);
+                    }
+                    _ => {
                         self.repairs.insert(seq);
                     }
                 }
             }
         }
         #[cfg(feature = "parity")]
-        if !per_message.is_empty() {
+        if !parity_seqs.is_empty() {
             let p = &mut self.verdicts.get_or_insert_with(Default::default).parity;
             for (first, n) in per_message {
                 let need = p.need.entry(first).or_insert(0);
+                *need = (*need).max(n);
+            }
+            for (first, n) in per_block {
+                let need = p.block_need.entry(first).or_insert(0);
                 *need = (*need).max(n);
             }
             // Kept for the rounds after parity (`poll`), which resend the chunks themselves.
@@ -722,11 +823,6 @@ impl OutStream {
     /// Parity repair of the message starting at `first`, `need` symbols asked for by the
     /// neediest NACK: its end and the Repair records to send, or `None` to resend its chunks
     /// instead (its parity rounds are used up, or it is gone or expired).
-    ///
-    /// NACKs that arrive within a round trip of a round (four hold-offs, as the hold-off is a
-    /// quarter of the slowest round trip) may have been sent before its symbols arrived: they
-    /// add only what they ask beyond what the round sent, so several receivers cost what the
-    /// neediest lacks, not the sum.
     #[cfg(feature = "parity")]
     fn parity_repair(&mut self, now: Instant, first: u64, need: u32, holdoff: Duration) -> Option<(u64, Vec<Vec<u8>>)> {
         let m = self.message_of(first).filter(|m| m.first == first)?;
@@ -741,23 +837,7 @@ impl OutStream {
         let symbol = u16::try_from(self.chunks[i].bytes.len()).ok().filter(|&t| t > 0)?;
         let len = u32::try_from(len).ok()?;
         let p = &mut self.verdicts.get_or_insert_with(Default::default).parity;
-        let round = p.rounds.entry(first).or_insert(ParityRound { sent: 0, at: now, burst: 0, count: 0 });
-        let extra = if round.count > 0 && now < round.at + holdoff * 4 {
-            need.saturating_sub(round.burst)
-        } else {
-            if round.count >= MAX_PARITY_ROUNDS {
-                return None;
-            }
-            round.count += 1;
-            round.at = now;
-            round.burst = 0;
-            need
-        }
-        .min(k)
-        .min(MAX_REPAIRS_PER_ACK as u32);
-        let start = round.sent;
-        round.sent += extra;
-        round.burst += extra;
+        let (start, extra) = p.rounds.entry(first).or_insert(ParityRound::new(now)).burst(now, need, holdoff, k)?;
         if extra == 0 {
             return Some((end, Vec::new()));
         }
@@ -786,6 +866,76 @@ impl OutStream {
         Some((end, records))
     }
 
+    /// Parity repair of the block of one-chunk messages at `first` (PROTOCOL.md §6.9), `need`
+    /// symbols asked for by the neediest NACK: the block's members and the BlockRepair records
+    /// to send, or `None` to resend the chunks asked for instead (rounds used up, fewer than two
+    /// members, or a member no longer retained).
+    #[cfg(feature = "parity")]
+    fn parity_block_repair(
+        &mut self,
+        now: Instant,
+        first: u64,
+        need: u32,
+        holdoff: Duration,
+    ) -> Option<(u16, Vec<Vec<u8>>)> {
+        let known = self.verdicts.as_ref().and_then(|v| v.parity.blocks.get(&first)).map(|b| b.1);
+        // Members are fixed at the block's first round: symbols of later rounds must add up.
+        let members = known.unwrap_or_else(|| {
+            (0..REPAIR_BLOCK)
+                .filter(|&i| self.message_of(first + i).is_some_and(|m| m.first == first + i && self.block_member(m)))
+                .fold(0u16, |bits, i| bits | (1 << i))
+        });
+        let seqs: Vec<u64> = (0..REPAIR_BLOCK).filter(|i| members & (1 << i) != 0).map(|i| first + i).collect();
+        if seqs.len() < 2 {
+            return None;
+        }
+        let mut padded = Vec::with_capacity(seqs.len());
+        let mut lens = Vec::with_capacity(seqs.len());
+        for &s in &seqs {
+            let m = self.message_of(s).filter(|m| m.first == s && m.end == s + 1)?;
+            if m.expires.is_some() {
+                return None;
+            }
+            let c = &self.chunks[self.chunk_index(s)?];
+            lens.push(u16::try_from(c.bytes.len()).ok()?);
+            padded.push(c.bytes.clone());
+        }
+        let symbol = lens.iter().copied().max().filter(|&t| t > 0)?;
+        for c in padded.iter_mut() {
+            c.resize(usize::from(symbol), 0);
+        }
+        let k = seqs.len() as u32;
+        let p = &mut self.verdicts.get_or_insert_with(Default::default).parity;
+        let entry = p.blocks.entry(first).or_insert((ParityRound::new(now), members));
+        let (start, extra) = entry.0.burst(now, need, holdoff, k)?;
+        if extra == 0 {
+            return Some((members, Vec::new()));
+        }
+        let len = k * u32::from(symbol);
+        let symbols = crate::parity::encode(padded.iter().map(|c| &c[..]), len, symbol, start, extra);
+        let mut records = Vec::with_capacity(symbols.len());
+        for (esi, bytes) in symbols {
+            let header = BlockRepairHeader {
+                stream: self.kind,
+                epoch: self.epoch,
+                first,
+                members,
+                symbol,
+                esi,
+                lens: lens.clone(),
+            };
+            let mut rec = Vec::with_capacity(bytes.len() + 64);
+            Record::BlockRepair { header, symbol: &bytes }.emit(&mut rec);
+            records.push(rec);
+        }
+        for &s in &seqs {
+            if let Some(i) = self.chunk_index(s) {
+                self.chunks[i].sent_at = now;
+            }
+        }
+        Some((members, records))
+    }
+
     /// Records to send now: requested repairs (each at most once per `holdoff`) and a heartbeat
     /// when due. `heartbeat_cap` bounds the heartbeat interval (unicast streams pass the RTO).
     pub fn poll(&mut self, now: Instant, holdoff: Duration, heartbeat_cap: Duration) -> Vec<Vec<u8>> {
@@ -795,6 +945,19 @@ impl OutStream {
         #[cfg(feature = "parity")]
         if let Some(v) = self.verdicts.as_mut() {
             let (need, asked) = (core::mem::take(&mut v.parity.need), core::mem::take(&mut v.parity.asked));
+            let block_need = core::mem::take(&mut v.parity.block_need);
+            for (first, n) in block_need {
+                let members = match self.parity_block_repair(now, first, n, holdoff) {
+                    Some((members, records)) => {
+                        out.extend(records);
+                        members
+                    }
+                    None => 0,
+                };
+                // What the block's symbols do not cover goes as chunks.
+                let outside = asked.range(first..first + REPAIR_BLOCK).filter(|&&s| members & (1 << (s - first)) == 0);
+                repairs.extend(outside);
+            }
             for (first, n) in need {
                 match self.parity_repair(now, first, n, holdoff) {
                     Some((_, records)) => out.extend(records),
@@ -935,6 +1098,18 @@ struct HeldRepairs {
     failed: u32,
 }
 
+/// Block repair symbols a receiver holds for one block (PROTOCOL.md §6.9).
+#[cfg(feature = "parity")]
+struct HeldBlock {
+    members: u16,
+    lens: Vec<u16>,
+    symbol: u16,
+    /// `(esi, bytes)`.
+    symbols: Vec<(u32, Vec<u8>)>,
+    /// As [`HeldRepairs::failed`].
+    failed: u32,
+}
+
 /// Why a Repair record was refused: it disagrees with the chunks held for its message (a
 /// different message shape at the same sequence numbers). Counted as `drop_stream`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -963,6 +1138,13 @@ struct Asked {
     /// stream with holes holds any).
     #[cfg(feature = "parity")]
     held: BTreeMap<u64, HeldRepairs>,
+    /// Repair symbols held for blocks of one-chunk messages, by the block's first number.
+    #[cfg(feature = "parity")]
+    blocks: BTreeMap<u64, HeldBlock>,
+    /// Copies of the one-chunk messages delivered from the block `next` is in: a block repair
+    /// needs them to rebuild a later hole of that block (the box then outlives the holes).
+    #[cfg(feature = "parity")]
+    kept: Vec<(u64, Vec<u8>)>,
 }
 
 impl Asked {
@@ -977,6 +1159,10 @@ impl Asked {
             probe: None,
             #[cfg(feature = "parity")]
             held: BTreeMap::new(),
+            #[cfg(feature = "parity")]
+            blocks: BTreeMap::new(),
+            #[cfg(feature = "parity")]
+            kept: Vec::new(),
         })
     }
 
@@ -1089,32 +1275,87 @@ impl InStream {
             }
             self.next = low;
             self.highest = self.highest.max(low);
-            self.release_held(|first| first < low);
+            self.release_held(|_, last| last < low);
+            #[cfg(feature = "parity")]
+            self.prune_kept();
         }
     }
 
-    /// Frees the repair symbols held for messages `which` selects.
+    /// Frees the repair symbols held for the messages and blocks `which` selects, given their
+    /// first and last sequence numbers.
     #[cfg(feature = "parity")]
-    fn release_held(&mut self, which: impl Fn(u64) -> bool) {
+    fn release_held(&mut self, which: impl Fn(u64, u64) -> bool) {
         let Some(a) = self.asked.as_mut() else { return };
+        let bytes = |symbols: &[(u32, Vec<u8>)]| symbols.iter().map(|(_, b)| b.len()).sum::<usize>();
         let mut freed = 0;
         a.held.retain(|&first, h| {
-            let keep = !which(first);
+            let last = first + u64::from(h.len.div_ceil(u32::from(h.symbol))) - 1;
+            let keep = !which(first, last);
             if !keep {
-                freed += h.symbols.iter().map(|(_, b)| b.len()).sum::<usize>();
+                freed += bytes(&h.symbols);
+            }
+            keep
+        });
+        a.blocks.retain(|&first, h| {
+            let keep = !which(first, first + REPAIR_BLOCK - 1);
+            if !keep {
+                freed += bytes(&h.symbols);
             }
             keep
         });
         self.pending_bytes -= freed;
     }
 
+    /// Drops the kept copies of blocks `next` has left behind.
+    #[cfg(feature = "parity")]
+    fn prune_kept(&mut self) {
+        let block = self.next - self.next % crate::wire::REPAIR_BLOCK;
+        let Some(a) = self.asked.as_mut() else { return };
+        let mut freed = 0;
+        a.kept.retain(|(s, b)| {
+            let keep = *s >= block;
+            if !keep {
+                freed += b.len();
+            }
+            keep
+        });
+        self.pending_bytes -= freed;
+    }
+
+    /// Keeps a copy of the one-chunk message just delivered at `seq` for block repair, if its
+    /// block goes on past it and the budget allows.
+    #[cfg(feature = "parity")]
+    fn keep_delivered(&mut self, seq: u64, bytes: &[u8], keep: usize) {
+        if keep == 0 || (seq + 1).is_multiple_of(crate::wire::REPAIR_BLOCK) || bytes.len() > MAX_BLOCK_SYMBOL {
+            return;
+        }
+        let next = self.next;
+        let a = self.asked.get_or_insert_with(|| Asked::new(next));
+        let held: usize = a.kept.iter().map(|(_, b)| b.len()).sum();
+        if held + bytes.len() <= keep {
+            a.kept.push((seq, bytes.to_vec()));
+            self.pending_bytes += bytes.len();
+        }
+    }
+
     /// Without the codec nothing is held.
     #[cfg(not(feature = "parity"))]
-    fn release_held(&mut self, _which: impl Fn(u64) -> bool) {}
+    fn release_held(&mut self, _which: impl Fn(u64, u64) -> bool) {}
 
     /// Forgets the NACK state (no holes left, or leaving), and the repair symbols it held.
     fn clear_asked(&mut self) {
-        self.release_held(|_| true);
+        self.release_held(|_, _| true);
+        #[cfg(feature = "parity")]
+        {
+            let next = self.next;
+            if let Some(a) = self.asked.as_mut().filter(|a| !a.kept.is_empty()) {
+                // Copies for block repair stay; the NACK state starts over.
+                let kept = core::mem::take(&mut a.kept);
+                *a = Asked::new(next);
+                a.kept = kept;
+                return;
+            }
+        }
         self.asked = None;
     }
 
@@ -1137,7 +1378,7 @@ impl InStream {
             }
         }
         if self.pending_bytes + bytes > limits.max_pending_bytes {
-            self.release_held(|first| first > before);
+            self.release_held(|first, _| first > before);
         }
         self.pending_bytes + bytes <= limits.max_pending_bytes
     }
@@ -1192,14 +1433,19 @@ impl InStream {
         self.pending.insert(h.seq, Pending { index: h.index, count: h.count, expires, bytes: chunk.to_vec() });
         self.highest = self.highest.max(h.seq + 1);
         #[cfg(feature = "parity")]
-        self.try_rebuild(h.seq);
+        {
+            self.try_rebuild(h.seq);
+            if h.count == 1 {
+                self.try_rebuild_block(h.seq - h.seq % REPAIR_BLOCK);
+            }
+        }
         self.progress(now, limits, jitter, &mut out);
         out
     }
 
     /// After something new was buffered: deliver what is complete, acknowledge and arm NACKs.
     fn progress(&mut self, now: Instant, limits: &StreamLimits, jitter: u64, out: &mut Vec<Delivery>) {
-        self.deliver(now, out);
+        self.deliver(now, limits.parity_keep_bytes, out);
         // Half a receive window delivered since the last ack: ack now, so a sender in a burst
         // (its retention filling, or a small board's window overrun) keeps moving.
         let every = ACK_EVERY.min(u64::from(receive_window(limits) / 2).max(1));
@@ -1334,13 +1580,151 @@ impl InStream {
             return 0;
         };
         let (expires, t) = (r.expires, usize::from(r.symbol));
-        self.release_held(|f| f == first);
+        if let Some(r) = self.asked.as_mut().and_then(|a| a.held.remove(&first)) {
+            self.pending_bytes -= r.symbols.iter().map(|(_, b)| b.len()).sum::<usize>();
+        }
         let mut count = 0;
         for (i, c) in bytes.chunks(t).enumerate() {
             let seq = first + i as u64;
             if let alloc::collections::btree_map::Entry::Vacant(e) = self.pending.entry(seq) {
                 self.pending_bytes += c.len();
                 e.insert(Pending { index: i as u32, count: k as u32, expires, bytes: c.to_vec() });
+                count += 1;
+            }
+        }
+        count
+    }
+
+    /// Handles one block repair symbol (PROTOCOL.md §6.9): like [`on_repair`](Self::on_repair)
+    /// for a block of one-chunk messages, rebuilt from the members buffered, the copies kept of
+    /// those delivered, and the symbols. A block whose delivered members were not kept cannot
+    /// be rebuilt here: the symbol is ignored (the sender resends chunks after its rounds).
+    #[cfg(feature = "parity")]
+    pub fn on_block_repair(
+        &mut self,
+        now: Instant,
+        h: &BlockRepairHeader,
+        symbol: &[u8],
+        limits: &StreamLimits,
+        jitter: u64,
+    ) -> Result<(Vec<Delivery>, u32), Inconsistent> {
+        let mut out = Vec::new();
+        Self::schedule(&mut self.ack_due, now + limits.ack_delay);
+        let (first, end) = (h.first, h.first + REPAIR_BLOCK);
+        let Some(last) = h.member_seqs().last() else { return Ok((out, 0)) };
+        if end <= self.next {
+            return Ok((out, 0)); // behind us: the ack tells the sender
+        }
+        let window_end = self.next.saturating_add(limits.max_pending_chunks as u64);
+        if last >= window_end {
+            self.highest = self.highest.max(window_end);
+            self.schedule_nack(now, limits, jitter);
+            return Ok((out, 0));
+        }
+        let mut holes = 0;
+        for (s, &len) in h.member_seqs().zip(&h.lens) {
+            let len = usize::from(len);
+            if s < self.next {
+                let kept = self.asked.as_ref().and_then(|a| a.kept.iter().find(|(k, _)| *k == s));
+                match kept {
+                    Some((_, b)) if b.len() == len => {}
+                    Some(_) => return Err(Inconsistent),
+                    None => return Ok((out, 0)), // delivered or given up without a copy
+                }
+            } else if let Some(p) = self.pending.get(&s) {
+                if p.count != 1 || p.index != 0 || p.bytes.len() != len {
+                    return Err(Inconsistent);
+                }
+            } else {
+                holes += 1;
+            }
+        }
+        if let Some(a) = self.asked.as_mut() {
+            if let Some((_, sent)) = a.probe.filter(|&(seq, _)| h.member_seqs().any(|m| m == seq)) {
+                a.probe = None;
+                self.on_rtt_sample(now.saturating_duration_since(sent));
+            }
+        }
+        self.highest = self.highest.max(last + 1);
+        if holes == 0 {
+            return Ok((out, 0));
+        }
+        if let Some(b) = self.asked.as_ref().and_then(|a| a.blocks.get(&first)) {
+            if b.members != h.members || b.lens != h.lens || b.symbol != h.symbol {
+                return Err(Inconsistent);
+            }
+            if b.symbols.iter().any(|(e, _)| *e == h.esi) || b.symbols.len() >= holes + b.failed as usize {
+                return Ok((out, 0));
+            }
+        }
+        let t = usize::from(h.symbol);
+        if !self.make_room(t, end - 1, limits) {
+            self.schedule_nack(now, limits, jitter);
+            return Ok((out, 0));
+        }
+        let next = self.next;
+        let a = self.asked.get_or_insert_with(|| Asked::new(next));
+        let b = a.blocks.entry(first).or_insert_with(|| HeldBlock {
+            members: h.members,
+            lens: h.lens.clone(),
+            symbol: h.symbol,
+            symbols: Vec::new(),
+            failed: 0,
+        });
+        b.symbols.push((h.esi, symbol.to_vec()));
+        self.pending_bytes += t;
+        let rebuilt = self.try_rebuild_block(first);
+        self.progress(now, limits, jitter, &mut out);
+        Ok((out, rebuilt))
+    }
+
+    /// Rebuilds the missing members of the block at `first` if its members at hand (buffered or
+    /// kept) and the symbols held are enough; returns the chunks rebuilt.
+    #[cfg(feature = "parity")]
+    fn try_rebuild_block(&mut self, first: u64) -> u32 {
+        let Some(b) = self.asked.as_ref().and_then(|a| a.blocks.get(&first)) else { return 0 };
+        let seqs: Vec<u64> = (0..REPAIR_BLOCK).filter(|i| b.members & (1 << i) != 0).map(|i| first + i).collect();
+        let kept = &self.asked.as_ref().expect("held").kept;
+        let mut sources: Vec<(u32, &[u8])> = Vec::with_capacity(seqs.len());
+        for (i, &s) in seqs.iter().enumerate() {
+            let bytes = if s < self.next {
+                kept.iter().find(|(k, _)| *k == s).map(|(_, b)| &b[..])
+            } else {
+                self.pending.get(&s).map(|p| &p.bytes[..])
+            };
+            if let Some(bytes) = bytes {
+                sources.push((i as u32, bytes));
+            }
+        }
+        if sources.len() + b.symbols.len() < seqs.len() + b.failed as usize {
+            return 0;
+        }
+        let k = seqs.len() as u32;
+        let rebuilt = crate::parity::decode(
+            k * u32::from(b.symbol),
+            b.symbol,
+            sources.iter().copied(),
+            b.symbols.iter().map(|(e, s)| (*e, &s[..])),
+        );
+        let Some(bytes) = rebuilt else {
+            if let Some(b) = self.asked.as_mut().and_then(|a| a.blocks.get_mut(&first)) {
+                b.failed += 1;
+            }
+            return 0;
+        };
+        let (t, lens) = (usize::from(b.symbol), b.lens.clone());
+        if let Some(b) = self.asked.as_mut().and_then(|a| a.blocks.remove(&first)) {
+            self.pending_bytes -= b.symbols.iter().map(|(_, s)| s.len()).sum::<usize>();
+        }
+        let mut count = 0;
+        for (i, &s) in seqs.iter().enumerate() {
+            if s < self.next {
+                continue;
+            }
+            if let alloc::collections::btree_map::Entry::Vacant(e) = self.pending.entry(s) {
+                let chunk = bytes[i * t..i * t + usize::from(lens[i])].to_vec();
+                self.pending_bytes += chunk.len();
+                e.insert(Pending { index: 0, count: 1, expires: None, bytes: chunk });
                 count += 1;
             }
         }
@@ -1382,7 +1766,10 @@ impl InStream {
         self.missing_from(from.max(self.next), to, NACK_RANGES)
     }
 
-    fn deliver(&mut self, now: Instant, out: &mut Vec<Delivery>) {
+    /// Delivers what is complete in order; `keep` is the block-repair budget
+    /// ([`StreamLimits::parity_keep_bytes`]).
+    fn deliver(&mut self, now: Instant, keep: usize, out: &mut Vec<Delivery>) {
+        let _ = keep; // without the parity codec nothing is kept
         loop {
             if self.pending.is_empty() {
                 // An empty B-tree keeps its root node: drop it, idle streams hold no heap.
@@ -1408,14 +1795,24 @@ impl InStream {
             let seq = self.next;
             let mut bytes = Vec::new();
             let mut expired = false;
+            let mut ttl = false;
             for i in 0..count {
                 let p = self.pending.remove(&(seq + i)).expect("checked complete");
                 self.pending_bytes -= p.bytes.len();
                 expired |= p.expires.is_some_and(|e| e <= now);
+                ttl |= p.expires.is_some();
                 bytes.extend_from_slice(&p.bytes);
             }
             self.next = seq + count;
-            self.release_held(|first| first < seq + count);
+            self.release_held(|_, last| last < seq + count);
+            #[cfg(feature = "parity")]
+            {
+                self.prune_kept();
+                if count == 1 && !ttl {
+                    self.keep_delivered(seq, &bytes, keep);
+                }
+            }
+            let _ = ttl;
             out.push(if expired {
                 Delivery::Expired { from: seq, to: seq + count }
             } else {
@@ -1445,7 +1842,7 @@ impl InStream {
             // Up to date: say so promptly so the sender can release and stop heartbeating.
             Self::schedule(&mut self.ack_due, now);
         }
-        self.deliver(now, &mut out);
+        self.deliver(now, limits.parity_keep_bytes, &mut out);
         out
     }
 
@@ -1556,39 +1953,49 @@ impl InStream {
         (!missing.is_empty()).then_some(missing)
     }
 
-    /// A NACK names, of each message this receiver holds repair symbols for, its holes minus
-    /// those symbols (the highest holes are left out): the sender then sends what the neediest
-    /// receiver still lacks (PROTOCOL.md §6.8).
+    /// A NACK names, of each message or block this receiver holds repair symbols for, its holes
+    /// minus those symbols (the highest holes are left out): the sender then sends what the
+    /// neediest receiver still lacks (PROTOCOL.md §6.8, §6.9).
     #[cfg(feature = "parity")]
-    fn discount_held(&self, mut missing: Vec<SeqRange>) -> Vec<SeqRange> {
-        let Some(held) = self.held() else { return missing };
-        for (&first, r) in held.iter() {
+    fn discount_held(&self, missing: Vec<SeqRange>) -> Vec<SeqRange> {
+        let Some(a) = self.asked.as_ref().filter(|a| !a.held.is_empty() || !a.blocks.is_empty()) else {
+            return missing;
+        };
+        let asked = |seq: &u64| missing.iter().any(|&(s, l)| s <= *seq && *seq < s + u64::from(l));
+        let credit = |symbols: usize, failed: u32| symbols.saturating_sub(failed as usize);
+        let mut left_out: Vec<u64> = Vec::new();
+        for (&first, r) in &a.held {
             let end = first + u64::from(r.len.div_ceil(u32::from(r.symbol)));
-            let credit = r.symbols.len().saturating_sub(r.failed as usize) as u64;
-            let inside: u64 =
-                missing.iter().map(|&(s, l)| (s + u64::from(l)).min(end).saturating_sub(s.max(first))).sum();
-            let mut keep = inside.saturating_sub(credit);
-            let mut out = Vec::with_capacity(missing.len() + 2);
-            for (s, l) in missing {
-                let e = s + u64::from(l);
-                if s < first {
-                    out.push((s, (e.min(first) - s) as u32));
-                }
-                let (lo, hi) = (s.max(first), e.min(end));
-                if lo < hi && keep > 0 {
-                    let take = (hi - lo).min(keep);
-                    out.push((lo, take as u32));
-                    keep -= take;
-                }
-                if e > end {
-                    let lo = s.max(end);
-                    out.push((lo, (e - lo) as u32));
-                }
-            }
-            out.truncate(NACK_RANGES);
-            missing = out;
+            let holes: Vec<u64> = (first..end).filter(asked).collect();
+            let n = credit(r.symbols.len(), r.failed).min(holes.len());
+            left_out.extend_from_slice(&holes[holes.len() - n..]);
         }
-        missing
+        for (&first, b) in &a.blocks {
+            let holes: Vec<u64> = (0..crate::wire::REPAIR_BLOCK)
+                .filter(|i| b.members & (1 << i) != 0)
+                .map(|i| first + i)
+                .filter(asked)
+                .collect();
+            let n = credit(b.symbols.len(), b.failed).min(holes.len());
+            left_out.extend_from_slice(&holes[holes.len() - n..]);
+        }
+        left_out.sort_unstable();
+        let mut out = Vec::with_capacity(missing.len() + left_out.len());
+        for (s, l) in missing {
+            let mut at = s;
+            let end = s + u64::from(l);
+            for &d in left_out.iter().filter(|&&d| s <= d && d < end) {
+                if d > at {
+                    out.push((at, (d - at) as u32));
+                }
+                at = d + 1;
+            }
+            if end > at {
+                out.push((at, (end - at) as u32));
+            }
+        }
+        out.truncate(NACK_RANGES);
+        out
     }
 
     /// Without the codec nothing is held.
@@ -1679,7 +2086,7 @@ mod tests {
         assert_eq!(rx.missing(), vec![(1, 1)]);
         let Some(Feedback::Nack(nack)) = rx.poll(t0 + limits.nack_delay, &limits) else { panic!("nack expected") };
         let mut rtt = None;
-        assert!(tx.on_ack(t0, A, &nack, true, &mut rtt));
+        assert!(tx.on_ack(t0, A, &nack, ParityUse::ALL, &mut rtt));
         let repairs = tx.poll(t0 + Duration::from_millis(1), limits.repair_wait, limits.heartbeat_max);
         assert_eq!(repairs.len(), 1);
         let (h, c) = data(&repairs[0]);
@@ -1689,7 +2096,7 @@ mod tests {
         // the ack completes both messages
         let Some(Feedback::Ack(ack)) = rx.poll(t0 + Duration::from_secs(1), &limits) else { panic!("ack expected") };
         assert_eq!(ack.next, 4);
-        assert!(tx.on_ack(t0, A, &ack, true, &mut rtt));
+        assert!(tx.on_ack(t0, A, &ack, ParityUse::ALL, &mut rtt));
         let done = tx.collect(t0, &[A], &limits);
         assert_eq!(done.iter().map(|c| (c.id, c.missing.len())).collect::<Vec<_>>(), vec![(7, 0), (8, 0)]);
         assert_eq!((tx.retained_bytes(), tx.retained_messages()), (0, 0));
@@ -1770,7 +2177,7 @@ mod tests {
         let t0 = Instant::ZERO;
         tx.send(t0, 1, b"m", 100, None, vec![A, b], &limits, &mut Vec::new()).unwrap();
         let ack = Ack { target: 1, stream: 0, epoch: 1, next: 1, missing: vec![] };
-        assert!(tx.on_ack(t0, A, &ack, true, &mut None));
+        assert!(tx.on_ack(t0, A, &ack, ParityUse::ALL, &mut None));
         tx.receiver_gone(A); // acknowledged, then left
         tx.receiver_gone(b); // left without acknowledging
         let done = tx.collect(t0, &[], &limits);
@@ -1787,7 +2194,7 @@ mod tests {
         tx.send(t0, 1, b"m", 100, None, vec![A], &limits, &mut Vec::new()).unwrap();
         tx.tag_last("t", None);
         let ack = Ack { target: 1, stream: 0, epoch: 1, next: 1, missing: vec![] };
-        assert!(tx.on_ack(t0, A, &ack, true, &mut None));
+        assert!(tx.on_ack(t0, A, &ack, ParityUse::ALL, &mut None));
         tx.receiver_gone(A);
         let done = tx.collect(t0, &[], &limits);
         assert_eq!(done, vec![Completion { id: 1, missing: vec![], failure: None }]);
@@ -1802,9 +2209,9 @@ mod tests {
     fn acks_for_unsent_sequence_numbers_are_refused() {
         let mut tx = OutStream::new(0, 1);
         let bogus = Ack { target: 1, stream: 0, epoch: 1, next: 5, missing: vec![] };
-        assert!(!tx.on_ack(Instant::ZERO, A, &bogus, true, &mut None));
+        assert!(!tx.on_ack(Instant::ZERO, A, &bogus, ParityUse::ALL, &mut None));
         let bogus = Ack { target: 1, stream: 0, epoch: 1, next: 0, missing: vec![(0, 9)] };
-        assert!(!tx.on_ack(Instant::ZERO, A, &bogus, true, &mut None));
+        assert!(!tx.on_ack(Instant::ZERO, A, &bogus, ParityUse::ALL, &mut None));
         let _ = WireError::Malformed;
     }
 
@@ -1883,13 +2290,83 @@ mod tests {
         const B: NodeId = NodeId::from_u64(0xb2);
 
         #[test]
+        fn a_block_of_small_messages_is_repaired_with_what_the_neediest_lacks() {
+            // 16 one-chunk messages to three receivers that lose different ones (1, 2 and 3 of
+            // them, one receiver before anything else of the block was delivered): 3 block symbols,
+            // no chunk resent, and each receiver rebuilds its own holes from what it delivered.
+            let limits = StreamLimits::default();
+            let (b, c) = (NodeId::from_u64(0xb), NodeId::from_u64(0xc));
+            let mut tx = OutStream::new(0, 1);
+            let t0 = Instant::ZERO;
+            let mut recs = Vec::new();
+            let msgs: Vec<Vec<u8>> = (0..16u8).map(|i| vec![i; 40 + usize::from(i)]).collect();
+            for (i, m) in msgs.iter().enumerate() {
+                recs.extend(tx.send(t0, i as u64, m, 1000, None, vec![A, b, c], &limits, &mut Vec::new()).unwrap());
+            }
+            let losses: [&[usize]; 3] = [&[5], &[0, 9], &[3, 11, 14]];
+            let mut rxs: Vec<InStream> = (0..3).map(|_| InStream::new(NodeId::from_u64(1), 0, 1, 0)).collect();
+            let mut got: Vec<Vec<Delivery>> = Vec::new();
+            for (rx, lost) in rxs.iter_mut().zip(losses) {
+                got.push(feed(rx, t0, &recs, |i| lost.contains(&i)));
+            }
+            assert_eq!(got[0].len(), 5, "messages before the hole delivered (and kept)");
+            let at = t0 + Duration::from_millis(20);
+            for (rx, who) in rxs.iter_mut().zip([A, b, c]) {
+                let nack = nack_of(rx, at);
+                assert!(tx.on_ack(at, who, &nack, ParityUse::ALL, &mut None));
+            }
+            let out = tx.poll(at, Duration::from_millis(1), limits.heartbeat_max);
+            let kinds: Vec<u8> = out.iter().map(|r| r[0]).filter(|&k| k != crate::wire::kind::HEARTBEAT).collect();
+            assert_eq!(kinds, vec![crate::wire::kind::BLOCK_REPAIR; 3], "the neediest lacks 3; no chunk resent");
+            for (k, rx) in rxs.iter_mut().enumerate() {
+                got[k].extend(feed(rx, at, &out, |_| false));
+                let seqs: Vec<u64> = got[k]
+                    .iter()
+                    .map(|d| match d {
+                        Delivery::Message { seq, bytes } => {
+                            assert_eq!(bytes, &msgs[*seq as usize]);
+                            *seq
+                        }
+                        other => panic!("{other:?}"),
+                    })
+                    .collect();
+                assert_eq!(seqs, (0..16).collect::<Vec<_>>(), "receiver {k}");
+                assert_eq!(rx.pending_bytes(), 0, "copies and symbols freed once the block is behind");
+            }
+        }
+
+        #[test]
+        fn a_block_symbol_is_ignored_where_delivered_members_were_not_kept() {
+            // A receiver that keeps no copies (a board's budget, 0) cannot rebuild a hole behind
+            // delivered members: it ignores the symbol and asks for the chunk again.
+            let limits = StreamLimits { parity_keep_bytes: 0, ..StreamLimits::default() };
+            let mut tx = OutStream::new(0, 1);
+            let t0 = Instant::ZERO;
+            let mut recs = Vec::new();
+            for i in 0..4u64 {
+                recs.extend(tx.send(t0, i, &[i as u8; 50], 1000, None, vec![A, B], &limits, &mut Vec::new()).unwrap());
+            }
+            let mut rx = InStream::new(NodeId::from_u64(1), 0, 1, 0);
+            for (i, r) in recs.iter().enumerate().filter(|(i, _)| *i != 2) {
+                let (h, c) = data(r);
+                rx.on_data(t0, &h, &c, &limits, i as u64);
+            }
+            let nack = Ack { target: 1, stream: 0, epoch: 1, next: 2, missing: vec![(2, 1)] };
+            assert!(tx.on_ack(t0, A, &nack, ParityUse::ALL, &mut None));
+            let out = tx.poll(t0, Duration::from_millis(1), limits.heartbeat_max);
+            let Some(Ok(Record::BlockRepair { header, symbol })) = RecordIter::new(&out[0]).next() else { panic!() };
+            assert_eq!(rx.on_block_repair(t0, &header, symbol, &limits, 0), Ok((vec![], 0)));
+            assert_eq!(rx.missing(), vec![(2, 1)]);
+        }
+
+        #[test]
         fn one_receiver_gets_its_chunks_resent_not_parity() {
             let limits = StreamLimits::default();
             let mut tx = OutStream::new(0, 1);
             let t0 = Instant::ZERO;
             tx.send(t0, 1, &[1u8; 3000], 1000, None, vec![A], &limits, &mut Vec::new()).unwrap();
             let nack = Ack { target: 1, stream: 0, epoch: 1, next: 0, missing: vec![(1, 1)] };
-            assert!(tx.on_ack(t0, A, &nack, true, &mut None));
+            assert!(tx.on_ack(t0, A, &nack, ParityUse::ALL, &mut None));
             let out = tx.poll(t0, Duration::from_millis(1), limits.heartbeat_max);
             assert_eq!(out[0][0], crate::wire::kind::DATA);
         }
@@ -1915,6 +2392,9 @@ mod tests {
                         out.extend(rx.on_repair(now, &header, symbol, &limits, 0).expect("consistent").0)
                     }
                     Some(Ok(Record::Heartbeat(hb))) => out.extend(rx.on_heartbeat(now, &hb, &limits, 0)),
+                    Some(Ok(Record::BlockRepair { header, symbol })) => {
+                        out.extend(rx.on_block_repair(now, &header, symbol, &limits, 0).expect("consistent").0)
+                    }
                     other => panic!("unexpected {other:?}"),
                 }
             }
@@ -1949,7 +2429,7 @@ mod tests {
             let at = t0 + Duration::from_millis(20);
             for (rx, who) in rxs.iter_mut().zip([A, b, c]) {
                 let nack = nack_of(rx, at);
-                assert!(tx.on_ack(at, who, &nack, true, &mut None));
+                assert!(tx.on_ack(at, who, &nack, ParityUse::ALL, &mut None));
             }
             let out = tx.poll(at, Duration::from_millis(1), limits.heartbeat_max);
             let repairs: Vec<_> = out.iter().filter(|r| r[0] == crate::wire::kind::REPAIR).collect();
@@ -1976,7 +2456,7 @@ mod tests {
             let at = t0 + Duration::from_millis(20);
             let nack = nack_of(&mut rx, at);
             assert_eq!(nack.missing, vec![(1, 3)]);
-            assert!(tx.on_ack(at, A, &nack, true, &mut None));
+            assert!(tx.on_ack(at, A, &nack, ParityUse::ALL, &mut None));
             let out = tx.poll(at, Duration::from_millis(1), limits.heartbeat_max);
             assert_eq!(out.iter().filter(|r| r[0] == crate::wire::kind::REPAIR).count(), 3);
             // One of the three symbols arrives: two holes are left to ask for.
@@ -1986,7 +2466,7 @@ mod tests {
             let nack = nack_of(&mut rx, later);
             assert_eq!(nack.missing, vec![(1, 2)], "3 holes minus 1 symbol held");
             // The next round sends fresh symbols (new ids), which complete the message with the one held.
-            assert!(tx.on_ack(later, A, &nack, true, &mut None));
+            assert!(tx.on_ack(later, A, &nack, ParityUse::ALL, &mut None));
             let out2 = tx.poll(later, Duration::from_millis(1), limits.heartbeat_max);
             let ids: Vec<u32> =
                 out2.iter().filter(|r| r[0] == crate::wire::kind::REPAIR).map(|r| repair(r).0.esi).collect();
@@ -2004,17 +2484,17 @@ mod tests {
             tx.send(t0, 1, &[1u8; 8000], 1000, None, vec![A, b], &limits, &mut Vec::new()).unwrap();
             let nack = |ranges: Vec<SeqRange>| Ack { target: 1, stream: 0, epoch: 1, next: 0, missing: ranges };
             let holdoff = Duration::from_millis(1);
-            assert!(tx.on_ack(t0, A, &nack(vec![(0, 2)]), true, &mut None));
+            assert!(tx.on_ack(t0, A, &nack(vec![(0, 2)]), ParityUse::ALL, &mut None));
             let out = tx.poll(t0, holdoff, limits.heartbeat_max);
             assert_eq!(out.iter().filter(|r| r[0] == crate::wire::kind::REPAIR).count(), 2);
             // B's NACK of 3 holes, sent before it saw that round: one more symbol.
             let t1 = t0 + Duration::from_millis(2);
-            assert!(tx.on_ack(t1, b, &nack(vec![(3, 3)]), true, &mut None));
+            assert!(tx.on_ack(t1, b, &nack(vec![(3, 3)]), ParityUse::ALL, &mut None));
             let out = tx.poll(t1, holdoff, limits.heartbeat_max);
             assert_eq!(out.iter().filter(|r| r[0] == crate::wire::kind::REPAIR).count(), 1);
             // After the round trip a NACK is a new round.
             let t2 = t0 + Duration::from_millis(10);
-            assert!(tx.on_ack(t2, b, &nack(vec![(3, 2)]), true, &mut None));
+            assert!(tx.on_ack(t2, b, &nack(vec![(3, 2)]), ParityUse::ALL, &mut None));
             let out = tx.poll(t2, holdoff, limits.heartbeat_max);
             assert_eq!(out.iter().filter(|r| r[0] == crate::wire::kind::REPAIR).count(), 2);
         }
@@ -2030,7 +2510,7 @@ mod tests {
             let nack = Ack { target: 1, stream: 0, epoch: 1, next: 0, missing: vec![(1, 1)] };
             for round in 0..=MAX_PARITY_ROUNDS {
                 let at = t0 + Duration::from_millis(100) * u32::from(round);
-                assert!(tx.on_ack(at, A, &nack, true, &mut None));
+                assert!(tx.on_ack(at, A, &nack, ParityUse::ALL, &mut None));
                 let out = tx.poll(at, Duration::from_millis(1), limits.heartbeat_max);
                 let first = out[0][0];
                 let expect =
@@ -2051,8 +2531,8 @@ mod tests {
             let msg = vec![9u8; 4000];
             let recs = tx.send(t0, 1, &msg, 1000, None, vec![A, b], &limits, &mut Vec::new()).unwrap();
             let nack = |ranges: Vec<SeqRange>| Ack { target: 1, stream: 0, epoch: 1, next: 0, missing: ranges };
-            assert!(tx.on_ack(t0, A, &nack(vec![(0, 1), (2, 1)]), true, &mut None));
-            assert!(tx.on_ack(t0, b, &nack(vec![(1, 1)]), false, &mut None));
+            assert!(tx.on_ack(t0, A, &nack(vec![(0, 1), (2, 1)]), ParityUse::ALL, &mut None));
+            assert!(tx.on_ack(t0, b, &nack(vec![(1, 1)]), ParityUse::NONE, &mut None));
             let out = tx.poll(t0, Duration::from_millis(1), limits.heartbeat_max);
             let kinds: Vec<u8> = out.iter().map(|r| r[0]).filter(|&k| k != crate::wire::kind::HEARTBEAT).collect();
             let repair = crate::wire::kind::REPAIR;

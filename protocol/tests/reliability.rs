@@ -863,14 +863,14 @@ fn data<'a>(stream: u8, seq: u64, index: u32, count: u32, chunk: &'a [u8]) -> Re
     Record::Data { header: DataHeader { stream, epoch: 1, seq, low: 0, index, count, ttl_ms: 0 }, chunk }
 }
 
-/// 7c. A key holder floods Repair records (PROTOCOL.md §6.8): for messages in the window with
+/// 7c. A key holder floods Repair and BlockRepair records (PROTOCOL.md §6.8, §6.9): for messages in the window with
 ///     every symbol id, for messages of other shapes over chunks the receiver holds, beyond the
 ///     window, and of older epochs. Nothing is delivered that was not sent, contradictions are
 ///     counted, and what the receiver holds stays within `max_pending_bytes` (symbols count
 ///     against the same budget as chunks), and so does its heap.
 #[test]
 fn forged_repairs_cannot_grow_memory_or_deliver_anything() {
-    use starling::wire::RepairHeader;
+    use starling::wire::{BlockRepairHeader, RepairHeader};
     const MAX_PENDING: usize = 40 * 1024;
     let mut v = lone(0x71c8, |c| {
         c.streams.max_pending_bytes = MAX_PENDING;
@@ -919,6 +919,36 @@ fn forged_repairs_cannot_grow_memory_or_deliver_anything() {
     }
     // Every contradiction of message 0, and of forged messages among themselves, is counted.
     assert!(v.stats().drop_stream >= 1500, "contradictions counted: {}", v.stats().drop_stream);
+    assert_eq!(v.stats().rebuilt_chunks, 0);
+
+    // Block repairs (§6.9) likewise: a block claiming message 0's chunk as a one-chunk member,
+    // forged blocks in the window, blocks far beyond it.
+    let before = v.stats().drop_stream;
+    for n in 0..2000u64 {
+        let (first, members) = match n % 3 {
+            0 => (0, 0b11),
+            1 => (16 * (1 + rng.below(20)), 1 | (rng.below(1 << 15) as u16) << 1),
+            _ => (16 * (1 << 30 | rng.below(1 << 20)), 0b1111),
+        };
+        let k = members.count_ones();
+        let header = BlockRepairHeader {
+            stream: stream::MULTICAST,
+            epoch: 1,
+            first,
+            members,
+            symbol: 1000,
+            esi: k + rng.below(1 << 20) as u32,
+            lens: vec![1000; k as usize],
+        };
+        now += Duration::from_millis(1);
+        let events = f.send(&mut v, now, evil, &[Record::BlockRepair { header, symbol: &symbol }]);
+        assert!(events.iter().all(|e| !matches!(e, Event::Message(_))), "nothing can be delivered");
+        let pending = v.pending_from(evil);
+        assert!(pending <= MAX_PENDING, "after block {n}: {pending} bytes pending");
+        let grown = heap_held() - base;
+        assert!(grown < (MAX_PENDING + 64 * 1024) as isize, "heap grew by {grown} bytes after block {n}");
+    }
+    assert!(v.stats().drop_stream - before >= 666, "block contradictions counted: {}", v.stats().drop_stream - before);
     assert_eq!(v.stats().rebuilt_chunks, 0);
 }
 

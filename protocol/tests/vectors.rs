@@ -194,6 +194,51 @@ fn repair_record_matches_spec_and_rebuilds_any_lost_chunk() {
     }
 }
 
+/// A block repair symbol (PROTOCOL.md §6.9): members zero-padded to the longest, the record as
+/// the spec writes it, and any one lost member rebuilt from the other two and the symbol.
+#[test]
+fn block_repair_record_matches_spec_and_rebuilds_any_lost_member() {
+    use starling::wire::{stream, BlockRepairHeader, Record, RecordIter};
+    let v = vectors();
+    let members = [&v["block_member_0"], &v["block_member_1"], &v["block_member_2"]];
+    let symbol = members.iter().map(|m| m.len()).max().unwrap();
+    let padded: Vec<Vec<u8>> = members
+        .iter()
+        .map(|m| {
+            let mut p = m.to_vec();
+            p.resize(symbol, 0);
+            p
+        })
+        .collect();
+    let len = (3 * symbol) as u32;
+    let symbols = starling::parity::encode(padded.iter().map(|p| &p[..]), len, symbol as u16, 0, 1);
+    let (esi, bytes) = &symbols[0];
+    let header = BlockRepairHeader {
+        stream: stream::MULTICAST,
+        epoch: 1,
+        first: 16,
+        members: 0b1101,
+        symbol: symbol as u16,
+        esi: *esi,
+        lens: members.iter().map(|m| m.len() as u16).collect(),
+    };
+    let mut out = Vec::new();
+    Record::BlockRepair { header: header.clone(), symbol: bytes }.emit(&mut out);
+    check(&v, "block_repair_record", &out);
+    let Some(Ok(Record::BlockRepair { header: parsed, symbol: sym })) =
+        RecordIter::new(&v["block_repair_record"]).next()
+    else {
+        panic!("block_repair_record parses")
+    };
+    assert_eq!(parsed.member_seqs().collect::<Vec<_>>(), [16, 18, 19]);
+    assert_eq!((parsed, sym), (header, &bytes[..]));
+    for lost in 0..3 {
+        let held = padded.iter().enumerate().filter(|(i, _)| *i != lost).map(|(i, p)| (i as u32, &p[..]));
+        let rebuilt = starling::parity::decode(len, symbol as u16, held, [(*esi, sym)].into_iter()).unwrap();
+        assert_eq!(&rebuilt[lost * symbol..lost * symbol + members[lost].len()], &members[lost][..], "member {lost}");
+    }
+}
+
 #[test]
 fn node_accepts_vector_frames() {
     let v = vectors();

@@ -253,7 +253,14 @@ fn main() {
     let frames = ["beacon_frame", "publish_frame", "binary_publish_frame", "reliable_publish_frame"];
     let plaintexts =
         ["beacon_plaintext", "publish_plaintext", "binary_publish_plaintext", "reliable_publish_plaintext"];
-    let records = ["ack_record", "heartbeat_record", "fragment_record", "subscriptions_record", "repair_record"];
+    let records = [
+        "ack_record",
+        "heartbeat_record",
+        "fragment_record",
+        "subscriptions_record",
+        "repair_record",
+        "block_repair_record",
+    ];
     let records = [&plaintexts[..], &records[..], &["challenge_record", "echo_record"][..]].concat();
     let steps = conversation();
     let psk = Psk::default();
@@ -312,12 +319,7 @@ fn main() {
     let cookie = CookieReply { header, receiver: a, reply: &reply }.emit();
     write(
         "identity_frames",
-        &[
-            ("announce".into(), announce),
-            ("init".into(), init),
-            ("resp".into(), resp),
-            ("cookie".into(), cookie),
-        ],
+        &[("announce".into(), announce), ("init".into(), init), ("resp".into(), resp), ("cookie".into(), cookie)],
     );
 
     write("state", &[("state_record".into(), v["state_record"].clone())]);

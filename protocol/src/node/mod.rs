@@ -442,8 +442,8 @@ struct Peer {
     floor: u64,
     /// Set while it has not yet answered our freshness challenge; its frames wait here.
     verify: Option<fresh::Verify>,
-    /// Its beacons say it uses parity Repair records (PROTOCOL.md §6.8).
-    parity: bool,
+    /// What its beacons say it rebuilds from repair symbols (PROTOCOL.md §6.8, §6.9).
+    parity: crate::stream::ParityUse,
 }
 
 impl Peer {
@@ -1194,7 +1194,7 @@ impl Node {
                 rtt: RttEstimator::new(self.config.initial_rto, MIN_RTO, Duration::from_secs(5)),
                 floor: 0,
                 verify: None,
-                parity: false,
+                parity: crate::stream::ParityUse::NONE,
             }),
         );
     }
@@ -1248,6 +1248,7 @@ impl Node {
             Record::Ack(ack) => self.handle_ack(now, sender, &ack, header.suite != wire::SUITE_MULTICAST),
             Record::Heartbeat(hb) => self.handle_heartbeat(now, sender, &hb),
             Record::Repair { header: h, symbol } => self.handle_repair(now, sender, &h, symbol),
+            Record::BlockRepair { header: h, symbol } => self.handle_block_repair(now, sender, &h, symbol),
             Record::Fragment { header: h, chunk } => self.handle_fragment(now, sender, &h, chunk),
             Record::Subscriptions(filters) => self.handle_subscriptions(now, sender, &filters),
             Record::Challenge(nonce) => self.echo(now, sender, nonce),
@@ -1264,7 +1265,10 @@ impl Node {
             p.name = b.name.to_string();
         }
         p.interval = Duration::from_millis(u64::from(b.interval_ms.max(10)));
-        p.parity = b.features & wire::feature::PARITY != 0;
+        p.parity = crate::stream::ParityUse {
+            messages: b.features & wire::feature::PARITY != 0,
+            blocks: b.features & wire::feature::BLOCK_PARITY != 0,
+        };
         let event = match p.status {
             PeerStatus::Up if b.epoch > p.epoch => {
                 p.epoch = b.epoch;
@@ -1340,7 +1344,11 @@ impl Node {
 
     fn send_beacon(&mut self) {
         let interval_ms = u32::try_from(self.config.beacon_interval.as_millis()).unwrap_or(u32::MAX);
-        let features = if crate::parity::ENABLED { wire::feature::PARITY } else { 0 };
+        let features = match (crate::parity::ENABLED, self.config.streams.parity_keep_bytes > 0) {
+            (true, true) => wire::feature::PARITY | wire::feature::BLOCK_PARITY,
+            (true, false) => wire::feature::PARITY,
+            (false, _) => 0,
+        };
         let beacon = Beacon { epoch: self.boot.epoch, interval_ms, name: &self.config.name, features };
         let record = Record::Beacon(beacon);
         let mut bytes = Vec::with_capacity(record.encoded_len());

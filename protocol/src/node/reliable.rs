@@ -10,11 +10,12 @@ use rand_core::RngCore;
 
 use super::{Event, Lifecycle, Node, PeerStatus, PublishError, To};
 use crate::reassembly::FragmentOutcome;
-use crate::stream::{Completion, Delivery, Failure, Feedback, InStream, StreamLimits};
+use crate::stream::{Completion, Delivery, Failure, Feedback, InStream, ParityUse, StreamLimits};
 use crate::time::Instant;
 use crate::topic::{Topic, TopicFilter};
 use crate::wire::{
-    kind, stream, Ack, DataHeader, FragmentHeader, Heartbeat, Inner, NodeId, Record, RepairHeader, FRAME_OVERHEAD,
+    kind, stream, Ack, BlockRepairHeader, DataHeader, FragmentHeader, Heartbeat, Inner, NodeId, Record, RepairHeader,
+    FRAME_OVERHEAD,
 };
 
 /// Identifies one reliable publication, to match its [`Event::PublishDone`].
@@ -265,25 +266,46 @@ impl Node {
             self.stats.unknown_records += 1;
         }
         #[cfg(feature = "parity")]
-        self.handle_repair_symbol(now, sender, h, symbol);
+        self.with_repaired_stream(now, sender, h.epoch, |s, limits, jitter| {
+            s.on_repair(now, h, symbol, limits, jitter)
+        });
     }
 
+    pub(super) fn handle_block_repair(&mut self, now: Instant, sender: NodeId, h: &BlockRepairHeader, symbol: &[u8]) {
+        #[cfg(not(feature = "parity"))]
+        {
+            let _ = (now, sender, h, symbol);
+            self.stats.unknown_records += 1;
+        }
+        #[cfg(feature = "parity")]
+        self.with_repaired_stream(now, sender, h.epoch, |s, limits, jitter| {
+            s.on_block_repair(now, h, symbol, limits, jitter)
+        });
+    }
+
+    /// Hands a repair symbol to `sender`'s multicast stream of `epoch`. A repair never starts a
+    /// stream (it carries no `low`, and a receiver starts at the sender's oldest retained
+    /// message): the Data or Heartbeat that does comes soon.
     #[cfg(feature = "parity")]
-    fn handle_repair_symbol(&mut self, now: Instant, sender: NodeId, h: &RepairHeader, symbol: &[u8]) {
+    fn with_repaired_stream(
+        &mut self,
+        now: Instant,
+        sender: NodeId,
+        epoch: u32,
+        repair: impl FnOnce(&mut InStream, &StreamLimits, u64) -> Result<(Vec<Delivery>, u32), crate::stream::Inconsistent>,
+    ) {
         let limits = self.receive_limits(sender);
         let jitter = self.rng.next_u64();
-        // A repair never starts a stream (it carries no `low`, and a receiver starts at the
-        // sender's oldest retained message): the Data or Heartbeat that does comes soon.
         let Some(p) = self.peers.get_mut(&sender) else { return };
-        if h.epoch < p.epoch {
+        if epoch < p.epoch {
             self.stats.drop_stream += 1;
             return;
         }
-        let Some(s) = p.in_mcast.as_mut().filter(|s| s.epoch() == h.epoch) else { return };
-        match s.on_repair(now, h, symbol, &limits, jitter) {
+        let Some(s) = p.in_mcast.as_mut().filter(|s| s.epoch() == epoch) else { return };
+        match repair(s, &limits, jitter) {
             Ok((deliveries, rebuilt)) => {
                 self.stats.rebuilt_chunks += u64::from(rebuilt);
-                self.handle_deliveries(now, sender, h.stream, deliveries);
+                self.handle_deliveries(now, sender, stream::MULTICAST, deliveries);
             }
             Err(_) => self.stats.drop_stream += 1,
         }
@@ -371,14 +393,16 @@ impl Node {
             return;
         }
         let mut sample = None;
-        // A receiver whose beacons say it uses Repair records gets parity (PROTOCOL.md §6.8).
-        let parity = self.peers.get(&sender).is_some_and(|p| p.parity);
+        // A receiver whose beacons say it uses repair symbols gets them (PROTOCOL.md §6.8, §6.9).
+        let parity = self.peers.get(&sender).map_or(ParityUse::NONE, |p| p.parity);
         let accepted = match ack.stream {
             stream::MULTICAST if ack.epoch == self.epoch() => {
                 self.out_mcast.on_ack(now, sender, ack, parity, &mut sample)
             }
             stream::UNICAST if ack.epoch == self.epoch() => match self.peers.get_mut(&sender) {
-                Some(p) => p.out_ucast.as_mut().is_some_and(|s| s.on_ack(now, sender, ack, false, &mut sample)),
+                Some(p) => {
+                    p.out_ucast.as_mut().is_some_and(|s| s.on_ack(now, sender, ack, ParityUse::NONE, &mut sample))
+                }
                 None => false,
             },
             _ => false,
@@ -466,7 +490,7 @@ impl Node {
         for r in records {
             if r.first() == Some(&kind::DATA) {
                 self.stats.retransmissions += 1;
-            } else if r.first() == Some(&kind::REPAIR) {
+            } else if r.first() == Some(&kind::REPAIR) || r.first() == Some(&kind::BLOCK_REPAIR) {
                 self.stats.retransmissions += 1;
                 self.stats.repair_symbols += 1;
             }

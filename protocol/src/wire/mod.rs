@@ -198,6 +198,8 @@ pub mod kind {
     pub const SOLICIT: u8 = 0x0d;
     /// A parity (erasure-coded) repair symbol of a multicast stream's message (PROTOCOL.md §6.8).
     pub const REPAIR: u8 = 0x0e;
+    /// A parity repair symbol of a block of one-chunk messages of a multicast stream (§6.9).
+    pub const BLOCK_REPAIR: u8 = 0x0f;
 }
 
 /// Reliable stream identifiers (PROTOCOL.md §6.1).
@@ -295,6 +297,36 @@ impl RepairHeader {
     }
 }
 
+/// Sequence numbers per block of one-chunk messages repaired together (PROTOCOL.md §6.9): blocks
+/// are aligned, `first` a multiple of this.
+pub const REPAIR_BLOCK: u64 = 16;
+
+/// Header of a BlockRepair record; the repair symbol follows it (PROTOCOL.md §6.9).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockRepairHeader {
+    /// Which of the sender's streams: only the multicast stream ([`stream::MULTICAST`]).
+    pub stream: u8,
+    /// The sender's boot epoch.
+    pub epoch: u32,
+    /// First sequence number of the block, a multiple of [`REPAIR_BLOCK`].
+    pub first: u64,
+    /// The block's members: bit `i` is sequence number `first + i`, a one-chunk message.
+    pub members: u16,
+    /// Symbol size: the longest member's length; every member is zero-padded to it.
+    pub symbol: u16,
+    /// RaptorQ encoding symbol id, at least K (the number of members).
+    pub esi: u32,
+    /// Each member's length, in sequence order (K of them).
+    pub lens: Vec<u16>,
+}
+
+impl BlockRepairHeader {
+    /// The members' sequence numbers, in order.
+    pub fn member_seqs(&self) -> impl Iterator<Item = u64> + '_ {
+        (0..REPAIR_BLOCK).filter(|i| self.members & (1 << i) != 0).map(|i| self.first + i)
+    }
+}
+
 /// Header of a best-effort Fragment record; the chunk follows (PROTOCOL.md §6.5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FragmentHeader {
@@ -334,6 +366,9 @@ pub mod feature {
     /// The sender uses parity Repair records (PROTOCOL.md §6.8): a multicast stream may repair
     /// its holes with them. Without it, its NACKs are answered with the chunks themselves.
     pub const PARITY: u32 = 1;
+    /// The sender also rebuilds one-chunk messages from BlockRepair records (PROTOCOL.md §6.9):
+    /// it keeps what it delivered of a block until the block is behind it.
+    pub const BLOCK_PARITY: u32 = 2;
 }
 
 /// Longest node name in bytes.
@@ -403,6 +438,13 @@ pub enum Record<'a> {
         /// The symbol's bytes, exactly `header.symbol` of them.
         symbol: &'a [u8],
     },
+    /// A parity repair symbol for a block of one-chunk messages (PROTOCOL.md §6.9).
+    BlockRepair {
+        /// The block, its members and which symbol.
+        header: BlockRepairHeader,
+        /// The symbol's bytes, exactly `header.symbol` of them.
+        symbol: &'a [u8],
+    },
     /// The sender just started: nodes answer with an early beacon (PROTOCOL.md §4).
     Solicit,
     /// A record type this version does not know; skipped.
@@ -438,7 +480,7 @@ impl Record<'_> {
             Record::Publish { .. } | Record::Fragment { .. } => matches!(class, Group | GroupData),
             Record::Data { header, .. } if multicast_stream(header.stream) => matches!(class, Group | GroupData),
             Record::Heartbeat(h) if multicast_stream(h.stream) => matches!(class, Group | GroupData),
-            Record::Repair { .. } => matches!(class, Group | GroupData),
+            Record::Repair { .. } | Record::BlockRepair { .. } => matches!(class, Group | GroupData),
             // A unicast stream (calls and responses) and its acks: pairwise keys only.
             Record::Data { .. } | Record::Heartbeat(_) => class == Pairwise,
             Record::Ack(a) if multicast_stream(a.stream) => matches!(class, Group | Pairwise | GroupDiscovery),
@@ -496,6 +538,7 @@ impl<'a> Record<'a> {
             Record::Heartbeat(h) => size(h),
             Record::Fragment { header, chunk } => size(header) + chunk.len(),
             Record::Repair { header, symbol } => size(header) + symbol.len(),
+            Record::BlockRepair { header, symbol } => size(header) + symbol.len(),
             Record::Subscriptions(f) => size(f),
             Record::Challenge(n) => size(n),
             Record::Echo { nonce, floor } => size(&(nonce, floor)),
@@ -527,6 +570,7 @@ impl<'a> Record<'a> {
             Record::KeyRequest => kind::KEY_REQUEST,
             Record::Solicit => kind::SOLICIT,
             Record::Repair { .. } => kind::REPAIR,
+            Record::BlockRepair { .. } => kind::BLOCK_REPAIR,
             Record::Unknown { kind } => *kind,
         }
     }
@@ -555,6 +599,10 @@ impl<'a> Record<'a> {
                 out.extend_from_slice(chunk);
             }
             Record::Repair { header, symbol } => {
+                put(out, header);
+                out.extend_from_slice(symbol);
+            }
+            Record::BlockRepair { header, symbol } => {
                 put(out, header);
                 out.extend_from_slice(symbol);
             }
@@ -643,6 +691,25 @@ impl<'a> Record<'a> {
                     return Err(WireError::Malformed);
                 }
                 Ok(Record::Repair { header, symbol })
+            }
+            kind::BLOCK_REPAIR => {
+                let (header, symbol): (BlockRepairHeader, _) = take(body)?;
+                let k = header.members.count_ones();
+                let longest = header.lens.iter().copied().max().unwrap_or(0);
+                if header.stream != stream::MULTICAST
+                    || !header.first.is_multiple_of(REPAIR_BLOCK)
+                    || k < 2
+                    || header.lens.len() != k as usize
+                    || header.symbol == 0
+                    || longest != header.symbol
+                    || symbol.len() != usize::from(header.symbol)
+                    || header.esi < k
+                    || header.esi > MAX_REPAIR_ESI
+                    || header.first.checked_add(REPAIR_BLOCK).is_none()
+                {
+                    return Err(WireError::Malformed);
+                }
+                Ok(Record::BlockRepair { header, symbol })
             }
             kind => Ok(Record::Unknown { kind }),
         }
