@@ -214,17 +214,23 @@ pub(crate) async fn send(socket: &UdpSocket, offload: &mut Offload, batch: &mut 
 #[derive(Debug, Clone, Copy)]
 struct RxMeta {
     from: SocketAddr,
+    /// Its offset in the batch's buffer.
+    start: usize,
     len: usize,
     /// Size of each datagram of a coalesced run (the last may be shorter); `len` if not one.
     stride: usize,
 }
 
-/// Room for what one receive call takes, and what it took.
+/// Room for what one receive call takes, and what it took. One call can take hundreds of
+/// datagrams (coalesced runs), more than the driver hands to the core in one turn: the rest waits
+/// here for the next turn, and no new call is made until it has been handed out.
 pub(crate) struct RxBatch {
     buf: Vec<u8>,
     slot: usize,
     slots: usize,
     got: Vec<RxMeta>,
+    /// The first datagram not yet handed out: an index into `got` and an offset into its run.
+    next: (usize, usize),
 }
 
 impl RxBatch {
@@ -236,13 +242,20 @@ impl RxBatch {
             (false, true) => (RX_SLOT_PLAIN, RX_SLOTS_PLAIN),
             (false, false) => (RX_SLOT_PLAIN, 1),
         };
-        RxBatch { buf: vec![0; slot * slots], slot, slots, got: Vec::with_capacity(slots) }
+        RxBatch { buf: vec![0; slot * slots], slot, slots, got: Vec::with_capacity(slots), next: (0, 0) }
+    }
+
+    /// True when every datagram taken has been handed out by [`drain`](Self::drain).
+    pub fn is_drained(&self) -> bool {
+        self.next.0 >= self.got.len()
     }
 
     /// Reads what `socket` holds now, in one call and without waiting: the number of datagrams
     /// taken (a coalesced run counts as its datagrams), or `WouldBlock` when there is none.
+    /// Datagrams not yet [drained](Self::drain) are dropped: drain first.
     pub fn recv(&mut self, socket: &UdpSocket, offload: &mut Offload) -> io::Result<usize> {
         self.got.clear();
+        self.next = (0, 0);
         let mmsg = offload.mmsg && self.slots > 1;
         let r = socket.try_io(tokio::io::Interest::READABLE, || {
             imp::recv(socket, &mut self.buf, self.slot, self.slots, mmsg, &mut self.got)
@@ -258,19 +271,23 @@ impl RxBatch {
         }
     }
 
-    /// Hands every datagram of the last [`recv`](Self::recv) to `each`, one by one, with its sender.
-    pub fn for_each(&self, mut each: impl FnMut(SocketAddr, &[u8])) {
-        for (i, m) in self.got.iter().enumerate() {
-            let base = i * self.slot;
-            let data = &self.buf[base..base + m.len.min(self.slot)];
-            if data.is_empty() {
-                each(m.from, data);
-                continue;
-            }
-            for d in data.chunks(m.stride.max(1)) {
-                each(m.from, d);
-            }
+    /// Hands up to `limit` datagrams taken by [`recv`](Self::recv) and not yet handed out to
+    /// `each`, one by one, with their sender; returns how many it handed.
+    pub fn drain(&mut self, limit: usize, mut each: impl FnMut(SocketAddr, &[u8])) -> usize {
+        let mut handed = 0;
+        while handed < limit {
+            let (i, off) = self.next;
+            let Some(m) = self.got.get(i) else { break };
+            let end = (m.start + m.len).min(self.buf.len());
+            let data = &self.buf[m.start.min(end)..end];
+            let stride = m.stride.clamp(1, data.len().max(1));
+            let d = &data[off.min(data.len())..(off + stride).min(data.len())];
+            each(m.from, d);
+            handed += 1;
+            // Past a run's end (an empty datagram counts as one), go on with the next one.
+            self.next = if off + stride >= data.len() { (i + 1, 0) } else { (i, off + stride) };
         }
+        handed
     }
 }
 
@@ -371,6 +388,17 @@ mod imp {
     pub(super) fn send(socket: &UdpSocket, buf: &[u8], sends: &[TxSend], mmsg: bool) -> io::Result<usize> {
         let fd = socket.as_raw_fd();
         let n = if mmsg { sends.len().min(MMSG) } else { 1 };
+        if n == 1 {
+            // The common case of a lone datagram or GSO run: one sendmsg, nothing more to set up.
+            let addr = socket2::SockAddr::from(sends[0].dest);
+            // SAFETY (zeroed): plain C structs for which all-zero is a valid value.
+            let (mut iov, mut hdr): (libc::iovec, libc::msghdr) = unsafe { (mem::zeroed(), mem::zeroed()) };
+            let mut cmsg = Cmsg([0; 32]);
+            prepare(&sends[0], buf, &addr, &mut iov, &mut cmsg, &mut hdr);
+            // SAFETY: the header points at buffers that outlive the call.
+            let r = unsafe { libc::sendmsg(fd, &hdr, 0) };
+            return if r < 0 { Err(io::Error::last_os_error()) } else { Ok(1) };
+        }
         let addrs: Vec<socket2::SockAddr> = sends[..n].iter().map(|s| socket2::SockAddr::from(s.dest)).collect();
         // SAFETY (all zeroed): plain C structs for which all-zero is a valid value.
         let mut iovs: [libc::iovec; MMSG] = unsafe { mem::zeroed() };
@@ -378,11 +406,6 @@ mod imp {
         let mut hdrs: [libc::mmsghdr; MMSG] = unsafe { mem::zeroed() };
         for i in 0..n {
             prepare(&sends[i], buf, &addrs[i], &mut iovs[i], &mut cmsgs[i], &mut hdrs[i].msg_hdr);
-        }
-        if n == 1 {
-            // SAFETY: the header points at buffers that outlive the call.
-            let r = unsafe { libc::sendmsg(fd, &hdrs[0].msg_hdr, 0) };
-            return if r < 0 { Err(io::Error::last_os_error()) } else { Ok(1) };
         }
         // SAFETY: n headers, each pointing at buffers that outlive the call.
         let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as libc::c_uint, 0) };
@@ -440,7 +463,7 @@ mod imp {
             let len = (hdrs[i].msg_len as usize).min(slot);
             let Some(from) = address(&names[i], h.msg_namelen) else { continue };
             let stride = gro_stride(h).filter(|&s| s > 0 && s < len).unwrap_or(len);
-            got.push(RxMeta { from, len, stride });
+            got.push(RxMeta { from, start: i * slot, len, stride });
         }
         Ok(count)
     }
@@ -529,7 +552,7 @@ mod imp {
         got: &mut Vec<RxMeta>,
     ) -> io::Result<usize> {
         let (len, from) = socket.try_recv_from(&mut buf[..slot])?;
-        got.push(RxMeta { from, len, stride: len });
+        got.push(RxMeta { from, start: 0, len, stride: len });
         Ok(1)
     }
 }
@@ -601,17 +624,17 @@ mod imp {
     ) -> io::Result<usize> {
         let Some(st) = state(socket) else {
             let (len, from) = socket.try_recv_from(&mut buf[..slot])?;
-            got.push(RxMeta { from, len, stride: len });
+            got.push(RxMeta { from, start: 0, len, stride: len });
             return Ok(1);
         };
         let n = if mmsg { slots.min(quinn_udp::BATCH_SIZE) } else { 1 };
         let mut bufs: Vec<IoSliceMut<'_>> = buf.chunks_mut(slot).take(n).map(IoSliceMut::new).collect();
         let mut meta = [RecvMeta::default(); quinn_udp::BATCH_SIZE];
         let count = st.recv(UdpSockRef::from(socket), &mut bufs, &mut meta[..n])?;
-        for m in &meta[..count.min(n)] {
+        for (i, m) in meta[..count.min(n)].iter().enumerate() {
             let len = m.len.min(slot);
             let stride = if m.stride > 0 && m.stride < len { m.stride } else { len };
-            got.push(RxMeta { from: m.addr, len, stride });
+            got.push(RxMeta { from: m.addr, start: i * slot, len, stride });
         }
         Ok(count)
     }
@@ -680,7 +703,9 @@ mod tests {
                 match rx.recv(socket, &mut offload) {
                     Ok(_) => {
                         calls += 1;
-                        rx.for_each(|from, d| got.push((from, d.to_vec())));
+                        // In small steps, as the driver does.
+                        while rx.drain(7, |from, d| got.push((from, d.to_vec()))) > 0 {}
+                        assert!(rx.is_drained());
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) => panic!("receive failed: {e}"),

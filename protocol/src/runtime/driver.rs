@@ -12,8 +12,9 @@ use super::socket::Sockets;
 use super::{Command, Error, Handler, Message, PeerEvent, Received, Request, RuntimeStats, StateFile};
 use crate::{CallError, CallId, Destination, Event, PublishId, SubscriptionId};
 
-/// Datagrams read without blocking after a wake-up before outputs are flushed: batches work
-/// under load while keeping latency low when idle. Reading stops at the first call that passes it.
+/// Datagrams handed to the core after a wake-up before outputs are flushed: batches work under
+/// load while keeping latency low when idle. What a receive call took beyond it waits for the next
+/// turn.
 const RX_BATCH: usize = 64;
 /// Receive calls after one wake-up, at most (each takes several datagrams when the kernel can).
 const RX_CALLS: usize = 8;
@@ -146,7 +147,13 @@ impl Driver {
             // While lingering, look again every 20 ms: the core's wish to close changes with time alone.
             let linger = linger_until.map(|_| tokio::time::Instant::now() + std::time::Duration::from_millis(20));
             let deadline = self.node.poll_timeout().map(|t| self.to_std(t)).into_iter().chain(linger).min();
+            let pending = !self.rx.is_drained();
             tokio::select! {
+                // Datagrams a receive call took beyond one turn's share: the next share, after
+                // letting the other tasks (subscribers above all) run.
+                _ = tokio::task::yield_now(), if pending => {
+                    self.drain_received(RX_BATCH);
+                }
                 r = self.sockets.multicast.readable() => self.received(r, true),
                 r = self.sockets.unicast.readable() => self.received(r, false),
                 _ = sleep_until(deadline) => {
@@ -191,32 +198,34 @@ impl Driver {
         if readable.is_err() {
             return;
         }
-        let mut taken = 0;
+        let mut budget = RX_BATCH - self.drain_received(RX_BATCH);
         for _ in 0..RX_CALLS {
+            if budget == 0 || !self.rx.is_drained() {
+                return;
+            }
             let (socket, offload) = if multicast {
                 (&self.sockets.multicast, &mut self.rx_offload_multicast)
             } else {
                 (&self.sockets.unicast, &mut self.rx_offload_unicast)
             };
             match self.rx.recv(socket, offload) {
-                Ok(n) => {
-                    let now = self.now();
-                    let (node, loss) = (&mut self.node, &mut self.loss);
-                    self.rx.for_each(|from, datagram| {
-                        if !loss.lose() {
-                            node.handle_datagram(now, from, datagram);
-                        }
-                    });
-                    taken += n;
-                    if taken >= RX_BATCH {
-                        return;
-                    }
-                }
+                Ok(_) => budget -= self.drain_received(budget),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 // ICMP errors surface here on Linux; they say nothing about the mesh.
                 Err(_) => {}
             }
         }
+    }
+
+    /// Hands up to `budget` received datagrams to the core; returns how many.
+    fn drain_received(&mut self, budget: usize) -> usize {
+        let now = self.now();
+        let (node, loss) = (&mut self.node, &mut self.loss);
+        self.rx.drain(budget, |from, datagram| {
+            if !loss.lose() {
+                node.handle_datagram(now, from, datagram);
+            }
+        })
     }
 
     fn stats(&self) -> RuntimeStats {
@@ -372,6 +381,10 @@ impl Driver {
         loop {
             let Some(room) = self.tx.room() else {
                 self.send_batch().await;
+                // A full batch: let the other tasks of the runtime (local subscribers, the
+                // application) run before the next one, so a burst of large messages, cheap to send
+                // now, cannot starve the receivers sharing its CPU.
+                tokio::task::yield_now().await;
                 continue;
             };
             let t = match self.node.poll_transmit(now, room) {
