@@ -66,6 +66,8 @@ pub(crate) struct TxBatch {
     buf: Vec<u8>,
     used: usize,
     items: Vec<TxItem>,
+    /// The sends planned from `items`, kept to reuse its allocation.
+    sends: Vec<TxSend>,
 }
 
 /// What sending a batch came to.
@@ -79,7 +81,12 @@ pub(crate) struct SendReport {
 
 impl TxBatch {
     pub fn new() -> TxBatch {
-        TxBatch { buf: vec![0; TX_DATAGRAMS * MAX_DATAGRAM], used: 0, items: Vec::with_capacity(TX_DATAGRAMS) }
+        TxBatch {
+            buf: vec![0; TX_DATAGRAMS * MAX_DATAGRAM],
+            used: 0,
+            items: Vec::with_capacity(TX_DATAGRAMS),
+            sends: Vec::with_capacity(TX_DATAGRAMS),
+        }
     }
 
     /// Room for one more datagram of up to [`MAX_DATAGRAM`] bytes, or `None` when the batch is
@@ -159,7 +166,7 @@ pub(crate) async fn send(socket: &UdpSocket, offload: &mut Offload, batch: &mut 
     if batch.items.is_empty() {
         return report;
     }
-    let mut sends = Vec::with_capacity(batch.items.len());
+    let mut sends = std::mem::take(&mut batch.sends);
     batch.plan(0, offload.gso, &mut sends);
     let mut next = 0;
     // Each turn sends something, skips a refused send, waits for room or switches a path off
@@ -207,6 +214,7 @@ pub(crate) async fn send(socket: &UdpSocket, offload: &mut Offload, batch: &mut 
         }
     }
     batch.clear();
+    batch.sends = sends;
     report
 }
 
@@ -231,6 +239,10 @@ pub(crate) struct RxBatch {
     got: Vec<RxMeta>,
     /// The first datagram not yet handed out: an index into `got` and an offset into its run.
     next: (usize, usize),
+    /// Slots offered to the next call: doubles while calls fill them and falls back when they
+    /// do not, so a lone datagram costs little more than a plain `recvmsg` and a burst soon gets
+    /// every slot.
+    offer: usize,
 }
 
 impl RxBatch {
@@ -242,7 +254,7 @@ impl RxBatch {
             (false, true) => (RX_SLOT_PLAIN, RX_SLOTS_PLAIN),
             (false, false) => (RX_SLOT_PLAIN, 1),
         };
-        RxBatch { buf: vec![0; slot * slots], slot, slots, got: Vec::with_capacity(slots), next: (0, 0) }
+        RxBatch { buf: vec![0; slot * slots], slot, slots, got: Vec::with_capacity(slots), next: (0, 0), offer: 2 }
     }
 
     /// True when every datagram taken has been handed out by [`drain`](Self::drain).
@@ -257,9 +269,13 @@ impl RxBatch {
         self.got.clear();
         self.next = (0, 0);
         let mmsg = offload.mmsg && self.slots > 1;
+        let offer = self.offer.clamp(1, self.slots);
         let r = socket.try_io(tokio::io::Interest::READABLE, || {
-            imp::recv(socket, &mut self.buf, self.slot, self.slots, mmsg, &mut self.got)
+            imp::recv(socket, &mut self.buf, self.slot, offer, mmsg, &mut self.got)
         });
+        if let Ok(count) = r {
+            self.offer = if count >= offer { offer * 2 } else { count * 2 }.clamp(2, self.slots.max(2));
+        }
         match r {
             Err(e) if imp::is_unsupported(&e) && offload.mmsg => {
                 tracing::info!("recvmmsg unavailable ({e}): one receive call per datagram from now on");
@@ -297,7 +313,7 @@ mod imp {
     //! caller's batch for the whole call; nothing the kernel returns is trusted beyond its length.
 
     use std::io;
-    use std::mem;
+    use std::mem::{self, MaybeUninit};
     use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
     use std::os::fd::AsRawFd;
     use std::vec::Vec;
@@ -426,42 +442,49 @@ mod imp {
     ) -> io::Result<usize> {
         let fd = socket.as_raw_fd();
         let n = if mmsg { slots.min(RMMSG) } else { 1 }.min(buf.len() / slot.max(1));
-        // SAFETY (all zeroed): plain C structs for which all-zero is a valid value.
-        let mut names: [libc::sockaddr_storage; RMMSG] = unsafe { mem::zeroed() };
-        let mut iovs: [libc::iovec; RMMSG] = unsafe { mem::zeroed() };
-        let mut cmsgs = [Cmsg([0; 32]); RMMSG];
-        let mut hdrs: [libc::mmsghdr; RMMSG] = unsafe { mem::zeroed() };
+        // Only the n entries used are initialized: the kernel writes names and control messages,
+        // and this runs for every wake-up, a lone small datagram's included.
+        let mut names = [const { MaybeUninit::<libc::sockaddr_storage>::uninit() }; RMMSG];
+        let mut iovs = [const { MaybeUninit::<libc::iovec>::uninit() }; RMMSG];
+        let mut cmsgs = [const { MaybeUninit::<Cmsg>::uninit() }; RMMSG];
+        let mut hdrs = [const { MaybeUninit::<libc::mmsghdr>::uninit() }; RMMSG];
         for (i, chunk) in buf.chunks_mut(slot).take(n).enumerate() {
-            iovs[i].iov_base = chunk.as_mut_ptr().cast();
-            iovs[i].iov_len = chunk.len();
-            let h = &mut hdrs[i].msg_hdr;
-            h.msg_name = (&mut names[i] as *mut libc::sockaddr_storage).cast();
-            h.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            h.msg_iov = &mut iovs[i];
-            h.msg_iovlen = 1;
-            h.msg_control = cmsgs[i].0.as_mut_ptr().cast();
-            h.msg_controllen = cmsgs[i].0.len() as _;
+            let iov = iovs[i].write(libc::iovec { iov_base: chunk.as_mut_ptr().cast(), iov_len: chunk.len() });
+            // SAFETY (zeroed): a plain C struct for which all-zero is a valid value.
+            let mut m: libc::mmsghdr = unsafe { mem::zeroed() };
+            m.msg_hdr.msg_name = names[i].as_mut_ptr().cast();
+            m.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            m.msg_hdr.msg_iov = iov;
+            m.msg_hdr.msg_iovlen = 1;
+            m.msg_hdr.msg_control = cmsgs[i].as_mut_ptr().cast();
+            m.msg_hdr.msg_controllen = mem::size_of::<Cmsg>() as _;
+            hdrs[i].write(m);
         }
+        let hdrs_ptr = hdrs.as_mut_ptr().cast::<libc::mmsghdr>();
         let count = if n == 1 {
-            // SAFETY: the header points at buffers that outlive the call.
-            let r = unsafe { libc::recvmsg(fd, &mut hdrs[0].msg_hdr, 0) };
+            // SAFETY: header 0 is initialized and points at buffers that outlive the call.
+            let r = unsafe { libc::recvmsg(fd, &mut (*hdrs_ptr).msg_hdr, 0) };
             if r < 0 {
                 return Err(io::Error::last_os_error());
             }
-            hdrs[0].msg_len = r as libc::c_uint;
+            // SAFETY: as above.
+            unsafe { (*hdrs_ptr).msg_len = r as libc::c_uint };
             1
         } else {
-            // SAFETY: n headers, each pointing at buffers that outlive the call; no timeout.
-            let r = unsafe { libc::recvmmsg(fd, hdrs.as_mut_ptr(), n as libc::c_uint, 0, std::ptr::null_mut()) };
+            // SAFETY: n initialized headers, each pointing at buffers that outlive the call; no timeout.
+            let r = unsafe { libc::recvmmsg(fd, hdrs_ptr, n as libc::c_uint, 0, std::ptr::null_mut()) };
             if r < 0 {
                 return Err(io::Error::last_os_error());
             }
             (r as usize).min(n)
         };
         for i in 0..count {
-            let h = &hdrs[i].msg_hdr;
-            let len = (hdrs[i].msg_len as usize).min(slot);
-            let Some(from) = address(&names[i], h.msg_namelen) else { continue };
+            // SAFETY: the first n headers were initialized above, and count <= n.
+            let m = unsafe { hdrs[i].assume_init_ref() };
+            let h = &m.msg_hdr;
+            let len = (m.msg_len as usize).min(slot);
+            // SAFETY: the kernel wrote msg_namelen bytes of the name (at most its size).
+            let Some(from) = (unsafe { address(names[i].as_ptr(), h.msg_namelen) }) else { continue };
             let stride = gro_stride(h).filter(|&s| s > 0 && s < len).unwrap_or(len);
             got.push(RxMeta { from, start: i * slot, len, stride });
         }
@@ -495,18 +518,28 @@ mod imp {
         None
     }
 
-    fn address(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+    /// The sender's address from a name the kernel wrote `len` bytes of.
+    ///
+    /// # Safety
+    /// `storage` points at a `sockaddr_storage` whose first `len` bytes are initialized.
+    unsafe fn address(storage: *const libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
         let len = len as usize;
-        match storage.ss_family as libc::c_int {
+        if len < mem::size_of::<libc::sa_family_t>() {
+            return None;
+        }
+        // SAFETY: the family field is within the initialized bytes.
+        let family = unsafe { std::ptr::addr_of!((*storage).ss_family).read() };
+        match family as libc::c_int {
             libc::AF_INET if len >= mem::size_of::<libc::sockaddr_in>() => {
-                // SAFETY: the family and length say a sockaddr_in is there; storage is aligned for it.
-                let a = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+                // SAFETY: the family and length say an initialized sockaddr_in is there; storage
+                // is aligned for it.
+                let a = unsafe { storage.cast::<libc::sockaddr_in>().read() };
                 let ip = Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
                 Some(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(a.sin_port))))
             }
             libc::AF_INET6 if len >= mem::size_of::<libc::sockaddr_in6>() => {
                 // SAFETY: as above, for sockaddr_in6.
-                let a = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+                let a = unsafe { storage.cast::<libc::sockaddr_in6>().read() };
                 let ip = Ipv6Addr::from(a.sin6_addr.s6_addr);
                 Some(SocketAddr::V6(SocketAddrV6::new(ip, u16::from_be(a.sin6_port), a.sin6_flowinfo, a.sin6_scope_id)))
             }

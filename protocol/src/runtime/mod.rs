@@ -1,6 +1,10 @@
 //! The tokio runtime (feature `std`): a thin driver that moves datagrams, time and events
 //! between a real multicast socket and the sans-IO [`Node`](crate::Node), plus the async API.
 //!
+//! Inside: `socket` opens the two UDP sockets, `batch` moves datagrams through them in as few
+//! system calls as the kernel allows (GSO, GRO, `sendmmsg`, `recvmmsg`, with fallbacks), `driver`
+//! is the loop around the core, `state_file` and [`identity_file`] keep what survives a restart.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), starling::runtime::Error> {
 //! use starling::{runtime::NodeBuilder, NetworkKey};
