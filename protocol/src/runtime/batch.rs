@@ -621,6 +621,8 @@ mod tests {
     async fn pair() -> (UdpSocket, UdpSocket) {
         let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        // Room for a whole batch even on a loaded machine (the kernel may cap it; best effort).
+        let _ = socket2::SockRef::from(&b).set_recv_buffer_size(1 << 20);
         (a, b)
     }
 
