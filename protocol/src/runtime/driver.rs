@@ -2,19 +2,22 @@
 //! logic lives here.
 
 use std::collections::HashMap;
+use std::io;
 use std::vec::Vec;
-use std::{io, vec};
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use super::batch::{self, Offload, RxBatch, TxBatch};
 use super::socket::Sockets;
 use super::{Command, Error, Handler, Message, PeerEvent, Received, Request, RuntimeStats, StateFile};
-use crate::wire::MAX_DATAGRAM;
 use crate::{CallError, CallId, Destination, Event, PublishId, SubscriptionId};
 
-/// Datagrams read without blocking after a wake-up before outputs are flushed: batches work
-/// under load while keeping latency low when idle.
+/// Datagrams handed to the core after a wake-up before outputs are flushed: batches work under
+/// load while keeping latency low when idle. What a receive call took beyond it waits for the next
+/// turn.
 const RX_BATCH: usize = 64;
+/// Receive calls after one wake-up, at most (each takes several datagrams when the kernel can).
+const RX_CALLS: usize = 8;
 /// Commands taken without waiting after a wake-up before outputs are flushed.
 const CMD_BATCH: usize = 256;
 /// The method every host node serves with its counters (`starling nodes --stats` calls it).
@@ -39,25 +42,62 @@ pub(crate) struct Driver {
     handlers: HashMap<std::string::String, Handler>,
     /// For handler tasks to send their responses back, without keeping the node alive.
     commands_back: mpsc::WeakSender<Command>,
-    tx_buf: Vec<u8>,
-    rx_buf: Vec<u8>,
+    /// Datagrams of one drain of the core, sent together.
+    tx: TxBatch,
+    /// What the unicast socket, which sends everything, may batch.
+    tx_offload: Offload,
+    rx: RxBatch,
+    rx_offload_multicast: Offload,
+    rx_offload_unicast: Offload,
     subscriber_lagged: u64,
     send_errors: u64,
-    /// Share of received datagrams dropped on purpose (tests only; 0 otherwise).
-    pub(crate) rx_loss_percent: u8,
-    loss_rng: u64,
+    /// Received datagrams dropped on purpose (tests only; none otherwise).
+    pub(crate) loss: Loss,
+}
+
+/// Drops a share of received datagrams (loss injection for tests).
+pub(crate) struct Loss {
+    /// Share of received datagrams dropped, in percent (0 in production).
+    pub percent: u8,
+    rng: u64,
+}
+
+impl Loss {
+    fn lose(&mut self) -> bool {
+        if self.percent == 0 {
+            return false;
+        }
+        // xorshift64: deterministic enough, and no dependency for a test aid.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng % 100 < u64::from(self.percent)
+    }
 }
 
 impl Driver {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         node: crate::Node,
         sockets: Sockets,
+        offload: bool,
         state_file: Option<StateFile>,
         origin: std::time::Instant,
         commands: mpsc::Receiver<Command>,
         commands_back: mpsc::WeakSender<Command>,
         peer_events: broadcast::Sender<PeerEvent>,
     ) -> Self {
+        let (multicast, unicast) = if offload {
+            (Offload::probe(&sockets.multicast), Offload::probe(&sockets.unicast))
+        } else {
+            (Offload::PLAIN, Offload::PLAIN)
+        };
+        tracing::debug!(?multicast, ?unicast, "socket offload");
+        let rx = RxBatch::new(Offload {
+            gro: multicast.gro || unicast.gro,
+            mmsg: multicast.mmsg || unicast.mmsg,
+            gso: false,
+        });
         Driver {
             node,
             sockets,
@@ -70,13 +110,14 @@ impl Driver {
             calls: HashMap::new(),
             handlers: HashMap::new(),
             commands_back,
-            tx_buf: vec![0; MAX_DATAGRAM],
-            // One byte more than any valid frame, so oversized datagrams are seen as such.
-            rx_buf: vec![0; MAX_DATAGRAM + 1],
+            tx: TxBatch::new(),
+            tx_offload: unicast,
+            rx,
+            rx_offload_multicast: multicast,
+            rx_offload_unicast: unicast,
             subscriber_lagged: 0,
             send_errors: 0,
-            rx_loss_percent: 0,
-            loss_rng: 0x9e37_79b9_7f4a_7c15,
+            loss: Loss { percent: 0, rng: 0x9e37_79b9_7f4a_7c15 },
         }
     }
 
@@ -106,7 +147,13 @@ impl Driver {
             // While lingering, look again every 20 ms: the core's wish to close changes with time alone.
             let linger = linger_until.map(|_| tokio::time::Instant::now() + std::time::Duration::from_millis(20));
             let deadline = self.node.poll_timeout().map(|t| self.to_std(t)).into_iter().chain(linger).min();
+            let pending = !self.rx.is_drained();
             tokio::select! {
+                // Datagrams a receive call took beyond one turn's share: the next share, after
+                // letting the other tasks (subscribers above all) run.
+                _ = tokio::task::yield_now(), if pending => {
+                    self.drain_received(RX_BATCH);
+                }
                 r = self.sockets.multicast.readable() => self.received(r, true),
                 r = self.sockets.unicast.readable() => self.received(r, false),
                 _ = sleep_until(deadline) => {
@@ -145,24 +192,40 @@ impl Driver {
         }
     }
 
-    /// Reads what the socket holds, up to a batch, and hands each datagram to the core.
+    /// Reads what the socket holds, up to a batch, and hands each datagram to the core, one by
+    /// one (a GRO-coalesced run too).
     fn received(&mut self, readable: io::Result<()>, multicast: bool) {
         if readable.is_err() {
             return;
         }
-        for _ in 0..RX_BATCH {
-            let socket = if multicast { &self.sockets.multicast } else { &self.sockets.unicast };
-            match socket.try_recv_from(&mut self.rx_buf) {
-                Ok(_) if self.lose() => {}
-                Ok((len, from)) => {
-                    let now = self.now();
-                    self.node.handle_datagram(now, from, &self.rx_buf[..len]);
-                }
+        let mut budget = RX_BATCH - self.drain_received(RX_BATCH);
+        for _ in 0..RX_CALLS {
+            if budget == 0 || !self.rx.is_drained() {
+                return;
+            }
+            let (socket, offload) = if multicast {
+                (&self.sockets.multicast, &mut self.rx_offload_multicast)
+            } else {
+                (&self.sockets.unicast, &mut self.rx_offload_unicast)
+            };
+            match self.rx.recv(socket, offload) {
+                Ok(_) => budget -= self.drain_received(budget),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 // ICMP errors surface here on Linux; they say nothing about the mesh.
                 Err(_) => {}
             }
         }
+    }
+
+    /// Hands up to `budget` received datagrams to the core; returns how many.
+    fn drain_received(&mut self, budget: usize) -> usize {
+        let now = self.now();
+        let (node, loss) = (&mut self.node, &mut self.loss);
+        self.rx.drain(budget, |from, datagram| {
+            if !loss.lose() {
+                node.handle_datagram(now, from, datagram);
+            }
+        })
     }
 
     fn stats(&self) -> RuntimeStats {
@@ -171,18 +234,6 @@ impl Driver {
             subscriber_lagged: self.subscriber_lagged,
             send_errors: self.send_errors,
         }
-    }
-
-    /// Decides whether to drop a received datagram (loss injection for tests).
-    fn lose(&mut self) -> bool {
-        if self.rx_loss_percent == 0 {
-            return false;
-        }
-        // xorshift64: deterministic enough, and no dependency for a test aid.
-        self.loss_rng ^= self.loss_rng << 13;
-        self.loss_rng ^= self.loss_rng >> 7;
-        self.loss_rng ^= self.loss_rng << 17;
-        self.loss_rng % 100 < u64::from(self.rx_loss_percent)
     }
 
     /// Acts on one command; if the core's send queue is full, sends what it holds and tries
@@ -323,10 +374,20 @@ impl Driver {
         }
     }
 
+    /// Takes every datagram the core has ready and sends them at once: nothing waits for a batch
+    /// to fill, a lone datagram leaves in one call as before, a drain of many in a few.
     async fn send_all(&mut self) {
         let now = self.now();
         loop {
-            let t = match self.node.poll_transmit(now, &mut self.tx_buf) {
+            let Some(room) = self.tx.room() else {
+                self.send_batch().await;
+                // A full batch: let the other tasks of the runtime (local subscribers, the
+                // application) run before the next one, so a burst of large messages, cheap to send
+                // now, cannot starve the receivers sharing its CPU.
+                tokio::task::yield_now().await;
+                continue;
+            };
+            let t = match self.node.poll_transmit(now, room) {
                 Ok(Some(t)) => t,
                 Ok(None) => break,
                 Err(e) => unreachable!("driver buffer is max-sized: {e}"),
@@ -335,11 +396,17 @@ impl Driver {
                 Destination::Multicast => self.sockets.group,
                 Destination::Unicast(addr) => addr,
             };
-            if let Err(e) = self.sockets.unicast.send_to(&self.tx_buf[..t.len], dest).await {
-                self.send_errors += 1;
-                tracing::warn!(%dest, "send failed: {e}");
-            }
+            self.tx.push(dest, t.len);
         }
+        self.send_batch().await;
+    }
+
+    async fn send_batch(&mut self) {
+        if self.tx.len() == 0 {
+            return;
+        }
+        let report = batch::send(&self.sockets.unicast, &mut self.tx_offload, &mut self.tx).await;
+        self.send_errors += report.failed;
     }
 
     fn event(&mut self, event: Event) {

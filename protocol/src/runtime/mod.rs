@@ -1,6 +1,10 @@
 //! The tokio runtime (feature `std`): a thin driver that moves datagrams, time and events
 //! between a real multicast socket and the sans-IO [`Node`](crate::Node), plus the async API.
 //!
+//! Inside: `socket` opens the two UDP sockets, `batch` moves datagrams through them in as few
+//! system calls as the kernel allows (GSO, GRO, `sendmmsg`, `recvmmsg`, with fallbacks), `driver`
+//! is the loop around the core, `state_file` and [`identity_file`] keep what survives a restart.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), starling::runtime::Error> {
 //! use starling::{runtime::NodeBuilder, NetworkKey};
@@ -14,6 +18,7 @@
 //! # Ok(()) }
 //! ```
 
+mod batch;
 mod driver;
 pub mod identity_file;
 mod socket;
@@ -231,6 +236,7 @@ pub struct NodeBuilder {
     tweak: Option<fn(&mut Config)>,
     beacon_interval: Option<Duration>,
     rx_loss_percent: u8,
+    udp_offload: bool,
 }
 
 /// How a node proves membership: the network key, or its own key pair and the allowlist.
@@ -276,6 +282,7 @@ impl NodeBuilder {
             tweak: None,
             beacon_interval: None,
             rx_loss_percent: 0,
+            udp_offload: true,
         }
     }
 
@@ -333,6 +340,16 @@ impl NodeBuilder {
     #[cfg(feature = "_test-loss")]
     pub fn rx_loss_percent(mut self, percent: u8) -> Self {
         self.rx_loss_percent = percent.min(100);
+        self
+    }
+
+    /// Whether to batch socket calls where the kernel can (default `true`): on Linux, runs of
+    /// same-size datagrams to one destination leave in one segmentation-offload send (GSO), the
+    /// sends of one burst share a `sendmmsg`, and one `recvmmsg` takes many datagrams, coalesced
+    /// ones (GRO) included. Paths the kernel lacks or refuses fall back by themselves; `false`
+    /// sends and receives one datagram per call, to compare or to rule offload out.
+    pub fn udp_offload(mut self, on: bool) -> Self {
+        self.udp_offload = on;
         self
     }
 
@@ -397,9 +414,17 @@ impl NodeBuilder {
         node.serve(INFO_METHOD).expect("a valid method name");
         let (cmd_tx, cmd_rx) = mpsc::channel(1024);
         let (peer_tx, _) = broadcast::channel(256);
-        let mut driver =
-            driver::Driver::new(node, sockets, state_file, origin, cmd_rx, cmd_tx.downgrade(), peer_tx.clone());
-        driver.rx_loss_percent = self.rx_loss_percent;
+        let mut driver = driver::Driver::new(
+            node,
+            sockets,
+            self.udp_offload,
+            state_file,
+            origin,
+            cmd_rx,
+            cmd_tx.downgrade(),
+            peer_tx.clone(),
+        );
+        driver.loss.percent = self.rx_loss_percent;
         tokio::spawn(driver.run());
         if let Security::Identity { allowlist, file: Some(path), .. } = self.security {
             tokio::spawn(watch_allowlist(path, allowlist, cmd_tx.downgrade()));
