@@ -1085,17 +1085,50 @@ pub struct InStream {
     asked: Option<Box<Asked>>,
 }
 
+/// Repair symbols a receiver holds for one message or block, `(esi, bytes)`.
+#[cfg(feature = "parity")]
+#[derive(Default)]
+struct Symbols {
+    list: Vec<(u32, Vec<u8>)>,
+    /// Decoding attempts that failed with enough symbols (RaptorQ needs one more, rarely):
+    /// each asks for one symbol more.
+    failed: u32,
+}
+
+#[cfg(feature = "parity")]
+impl Symbols {
+    /// Whether symbol `esi` can help with `holes` holes: not one held, and fewer held than the
+    /// holes and failed attempts need.
+    fn wants(&self, esi: u32, holes: usize) -> bool {
+        !self.list.iter().any(|(e, _)| *e == esi) && self.list.len() < holes + self.failed as usize
+    }
+
+    /// Whether `have` source symbols and these reach the `k` a rebuild needs.
+    fn enough(&self, have: usize, k: usize) -> bool {
+        have + self.list.len() >= k + self.failed as usize
+    }
+
+    /// The holes these stand for in a NACK (PROTOCOL.md §6.8).
+    fn credit(&self) -> usize {
+        self.list.len().saturating_sub(self.failed as usize)
+    }
+
+    fn bytes(&self) -> usize {
+        self.list.iter().map(|(_, b)| b.len()).sum()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u32, &[u8])> {
+        self.list.iter().map(|(e, b)| (*e, &b[..]))
+    }
+}
+
 /// Parity repair symbols a receiver holds for one incomplete message (PROTOCOL.md §6.8).
 #[cfg(feature = "parity")]
 struct HeldRepairs {
     len: u32,
     symbol: u16,
     expires: Option<Instant>,
-    /// `(esi, bytes)`.
-    symbols: Vec<(u32, Vec<u8>)>,
-    /// Decoding attempts that failed with enough symbols (RaptorQ needs one more, rarely):
-    /// each asks for one symbol more.
-    failed: u32,
+    symbols: Symbols,
 }
 
 /// Block repair symbols a receiver holds for one block (PROTOCOL.md §6.9).
@@ -1104,10 +1137,7 @@ struct HeldBlock {
     members: u16,
     lens: Vec<u16>,
     symbol: u16,
-    /// `(esi, bytes)`.
-    symbols: Vec<(u32, Vec<u8>)>,
-    /// As [`HeldRepairs::failed`].
-    failed: u32,
+    symbols: Symbols,
 }
 
 /// Why a Repair record was refused: it disagrees with the chunks held for its message (a
@@ -1286,20 +1316,19 @@ impl InStream {
     #[cfg(feature = "parity")]
     fn release_held(&mut self, which: impl Fn(u64, u64) -> bool) {
         let Some(a) = self.asked.as_mut() else { return };
-        let bytes = |symbols: &[(u32, Vec<u8>)]| symbols.iter().map(|(_, b)| b.len()).sum::<usize>();
         let mut freed = 0;
         a.held.retain(|&first, h| {
             let last = first + u64::from(h.len.div_ceil(u32::from(h.symbol))) - 1;
             let keep = !which(first, last);
             if !keep {
-                freed += bytes(&h.symbols);
+                freed += h.symbols.bytes();
             }
             keep
         });
         a.blocks.retain(|&first, h| {
             let keep = !which(first, first + REPAIR_BLOCK - 1);
             if !keep {
-                freed += bytes(&h.symbols);
+                freed += h.symbols.bytes();
             }
             keep
         });
@@ -1484,18 +1513,14 @@ impl InStream {
         limits: &StreamLimits,
         jitter: u64,
     ) -> Result<(Vec<Delivery>, u32), Inconsistent> {
-        let mut out = Vec::new();
+        let out = Vec::new();
         Self::schedule(&mut self.ack_due, now + limits.ack_delay);
         let k = u64::from(h.chunks());
         let (first, end) = (h.first, h.first + k);
         if first < self.next {
             return Ok((out, 0)); // delivered or given up: the ack tells the sender
         }
-        let window_end = self.next.saturating_add(limits.max_pending_chunks as u64);
-        if end > window_end {
-            // Beyond what this receiver can buffer: it asks for the chunks once the window moves.
-            self.highest = self.highest.max(window_end);
-            self.schedule_nack(now, limits, jitter);
+        if self.beyond_window(now, end - 1, limits, jitter) {
             return Ok((out, 0));
         }
         // What is held of the message must be of the same shape.
@@ -1510,12 +1535,7 @@ impl InStream {
             }
             held_chunks += 1;
         }
-        if let Some(a) = self.asked.as_mut() {
-            if let Some((_, sent)) = a.probe.filter(|&(seq, _)| (first..end).contains(&seq)) {
-                a.probe = None;
-                self.on_rtt_sample(now.saturating_duration_since(sent));
-            }
-        }
+        self.sample_probe(now, |seq| (first..end).contains(&seq));
         self.highest = self.highest.max(end);
         if held_chunks == k {
             return Ok((out, 0)); // complete already
@@ -1524,32 +1544,70 @@ impl InStream {
             if r.len != h.len || r.symbol != h.symbol {
                 return Err(Inconsistent);
             }
-            // A duplicate, or more than the holes (and failed decodings) can use.
-            let useful = (k - held_chunks) as usize + r.failed as usize;
-            if r.symbols.iter().any(|(e, _)| *e == h.esi) || r.symbols.len() >= useful {
+            if !r.symbols.wants(h.esi, (k - held_chunks) as usize) {
                 return Ok((out, 0));
             }
         }
-        // Room comes from farther messages only: never from this message's own chunks.
-        if !self.make_room(t, end - 1, limits) {
-            self.schedule_nack(now, limits, jitter);
+        if !self.room_for_symbol(now, t, end - 1, limits, jitter) {
             return Ok((out, 0));
         }
         let expires = (h.ttl_ms > 0).then(|| now + Duration::from_millis(u64::from(h.ttl_ms)));
-        let next = self.next;
-        let a = self.asked.get_or_insert_with(|| Asked::new(next));
-        let r = a.held.entry(first).or_insert_with(|| HeldRepairs {
-            len: h.len,
-            symbol: h.symbol,
-            expires,
-            symbols: Vec::new(),
-            failed: 0,
-        });
-        r.symbols.push((h.esi, symbol.to_vec()));
-        self.pending_bytes += t;
+        let shape = || HeldRepairs { len: h.len, symbol: h.symbol, expires, symbols: Symbols::default() };
+        self.asked_mut().held.entry(first).or_insert_with(shape).symbols.list.push((h.esi, symbol.to_vec()));
         let rebuilt = self.try_rebuild(first);
+        Ok((self.after_symbol(now, t, limits, jitter), rebuilt))
+    }
+
+    /// A repair record covering sequence numbers up to `last` that lie beyond what this receiver
+    /// can buffer: it asks for the chunks once the window moves (true: ignore the record).
+    #[cfg(feature = "parity")]
+    fn beyond_window(&mut self, now: Instant, last: u64, limits: &StreamLimits, jitter: u64) -> bool {
+        let window_end = self.next.saturating_add(limits.max_pending_chunks as u64);
+        if last < window_end {
+            return false;
+        }
+        self.highest = self.highest.max(window_end);
+        self.schedule_nack(now, limits, jitter);
+        true
+    }
+
+    /// The arrival of a repair for what the last NACK first asked for is a round-trip sample.
+    #[cfg(feature = "parity")]
+    fn sample_probe(&mut self, now: Instant, covers: impl Fn(u64) -> bool) {
+        if let Some(a) = self.asked.as_mut() {
+            if let Some((_, sent)) = a.probe.filter(|&(seq, _)| covers(seq)) {
+                a.probe = None;
+                self.on_rtt_sample(now.saturating_duration_since(sent));
+            }
+        }
+    }
+
+    /// Room for a symbol of `t` bytes of a message or block ending at `last`, taken from farther
+    /// ones only (never from its own chunks); without room the holes are asked for again.
+    #[cfg(feature = "parity")]
+    fn room_for_symbol(&mut self, now: Instant, t: usize, last: u64, limits: &StreamLimits, jitter: u64) -> bool {
+        if self.make_room(t, last, limits) {
+            return true;
+        }
+        self.schedule_nack(now, limits, jitter);
+        false
+    }
+
+    /// The NACK state, created if the stream has none.
+    #[cfg(feature = "parity")]
+    fn asked_mut(&mut self) -> &mut Asked {
+        let next = self.next;
+        self.asked.get_or_insert_with(|| Asked::new(next))
+    }
+
+    /// A symbol of `t` bytes was stored (and perhaps something rebuilt): count it, deliver and
+    /// acknowledge.
+    #[cfg(feature = "parity")]
+    fn after_symbol(&mut self, now: Instant, t: usize, limits: &StreamLimits, jitter: u64) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        self.pending_bytes += t;
         self.progress(now, limits, jitter, &mut out);
-        Ok((out, rebuilt))
+        out
     }
 
     /// Rebuilds the message of `seq` from its chunks and the repair symbols held for it, if
@@ -1563,25 +1621,25 @@ impl InStream {
         if seq >= first + k {
             return 0;
         }
-        let chunks = self.pending.range(first..first + k).count() as u64;
-        if chunks + (r.symbols.len() as u64) < k + u64::from(r.failed) {
+        let chunks = self.pending.range(first..first + k).count();
+        if !r.symbols.enough(chunks, k as usize) {
             return 0; // not enough yet (a failed attempt needs one more symbol)
         }
         let rebuilt = crate::parity::decode(
             r.len,
             r.symbol,
             self.pending.range(first..first + k).map(|(&s, p)| ((s - first) as u32, &p.bytes[..])),
-            r.symbols.iter().map(|(e, b)| (*e, &b[..])),
+            r.symbols.iter(),
         );
         let Some(bytes) = rebuilt else {
             if let Some(r) = self.asked.as_mut().and_then(|a| a.held.get_mut(&first)) {
-                r.failed += 1;
+                r.symbols.failed += 1;
             }
             return 0;
         };
         let (expires, t) = (r.expires, usize::from(r.symbol));
         if let Some(r) = self.asked.as_mut().and_then(|a| a.held.remove(&first)) {
-            self.pending_bytes -= r.symbols.iter().map(|(_, b)| b.len()).sum::<usize>();
+            self.pending_bytes -= r.symbols.bytes();
         }
         let mut count = 0;
         for (i, c) in bytes.chunks(t).enumerate() {
@@ -1608,17 +1666,14 @@ impl InStream {
         limits: &StreamLimits,
         jitter: u64,
     ) -> Result<(Vec<Delivery>, u32), Inconsistent> {
-        let mut out = Vec::new();
+        let out = Vec::new();
         Self::schedule(&mut self.ack_due, now + limits.ack_delay);
         let (first, end) = (h.first, h.first + REPAIR_BLOCK);
         let Some(last) = h.member_seqs().last() else { return Ok((out, 0)) };
         if end <= self.next {
             return Ok((out, 0)); // behind us: the ack tells the sender
         }
-        let window_end = self.next.saturating_add(limits.max_pending_chunks as u64);
-        if last >= window_end {
-            self.highest = self.highest.max(window_end);
-            self.schedule_nack(now, limits, jitter);
+        if self.beyond_window(now, last, limits, jitter) {
             return Ok((out, 0));
         }
         let mut holes = 0;
@@ -1639,12 +1694,7 @@ impl InStream {
                 holes += 1;
             }
         }
-        if let Some(a) = self.asked.as_mut() {
-            if let Some((_, sent)) = a.probe.filter(|&(seq, _)| h.member_seqs().any(|m| m == seq)) {
-                a.probe = None;
-                self.on_rtt_sample(now.saturating_duration_since(sent));
-            }
-        }
+        self.sample_probe(now, |seq| h.member_seqs().any(|m| m == seq));
         self.highest = self.highest.max(last + 1);
         if holes == 0 {
             return Ok((out, 0));
@@ -1653,29 +1703,19 @@ impl InStream {
             if b.members != h.members || b.lens != h.lens || b.symbol != h.symbol {
                 return Err(Inconsistent);
             }
-            if b.symbols.iter().any(|(e, _)| *e == h.esi) || b.symbols.len() >= holes + b.failed as usize {
+            if !b.symbols.wants(h.esi, holes) {
                 return Ok((out, 0));
             }
         }
         let t = usize::from(h.symbol);
-        if !self.make_room(t, end - 1, limits) {
-            self.schedule_nack(now, limits, jitter);
+        if !self.room_for_symbol(now, t, end - 1, limits, jitter) {
             return Ok((out, 0));
         }
-        let next = self.next;
-        let a = self.asked.get_or_insert_with(|| Asked::new(next));
-        let b = a.blocks.entry(first).or_insert_with(|| HeldBlock {
-            members: h.members,
-            lens: h.lens.clone(),
-            symbol: h.symbol,
-            symbols: Vec::new(),
-            failed: 0,
-        });
-        b.symbols.push((h.esi, symbol.to_vec()));
-        self.pending_bytes += t;
+        let shape =
+            || HeldBlock { members: h.members, lens: h.lens.clone(), symbol: h.symbol, symbols: Symbols::default() };
+        self.asked_mut().blocks.entry(first).or_insert_with(shape).symbols.list.push((h.esi, symbol.to_vec()));
         let rebuilt = self.try_rebuild_block(first);
-        self.progress(now, limits, jitter, &mut out);
-        Ok((out, rebuilt))
+        Ok((self.after_symbol(now, t, limits, jitter), rebuilt))
     }
 
     /// Rebuilds the missing members of the block at `first` if its members at hand (buffered or
@@ -1696,25 +1736,21 @@ impl InStream {
                 sources.push((i as u32, bytes));
             }
         }
-        if sources.len() + b.symbols.len() < seqs.len() + b.failed as usize {
+        if !b.symbols.enough(sources.len(), seqs.len()) {
             return 0;
         }
         let k = seqs.len() as u32;
-        let rebuilt = crate::parity::decode(
-            k * u32::from(b.symbol),
-            b.symbol,
-            sources.iter().copied(),
-            b.symbols.iter().map(|(e, s)| (*e, &s[..])),
-        );
+        let rebuilt =
+            crate::parity::decode(k * u32::from(b.symbol), b.symbol, sources.iter().copied(), b.symbols.iter());
         let Some(bytes) = rebuilt else {
             if let Some(b) = self.asked.as_mut().and_then(|a| a.blocks.get_mut(&first)) {
-                b.failed += 1;
+                b.symbols.failed += 1;
             }
             return 0;
         };
         let (t, lens) = (usize::from(b.symbol), b.lens.clone());
         if let Some(b) = self.asked.as_mut().and_then(|a| a.blocks.remove(&first)) {
-            self.pending_bytes -= b.symbols.iter().map(|(_, s)| s.len()).sum::<usize>();
+            self.pending_bytes -= b.symbols.bytes();
         }
         let mut count = 0;
         for (i, &s) in seqs.iter().enumerate() {
@@ -1962,22 +1998,18 @@ impl InStream {
             return missing;
         };
         let asked = |seq: &u64| missing.iter().any(|&(s, l)| s <= *seq && *seq < s + u64::from(l));
-        let credit = |symbols: usize, failed: u32| symbols.saturating_sub(failed as usize);
         let mut left_out: Vec<u64> = Vec::new();
+        let mut leave_out = |holes: Vec<u64>, symbols: &Symbols| {
+            let n = symbols.credit().min(holes.len());
+            left_out.extend_from_slice(&holes[holes.len() - n..]);
+        };
         for (&first, r) in &a.held {
             let end = first + u64::from(r.len.div_ceil(u32::from(r.symbol)));
-            let holes: Vec<u64> = (first..end).filter(asked).collect();
-            let n = credit(r.symbols.len(), r.failed).min(holes.len());
-            left_out.extend_from_slice(&holes[holes.len() - n..]);
+            leave_out((first..end).filter(asked).collect(), &r.symbols);
         }
         for (&first, b) in &a.blocks {
-            let holes: Vec<u64> = (0..crate::wire::REPAIR_BLOCK)
-                .filter(|i| b.members & (1 << i) != 0)
-                .map(|i| first + i)
-                .filter(asked)
-                .collect();
-            let n = credit(b.symbols.len(), b.failed).min(holes.len());
-            left_out.extend_from_slice(&holes[holes.len() - n..]);
+            let members = (0..REPAIR_BLOCK).filter(|i| b.members & (1 << i) != 0).map(|i| first + i);
+            leave_out(members.filter(asked).collect(), &b.symbols);
         }
         left_out.sort_unstable();
         let mut out = Vec::with_capacity(missing.len() + left_out.len());
