@@ -1355,7 +1355,9 @@ impl InStream {
     /// block goes on past it and the budget allows.
     #[cfg(feature = "parity")]
     fn keep_delivered(&mut self, seq: u64, bytes: &[u8], keep: usize) {
-        if keep == 0 || (seq + 1).is_multiple_of(crate::wire::REPAIR_BLOCK) || bytes.len() > MAX_BLOCK_SYMBOL {
+        // Only multicast streams are repaired in blocks (a unicast stream has one receiver).
+        let multicast = self.kind == crate::wire::stream::MULTICAST;
+        if !multicast || keep == 0 || (seq + 1).is_multiple_of(REPAIR_BLOCK) || bytes.len() > MAX_BLOCK_SYMBOL {
             return;
         }
         let next = self.next;
