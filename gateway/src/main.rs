@@ -619,13 +619,32 @@ async fn publish(a: PubArgs) -> Result<()> {
         if let Some(ttl) = a.ttl {
             p = p.ttl(ttl);
         }
-        result = p.await.with_context(|| format!("publishing on '{}'", a.topic));
+        result = match p.await {
+            // Name the subscribers that did not acknowledge, where their names are known.
+            Err(runtime::Error::NotDelivered(f)) => {
+                Err(anyhow::anyhow!(named_ids(&node, &f.to_string(), &f.missing).await))
+            }
+            other => other.map_err(anyhow::Error::from),
+        }
+        .with_context(|| format!("publishing on '{}'", a.topic));
         if result.is_err() {
             break;
         }
     }
     node.close().await?;
     result
+}
+
+/// `text` with each of `ids` shown as `name (id)` where this node knows the peer's name.
+async fn named_ids(node: &Node, text: &str, ids: &[starling::NodeId]) -> String {
+    let peers = node.peers().await.unwrap_or_default();
+    let mut out = text.to_owned();
+    for id in ids {
+        if let Some(p) = peers.iter().find(|p| p.id == *id && !p.name.is_empty()) {
+            out = out.replace(&id.to_string(), &format!("{} ({id})", p.name));
+        }
+    }
+    out
 }
 
 /// Identity mode: a topic outside this device's own allowlist entry would be dropped by every

@@ -302,6 +302,35 @@ fn reliable_pub_waits_for_subscribers_and_reports_sequence() {
     fails_with(env.cmd("pub").args(["--ttl", "1s", "r/a", "x"]), "--ttl needs --reliable");
 }
 
+/// A reliable publication a subscriber never acknowledged (it is frozen, so its time to live
+/// passes) fails, naming that subscriber by name and id.
+#[test]
+fn an_unacknowledged_reliable_publish_names_the_subscriber() {
+    let env = Env::new("named");
+    let mut sub = env.sub(&["--name", "frozen-sub", "n/#", "--timeout", "30s"]);
+    let pid = sub.id().to_string();
+    // The publisher learns the subscriber while it discovers (1.5 s); the subscriber is frozen
+    // before the publication goes out, so it never acknowledges.
+    let publisher = env
+        .cmd("pub")
+        .args(["--reliable", "--discover", "1500ms", "--ttl", "700ms", "n/a", "x"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let stop = Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+    assert!(stop.success());
+    let out = publisher.wait_with_output().unwrap();
+    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+    let _ = sub.kill();
+    let _ = sub.wait();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("not acknowledged by 1 subscriber(s) (frozen-sub ("), "{err}");
+    assert!(err.contains("time to live"), "{err}");
+}
+
 /// Durations, ports, interfaces and key files: the mistakes of a first hour get the fix.
 #[test]
 fn durations_ports_addresses_and_key_files_are_checked_with_the_fix() {
