@@ -251,6 +251,9 @@ pub struct RunResult {
     pub cpu_per_msg: f64,
     /// Bytes the nodes sent per message.
     pub wire_per_msg: f64,
+    /// With injected loss: the bytes the publisher spent on repair (resent chunks and parity
+    /// symbols) over the bytes the subscriber that lost most had dropped (`None` without loss).
+    pub repair_ratio: Option<f64>,
 }
 
 /// Most reliable publications in flight: inside the publisher's retention bounds (1024 messages,
@@ -268,6 +271,7 @@ pub async fn run_once(n: usize, size: usize, subs: usize, reliable: bool, loss: 
     }
     warm_up(&nodes[0], &mut subscriptions).await;
     let tx_before = tx_bytes(&nodes).await;
+    let repair_before = repair_and_loss(&nodes).await;
     let cpu_before = crate::process_cpu();
     let start = Instant::now();
     let quiet = Duration::from_millis(if reliable { 3000 } else { 500 });
@@ -302,14 +306,29 @@ pub async fn run_once(n: usize, size: usize, subs: usize, reliable: bool, loss: 
     }
     let cpu = crate::process_cpu().saturating_sub(cpu_before);
     let wire = tx_bytes(&nodes).await.saturating_sub(tx_before);
+    let repair_after = repair_and_loss(&nodes).await;
     close(nodes).await;
+    let repaired = repair_after.0.saturating_sub(repair_before.0);
+    let worst_lost = repair_after.1.iter().zip(&repair_before.1).map(|(a, b)| a.saturating_sub(*b)).max().unwrap_or(0);
+    let repair_ratio = (loss > 0 && worst_lost > 0).then(|| repaired as f64 / worst_lost as f64);
     let secs = last.duration_since(start).as_secs_f64().max(1e-6);
     RunResult {
         rate: worst as f64 / secs,
         delivered: 100.0 * worst as f64 / n as f64,
         cpu_per_msg: cpu.as_secs_f64() * 1e6 / worst.max(1) as f64,
         wire_per_msg: wire as f64 / worst.max(1) as f64,
+        repair_ratio,
     }
+}
+
+/// The publisher's (`nodes[0]`) repair bytes, and what each subscriber's loss injection dropped.
+async fn repair_and_loss(nodes: &[Node]) -> (u64, Vec<u64>) {
+    let repaired = nodes[0].stats().await.map(|s| s.core.repair_bytes).unwrap_or(0);
+    let mut lost = Vec::new();
+    for n in &nodes[1..] {
+        lost.push(n.stats().await.map(|s| s.injected_loss_bytes).unwrap_or(0));
+    }
+    (repaired, lost)
 }
 
 async fn tx_bytes(nodes: &[Node]) -> u64 {
@@ -368,18 +387,25 @@ pub async fn lossy(plan: &Plan) -> Vec<Row> {
         for loss in [0u8, 10, 30] {
             for size in LOSS_SIZES {
                 let n = plan.messages_for(size, plan.lossy_messages).min(plan.lossy_messages);
-                let (mut rates, mut delivered) = (Vec::new(), Vec::new());
+                let (mut rates, mut delivered, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
                 for _ in 0..plan.runs {
                     let r = run_once(n, size, subs, true, loss, plan.run_limit).await;
                     rates.push(r.rate);
                     delivered.push(r.delivered);
+                    ratios.extend(r.repair_ratio);
                 }
                 let name = match loss {
                     0 => "Starling reliable, no loss",
                     10 => "Starling reliable, 10% loss",
                     _ => "Starling reliable, 30% loss",
                 };
-                let note = format!("{n} sent per run, slowest subscriber got {}", pct_range(&delivered));
+                let mut note = format!("{n} sent per run, slowest subscriber got {}", pct_range(&delivered));
+                if !ratios.is_empty() {
+                    // What repair cost against what the receiver that lost most dropped (its loss
+                    // injection counts every datagram it dropped, control ones included).
+                    let (lo, hi) = ratios.iter().fold((f64::MAX, 0.0f64), |(l, h), &r| (l.min(r), h.max(r)));
+                    note.push_str(&format!("; repair bytes {lo:.2}-{hi:.2}x the worst receiver's lost bytes"));
+                }
                 let row = Row::rate(section, name, Some(size), "msg/s", &mut rates).note(note);
                 rows.push(if loss > 0 { row.against(&["Starling reliable, no loss"]) } else { row });
             }

@@ -216,6 +216,8 @@ pub struct Stats {
     pub retransmissions: u64,
     /// Of those, parity repair symbols (PROTOCOL.md §6.8).
     pub repair_symbols: u64,
+    /// Bytes of the records counted in `retransmissions`: what repair cost on the wire.
+    pub repair_bytes: u64,
     /// Reliable chunks rebuilt from parity repair symbols instead of being resent.
     pub rebuilt_chunks: u64,
     /// Reliable messages that arrived after their time to live.
@@ -260,7 +262,7 @@ pub struct Stats {
 
 impl Stats {
     /// Every counter with its name, for printing.
-    pub fn fields(&self) -> [(&'static str, u64); 43] {
+    pub fn fields(&self) -> [(&'static str, u64); 44] {
         [
             ("rx_datagrams", self.rx_datagrams),
             ("rx_accepted", self.rx_accepted),
@@ -286,6 +288,7 @@ impl Stats {
             ("lease_stalls", self.lease_stalls),
             ("retransmissions", self.retransmissions),
             ("repair_symbols", self.repair_symbols),
+            ("repair_bytes", self.repair_bytes),
             ("rebuilt_chunks", self.rebuilt_chunks),
             ("expired", self.expired),
             ("drop_stream", self.drop_stream),

@@ -447,6 +447,7 @@ impl Node {
                 for r in s.poll(now, holdoff, p.rtt.rto()) {
                     if r.first() == Some(&kind::DATA) {
                         self.stats.retransmissions += 1;
+                        self.stats.repair_bytes += r.len() as u64;
                     } else {
                         p.rtt.on_timeout();
                     }
@@ -490,9 +491,11 @@ impl Node {
         for r in records {
             if r.first() == Some(&kind::DATA) {
                 self.stats.retransmissions += 1;
+                self.stats.repair_bytes += r.len() as u64;
             } else if r.first() == Some(&kind::REPAIR) || r.first() == Some(&kind::BLOCK_REPAIR) {
                 self.stats.retransmissions += 1;
                 self.stats.repair_symbols += 1;
+                self.stats.repair_bytes += r.len() as u64;
             }
             self.enqueue_bytes(To::Group, r);
         }

@@ -60,6 +60,8 @@ pub(crate) struct Loss {
     /// Share of received datagrams dropped, in percent (0 in production).
     pub percent: u8,
     rng: u64,
+    /// Bytes of the datagrams dropped so far.
+    bytes: u64,
 }
 
 impl Loss {
@@ -117,7 +119,7 @@ impl Driver {
             rx_offload_unicast: unicast,
             subscriber_lagged: 0,
             send_errors: 0,
-            loss: Loss { percent: 0, rng: 0x9e37_79b9_7f4a_7c15 },
+            loss: Loss { percent: 0, rng: 0x9e37_79b9_7f4a_7c15, bytes: 0 },
         }
     }
 
@@ -222,7 +224,9 @@ impl Driver {
         let now = self.now();
         let (node, loss) = (&mut self.node, &mut self.loss);
         self.rx.drain(budget, |from, datagram| {
-            if !loss.lose() {
+            if loss.lose() {
+                loss.bytes += datagram.len() as u64;
+            } else {
                 node.handle_datagram(now, from, datagram);
             }
         })
@@ -233,6 +237,7 @@ impl Driver {
             core: self.node.stats().clone(),
             subscriber_lagged: self.subscriber_lagged,
             send_errors: self.send_errors,
+            injected_loss_bytes: self.loss.bytes,
         }
     }
 

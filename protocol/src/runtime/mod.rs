@@ -211,6 +211,8 @@ pub struct RuntimeStats {
     pub subscriber_lagged: u64,
     /// Datagrams the socket refused to send.
     pub send_errors: u64,
+    /// Bytes of received datagrams dropped by test loss injection (0 outside tests and benches).
+    pub injected_loss_bytes: u64,
 }
 
 /// How a node keeps its identity and packet-number lease between runs.
