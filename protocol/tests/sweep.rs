@@ -174,8 +174,8 @@ fn run(case: Case, seed: u64, limit: Duration) -> Measured {
     }
     let stats = sim.stats(publisher);
     m.repair_records = stats.retransmissions;
-    let chunk = (case.size + 20).min(starling::wire::MAX_DATAGRAM - 76);
-    m.repair_bytes = stats.retransmissions * chunk as u64;
+    // The repair records' own bytes (chunks or symbols with their headers).
+    m.repair_bytes = stats.repair_bytes;
     m
 }
 
