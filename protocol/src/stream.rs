@@ -1306,7 +1306,6 @@ impl InStream {
             self.next = low;
             self.highest = self.highest.max(low);
             self.release_held(|_, last| last < low);
-            #[cfg(feature = "parity")]
             self.prune_kept();
         }
     }
@@ -1372,6 +1371,14 @@ impl InStream {
     /// Without the codec nothing is held.
     #[cfg(not(feature = "parity"))]
     fn release_held(&mut self, _which: impl Fn(u64, u64) -> bool) {}
+
+    /// Without the codec nothing is kept.
+    #[cfg(not(feature = "parity"))]
+    fn prune_kept(&mut self) {}
+
+    /// Without the codec nothing is kept.
+    #[cfg(not(feature = "parity"))]
+    fn keep_delivered(&mut self, _seq: u64, _bytes: &[u8], _keep: usize) {}
 
     /// Forgets the NACK state (no holes left, or leaving), and the repair symbols it held.
     fn clear_asked(&mut self) {
@@ -1807,7 +1814,6 @@ impl InStream {
     /// Delivers what is complete in order; `keep` is the block-repair budget
     /// ([`StreamLimits::parity_keep_bytes`]).
     fn deliver(&mut self, now: Instant, keep: usize, out: &mut Vec<Delivery>) {
-        let _ = keep; // without the parity codec nothing is kept
         loop {
             if self.pending.is_empty() {
                 // An empty B-tree keeps its root node: drop it, idle streams hold no heap.
@@ -1843,14 +1849,10 @@ impl InStream {
             }
             self.next = seq + count;
             self.release_held(|_, last| last < seq + count);
-            #[cfg(feature = "parity")]
-            {
-                self.prune_kept();
-                if count == 1 && !ttl {
-                    self.keep_delivered(seq, &bytes, keep);
-                }
+            self.prune_kept();
+            if count == 1 && !ttl {
+                self.keep_delivered(seq, &bytes, keep);
             }
-            let _ = ttl;
             out.push(if expired {
                 Delivery::Expired { from: seq, to: seq + count }
             } else {
