@@ -1568,8 +1568,9 @@ impl InStream {
         let expires = (h.ttl_ms > 0).then(|| now + Duration::from_millis(u64::from(h.ttl_ms)));
         let shape = || HeldRepairs { len: h.len, symbol: h.symbol, expires, symbols: Symbols::default() };
         self.asked_mut().held.entry(first).or_insert_with(shape).symbols.list.push((h.esi, symbol.to_vec()));
+        self.pending_bytes += t; // before a rebuild frees it with the rest
         let rebuilt = self.try_rebuild(first);
-        Ok((self.after_symbol(now, t, limits, jitter), rebuilt))
+        Ok((self.after_symbol(now, limits, jitter), rebuilt))
     }
 
     /// A repair record covering sequence numbers up to `last` that lie beyond what this receiver
@@ -1614,12 +1615,10 @@ impl InStream {
         self.asked.get_or_insert_with(|| Asked::new(next))
     }
 
-    /// A symbol of `t` bytes was stored (and perhaps something rebuilt): count it, deliver and
-    /// acknowledge.
+    /// A symbol was stored (and perhaps something rebuilt): deliver and acknowledge.
     #[cfg(feature = "parity")]
-    fn after_symbol(&mut self, now: Instant, t: usize, limits: &StreamLimits, jitter: u64) -> Vec<Delivery> {
+    fn after_symbol(&mut self, now: Instant, limits: &StreamLimits, jitter: u64) -> Vec<Delivery> {
         let mut out = Vec::new();
-        self.pending_bytes += t;
         self.progress(now, limits, jitter, &mut out);
         out
     }
@@ -1728,8 +1727,9 @@ impl InStream {
         let shape =
             || HeldBlock { members: h.members, lens: h.lens.clone(), symbol: h.symbol, symbols: Symbols::default() };
         self.asked_mut().blocks.entry(first).or_insert_with(shape).symbols.list.push((h.esi, symbol.to_vec()));
+        self.pending_bytes += t; // before a rebuild frees it with the rest
         let rebuilt = self.try_rebuild_block(first);
-        Ok((self.after_symbol(now, t, limits, jitter), rebuilt))
+        Ok((self.after_symbol(now, limits, jitter), rebuilt))
     }
 
     /// Rebuilds the missing members of the block at `first` if its members at hand (buffered or
