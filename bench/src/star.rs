@@ -254,9 +254,6 @@ pub struct RunResult {
     /// With injected loss: the bytes the publisher spent on repair (resent chunks and parity
     /// symbols) over the bytes the subscriber that lost most had dropped (`None` without loss).
     pub repair_ratio: Option<f64>,
-    /// With injected loss: the most chunks one subscriber received twice, and the most it
-    /// dropped beyond its receive window (what repair resent beyond the losses).
-    pub waste: Option<(u64, u64)>,
 }
 
 /// Most reliable publications in flight: inside the publisher's retention bounds (1024 messages,
@@ -314,10 +311,6 @@ pub async fn run_once(n: usize, size: usize, subs: usize, reliable: bool, loss: 
     let repaired = repair_after.0.saturating_sub(repair_before.0);
     let worst_lost = repair_after.1.iter().zip(&repair_before.1).map(|(a, b)| a.saturating_sub(*b)).max().unwrap_or(0);
     let repair_ratio = (loss > 0 && worst_lost > 0).then(|| repaired as f64 / worst_lost as f64);
-    let waste = (loss > 0).then(|| {
-        let d = repair_after.2.iter().zip(&repair_before.2);
-        d.fold((0, 0), |(dup, win), (a, b)| (dup.max(a.0 - b.0), win.max(a.1 - b.1)))
-    });
     let secs = last.duration_since(start).as_secs_f64().max(1e-6);
     RunResult {
         rate: worst as f64 / secs,
@@ -325,21 +318,17 @@ pub async fn run_once(n: usize, size: usize, subs: usize, reliable: bool, loss: 
         cpu_per_msg: cpu.as_secs_f64() * 1e6 / worst.max(1) as f64,
         wire_per_msg: wire as f64 / worst.max(1) as f64,
         repair_ratio,
-        waste,
     }
 }
 
-/// The publisher's (`nodes[0]`) repair bytes, and per subscriber what its loss injection
-/// dropped, the chunks it received twice and those it dropped beyond its window.
-async fn repair_and_loss(nodes: &[Node]) -> (u64, Vec<u64>, Vec<(u64, u64)>) {
+/// The publisher's (`nodes[0]`) repair bytes, and what each subscriber's loss injection dropped.
+async fn repair_and_loss(nodes: &[Node]) -> (u64, Vec<u64>) {
     let repaired = nodes[0].stats().await.map(|s| s.core.repair_bytes).unwrap_or(0);
-    let (mut lost, mut waste) = (Vec::new(), Vec::new());
+    let mut lost = Vec::new();
     for n in &nodes[1..] {
-        let s = n.stats().await.ok();
-        lost.push(s.as_ref().map_or(0, |s| s.injected_loss_bytes));
-        waste.push(s.map_or((0, 0), |s| (s.core.rx_duplicate_chunks, s.core.drop_window)));
+        lost.push(n.stats().await.map(|s| s.injected_loss_bytes).unwrap_or(0));
     }
-    (repaired, lost, waste)
+    (repaired, lost)
 }
 
 async fn tx_bytes(nodes: &[Node]) -> u64 {
@@ -398,14 +387,12 @@ pub async fn lossy(plan: &Plan) -> Vec<Row> {
         for loss in [0u8, 10, 30] {
             for size in LOSS_SIZES {
                 let n = plan.messages_for(size, plan.lossy_messages).min(plan.lossy_messages);
-                let (mut rates, mut delivered, mut ratios, mut wastes) =
-                    (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                let (mut rates, mut delivered, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
                 for _ in 0..plan.runs {
                     let r = run_once(n, size, subs, true, loss, plan.run_limit).await;
                     rates.push(r.rate);
                     delivered.push(r.delivered);
                     ratios.extend(r.repair_ratio);
-                    wastes.extend(r.waste);
                 }
                 let name = match loss {
                     0 => "Starling reliable, no loss",
@@ -418,11 +405,6 @@ pub async fn lossy(plan: &Plan) -> Vec<Row> {
                     // injection counts every datagram it dropped, control ones included).
                     let (lo, hi) = ratios.iter().fold((f64::MAX, 0.0f64), |(l, h), &r| (l.min(r), h.max(r)));
                     note.push_str(&format!("; repair bytes {lo:.2}-{hi:.2}x the worst receiver's lost bytes"));
-                }
-                if let Some(&(dup, win)) = wastes.iter().max() {
-                    note.push_str(&format!(
-                        " (a subscriber got up to {dup} chunks twice, dropped {win} beyond its window)"
-                    ));
                 }
                 let row = Row::rate(section, name, Some(size), "msg/s", &mut rates).note(note);
                 rows.push(if loss > 0 { row.against(&["Starling reliable, no loss"]) } else { row });

@@ -1288,11 +1288,6 @@ impl InStream {
         self.next
     }
 
-    /// Whether chunk `seq` is buffered (received, not yet delivered).
-    pub fn holds(&self, seq: u64) -> bool {
-        self.pending.contains_key(&seq)
-    }
-
     /// Bytes buffered out of order.
     pub fn pending_bytes(&self) -> usize {
         self.pending_bytes

@@ -220,11 +220,6 @@ pub struct Stats {
     pub repair_bytes: u64,
     /// Reliable chunks rebuilt from parity repair symbols instead of being resent.
     pub rebuilt_chunks: u64,
-    /// Reliable chunks received again after they had arrived (a repair nobody here needed).
-    pub rx_duplicate_chunks: u64,
-    /// Reliable chunks dropped because they lay beyond the receive window (sent faster than
-    /// this node could buffer behind a hole): they are asked for again.
-    pub drop_window: u64,
     /// Reliable messages that arrived after their time to live.
     pub expired: u64,
     /// Stream records refused: acks for sequence numbers never sent, streams of an old epoch,
@@ -267,7 +262,7 @@ pub struct Stats {
 
 impl Stats {
     /// Every counter with its name, for printing.
-    pub fn fields(&self) -> [(&'static str, u64); 46] {
+    pub fn fields(&self) -> [(&'static str, u64); 44] {
         [
             ("rx_datagrams", self.rx_datagrams),
             ("rx_accepted", self.rx_accepted),
@@ -295,8 +290,6 @@ impl Stats {
             ("repair_symbols", self.repair_symbols),
             ("repair_bytes", self.repair_bytes),
             ("rebuilt_chunks", self.rebuilt_chunks),
-            ("rx_duplicate_chunks", self.rx_duplicate_chunks),
-            ("drop_window", self.drop_window),
             ("expired", self.expired),
             ("drop_stream", self.drop_stream),
             ("gaps", self.gaps),

@@ -320,13 +320,7 @@ impl Node {
             self.stats.drop_stream += 1;
             return;
         };
-        // What repair costs beyond the losses: chunks that came twice, and chunks beyond what
-        // this receiver can buffer (PROTOCOL.md §6.1), which must come again.
-        let duplicate = h.seq < s.next() || s.holds(h.seq);
-        let beyond = h.seq >= s.next().saturating_add(limits.max_pending_chunks as u64);
         let deliveries = s.on_data(now, h, chunk, &limits, jitter);
-        self.stats.rx_duplicate_chunks += u64::from(duplicate);
-        self.stats.drop_window += u64::from(beyond && !duplicate);
         self.handle_deliveries(now, sender, h.stream, deliveries);
     }
 
