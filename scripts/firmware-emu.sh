@@ -130,6 +130,8 @@ check() {
     local name=$1 out; shift
     if out=$("$@" 2>&1); then ok "$name"; else bad "$name" "$out"; fi
 }
+# has TEXT REGEX: passes when TEXT matches REGEX; otherwise prints TEXT, so a failed check shows it.
+has() { grep -qE "$2" <<<"$1" || { printf '%s\n' "${1:-(nothing)}"; return 1; }; }
 now_ms() { date +%s%3N; }
 # wait_logs FILE SECONDS REGEX...: wait_log for each REGEX.
 wait_logs() {
@@ -298,7 +300,7 @@ read -r a_id a_epoch < <(on_mesh a.log 1) || true
 nodes_out=$(st nodes --wait 5s 2>&1 || true)
 check "board A appears in starling nodes" grep -q "emu-a" <<<"$nodes_out"
 info=$(st call emu-a info 2>&1 || true)
-check "call emu-a info answers (platform esp32c3)" grep -q '"platform":"esp32c3"' <<<"$info"
+check "call emu-a info answers (platform esp32c3)" has "$info" '"platform":"esp32c3"'
 conf=$(st call emu-a config.get 2>&1 || true)
 check "call emu-a config.get answers without secrets" bash -c \
     'grep -q "Espressif" <<<"$1" && ! grep -qi "\"key\"\|pass" <<<"$1"' _ "$conf"
@@ -359,7 +361,7 @@ for _ in $(seq 100); do nsx bash -c "echo >/dev/tcp/127.0.0.1/$mqtt_port" 2>/dev
 mqtt=$(nsx mosquitto_sub -p "$mqtt_port" -t 'starling/emu-a/uptime' -C 1 -W 30 2>&1 || true)
 check "board A's readings reach an MQTT client through the gateway (mosquitto_sub)" grep -qE '^[0-9]+$' <<<"$mqtt"
 rr=$(nsx mosquitto_rr -V mqttv5 -p "$mqtt_port" -t 'starling/$rpc/emu-a/info' -e 'starling/$reply/emu' -m '' -W 20 2>&1 || true)
-check "an MQTT client calls board A through the gateway (mosquitto_rr, info)" grep -q '"platform":"esp32c3"' <<<"$rr"
+check "an MQTT client calls board A through the gateway (mosquitto_rr, info)" has "$rr" '"platform":"esp32c3"'
 load emu-a a.log 1 16
 unload
 halt "$a_pid"
@@ -390,7 +392,7 @@ check "identity board C is on the mesh" wait_log c.log "on the mesh as emu-c" 60
 check "identity board C's readings arrive at a member's starling sub" wait_log c.sub "^emu-c/uptime " 40
 readings=$(count_log c.sub '^emu-c/uptime ')
 cinfo=$(st call "${id_in[@]}" emu-c info 2>&1 || true)
-check "a member calls identity board C (info)" grep -q '"platform":"esp32c3"' <<<"$cinfo"
+check "a member calls identity board C (info)" has "$cinfo" '"platform":"esp32c3"'
 # The call ran with the identity the member's sub runs with, as one user on one laptop does.
 check "the member's sub still gets board C's readings after its call" wait_count c.sub '^emu-c/uptime ' $((readings + 1)) 30
 oinfo=$(st call "${id_out[@]}" -t 8s emu-c info 2>&1) && o_rc=0 || o_rc=$?
