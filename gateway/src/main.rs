@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use starling::runtime::{self, Node, NodeBuilder, PeerEvent, Received, Request};
 use starling_gateway::args::{parse_duration, parse_hex, parse_positive_duration, parse_ttl, resolve_key};
-use starling_gateway::render::{hex, Shown};
+use starling_gateway::render::{self, hex, Shown};
 
 /// Starling: brokerless, encrypted publish/subscribe over UDP multicast.
 ///
@@ -841,15 +841,8 @@ async fn nodes(a: NodesArgs) -> Result<()> {
 /// same group and port, must not meet silence: a sentence when datagrams arrived that this node's
 /// key does not open, else `None`.
 async fn other_network(node: &Node, mesh: &MeshArgs) -> Option<String> {
-    let c = node.stats().await.ok()?.core;
-    let n = c.drop_foreign_network + c.drop_auth + c.drop_version;
-    (n > 0).then(|| {
-        format!(
-            "heard {n} datagram(s) on {}:{} from another network: do the nodes you expect use another key, or the \
-             other mode (network key or identity)?",
-            mesh.group, mesh.port
-        )
-    })
+    let n = render::foreign_datagrams(&node.stats().await.ok()?.core);
+    (n > 0).then(|| render::other_network_note(n, &format!("{}:{}", mesh.group, mesh.port)))
 }
 
 /// A node's counters by the built-in `$stats` call, plus a gateway's `$stats.bridge` ones.
@@ -1094,6 +1087,7 @@ async fn watch(a: WatchArgs) -> Result<()> {
         duration: a.duration,
         pattern,
         save: a.save,
+        mesh: format!("{}:{}", a.mesh.group, a.mesh.port),
     };
     if config.tick < Duration::from_millis(20) {
         bail!("--tick {:?} is too short; at least 20ms", config.tick);

@@ -188,6 +188,21 @@ pub fn counter_table(columns: &[CounterColumn], all: bool) -> String {
     out
 }
 
+/// Datagrams a node heard that its key or mode does not open: the tag of another network key,
+/// the other security mode, or a failed authentication. What the "another network" notes count.
+pub fn foreign_datagrams(core: &starling::Stats) -> u64 {
+    core.drop_foreign_network + core.drop_auth + core.drop_version
+}
+
+/// The sentence for `n` (> 0) datagrams of another network on `mesh` (`group:port`): the
+/// likeliest misconfiguration must not meet silence.
+pub fn other_network_note(n: u64, mesh: &str) -> String {
+    format!(
+        "heard {n} datagram(s) on {mesh} from another network: do the nodes you expect use another key, or the \
+         other mode (network key or identity)?"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

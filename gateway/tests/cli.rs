@@ -424,7 +424,8 @@ fn gateway_check_config_validates_file_and_flags() {
 }
 
 /// The likeliest misconfiguration, another key on the same group and port, is named instead of
-/// met with silence: `nodes`, `call` and `sub` say that another network's datagrams arrived.
+/// met with silence: `nodes`, `call`, `sub` and `watch` say that another network's datagrams
+/// arrived, and so does the log (`STARLING_LOG=info`).
 #[test]
 fn a_wrong_key_is_named_not_met_with_silence() {
     let env = Env::new("wrongkey");
@@ -447,6 +448,12 @@ fn a_wrong_key_is_named_not_met_with_silence() {
     let out = with_other("sub").args(["--timeout", "8s", "#"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("nothing received yet, but heard"), "{err}");
+    // watch says so in its report, and the runtime's log says so to anyone who turns it on.
+    let out = with_other("watch").args(["--plain", "--duration", "8s"]).env("STARLING_LOG", "info").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout(&out).contains("note heard") && stdout(&out).contains("from another network"), "{}", stdout(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("INFO") && err.contains("from another network on this group and port"), "{err}");
     // With the right key there is nothing to say.
     let out = env.cmd("nodes").args(["--wait", "3s"]).output().unwrap();
     assert!(stdout(&out).contains("echo-1"), "{}", stdout(&out));

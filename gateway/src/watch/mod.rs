@@ -40,6 +40,8 @@ pub struct WatchConfig {
     pub pattern: Pattern,
     /// Save the captured messages here on exit.
     pub save: Option<PathBuf>,
+    /// The mesh's `group:port`, as notes name it.
+    pub mesh: String,
 }
 
 /// How often each node's `$info` and `$stats` are asked for.
@@ -95,7 +97,7 @@ pub async fn run(node: Node, cfg: WatchConfig) -> Result<()> {
                 match term.as_mut() {
                     Some(screen) => screen.draw(&model, &ui)?,
                     None => {
-                        let report = plain_report(&model, &ui.pattern, now.duration_since(started));
+                        let report = plain_report(&model, &ui.pattern, now.duration_since(started), &cfg.mesh);
                         if stdout.write_all(report.as_bytes()).and_then(|_| stdout.flush()).is_err() {
                             break Ok(()); // stdout closed: nobody is reading
                         }
@@ -139,7 +141,9 @@ pub async fn run(node: Node, cfg: WatchConfig) -> Result<()> {
                     }
                 }).collect();
                 model.set_nodes(rows);
-                model.lagged = node.stats().await?.subscriber_lagged;
+                let stats = node.stats().await?;
+                model.lagged = stats.subscriber_lagged;
+                model.foreign = crate::render::foreign_datagrams(&stats.core);
                 let newcomer = details.iter().any(|d| !remote.contains_key(&d.info.id));
                 let due = last_round.is_none_or(|t| now.duration_since(t) >= REMOTE_EVERY);
                 if !round_busy && !details.is_empty() && (due || newcomer) {
@@ -289,7 +293,8 @@ pub fn parse_payload(text: &str) -> Result<Vec<u8>, String> {
 }
 
 /// Plain mode: the same information as lines, one block per tick.
-pub fn plain_report(model: &Model, pattern: &Pattern, elapsed: Duration) -> String {
+/// `mesh` (`group:port`) is named when another network's datagrams arrive and no node is seen.
+pub fn plain_report(model: &Model, pattern: &Pattern, elapsed: Duration, mesh: &str) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
     let _ = writeln!(
@@ -305,6 +310,9 @@ pub fn plain_report(model: &Model, pattern: &Pattern, elapsed: Duration) -> Stri
         model.topics_evicted,
         model.bytes_evicted
     );
+    if model.foreign > 0 && model.nodes.is_empty() {
+        let _ = writeln!(s, "note {}", crate::render::other_network_note(model.foreign, mesh));
+    }
     for row in model.rows(pattern) {
         match &row.kind {
             RowKind::Folder => {}

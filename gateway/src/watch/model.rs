@@ -199,6 +199,9 @@ pub struct Model {
     pub skipped_paused: u64,
     /// Messages the node dropped because `watch` did not keep up (its `subscriber_lagged`).
     pub lagged: u64,
+    /// Datagrams the node heard from another network (another key or mode): shown, since a
+    /// wrong key otherwise looks like an empty mesh.
+    pub foreign: u64,
     /// While paused, histories stay as they are (counts and rates go on).
     pub paused: bool,
     /// Payload bytes held in histories.
@@ -221,6 +224,7 @@ impl Model {
             bytes_evicted: 0,
             skipped_paused: 0,
             lagged: 0,
+            foreign: 0,
             paused: false,
             bytes: 0,
             now,

@@ -171,6 +171,9 @@ pub fn header_line(model: &Model, ui: &UiState) -> String {
             model.lagged, model.topics_evicted, model.bytes_evicted
         );
     }
+    if model.foreign > 0 && model.nodes.is_empty() {
+        s += &format!("  {} datagram(s) from another network (another key or mode?)", model.foreign);
+    }
     if model.paused {
         s += &format!("  PAUSED ({} not kept)", model.skipped_paused);
     }
@@ -578,5 +581,15 @@ mod tests {
         assert!(!s.iter().any(|l| l.contains("    frame")), "cam/1/frame is filtered out of the tree");
         ui.move_by(&m, 1);
         assert_eq!(ui.topic.as_deref(), Some("home/+/cmd"), "selection moves within what is shown");
+    }
+
+    #[test]
+    fn another_networks_datagrams_show_in_the_header_while_no_node_is_seen() {
+        let (mut m, ui) = fixed();
+        m.nodes.clear();
+        m.foreign = 12;
+        assert!(header_line(&m, &ui).contains("12 datagram(s) from another network"));
+        m.foreign = 0;
+        assert!(!header_line(&m, &ui).contains("another network"));
     }
 }

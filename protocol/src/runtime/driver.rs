@@ -51,9 +51,15 @@ pub(crate) struct Driver {
     rx_offload_unicast: Offload,
     subscriber_lagged: u64,
     send_errors: u64,
+    /// Another network's datagrams, as last logged, and when: the likeliest misconfiguration (a
+    /// wrong key, the other mode) is logged, not only counted, at most every `FOREIGN_LOG_EVERY`.
+    foreign_logged: (u64, Option<std::time::Instant>),
     /// Received datagrams dropped on purpose (tests only; none otherwise).
     pub(crate) loss: Loss,
 }
+
+/// How often the log may repeat that another network's datagrams arrive.
+const FOREIGN_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Drops a share of received datagrams (loss injection for tests).
 pub(crate) struct Loss {
@@ -119,6 +125,7 @@ impl Driver {
             rx_offload_unicast: unicast,
             subscriber_lagged: 0,
             send_errors: 0,
+            foreign_logged: (0, None),
             loss: Loss { percent: 0, rng: 0x9e37_79b9_7f4a_7c15, bytes: 0 },
         }
     }
@@ -223,13 +230,35 @@ impl Driver {
     fn drain_received(&mut self, budget: usize) -> usize {
         let now = self.now();
         let (node, loss) = (&mut self.node, &mut self.loss);
-        self.rx.drain(budget, |from, datagram| {
+        let n = self.rx.drain(budget, |from, datagram| {
             if loss.lose() {
                 loss.bytes += datagram.len() as u64;
             } else {
                 node.handle_datagram(now, from, datagram);
             }
-        })
+        });
+        self.log_foreign();
+        n
+    }
+
+    /// Logs (info) that datagrams arrived which belong to another network: a tag of another key,
+    /// or the other security mode. Once at the first, then at most every `FOREIGN_LOG_EVERY`.
+    fn log_foreign(&mut self) {
+        let s = self.node.stats();
+        let n = s.drop_foreign_network + s.drop_version;
+        let (logged, at) = self.foreign_logged;
+        if n == logged || at.is_some_and(|t| t.elapsed() < FOREIGN_LOG_EVERY) {
+            return;
+        }
+        self.foreign_logged = (n, Some(std::time::Instant::now()));
+        let port = self.sockets.multicast.local_addr().map(|a| a.port()).unwrap_or(0);
+        tracing::info!(
+            datagrams = n,
+            port,
+            "heard {} datagram(s) from another network on this group and port: other nodes use another key, \
+             or the other mode (network key or identity)",
+            n
+        );
     }
 
     fn stats(&self) -> RuntimeStats {
