@@ -1,4 +1,4 @@
-//! The main job until the gateway lands: a small mesh on loopback, end to end.
+//! The same mesh as the main job, without MQTT, in one process: a small mesh on loopback, end to end.
 //!
 //! Starts three nodes (two sensors and a display) plus an intruder with the wrong key, lets them
 //! discover each other, publishes text and binary readings, and prints what each node sees and
