@@ -8,6 +8,7 @@
 //! - [`identity_cmd`]: device key pairs and allowlist editing (identity mode).
 //! - [`own_broker`]: the broker the gateway runs when none is configured.
 //! - [`provision`]: `starling provision`, the provisioning blob for devices.
+//! - [`signals`]: Ctrl-C and SIGTERM, so service managers stop nodes cleanly.
 //! - [`twin`]: `starling twin`, the firmware's application on the host.
 //! - [`watch`]: `starling watch`, the live monitor (model, decoding, terminal UI, plain mode).
 #![warn(missing_docs)]
@@ -18,5 +19,6 @@ pub mod identity_cmd;
 pub mod own_broker;
 pub mod provision;
 pub mod render;
+pub mod signals;
 pub mod twin;
 pub mod watch;

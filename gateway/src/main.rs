@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use starling::runtime::{self, Node, NodeBuilder, PeerEvent, Received, Request};
 use starling_gateway::args::{parse_duration, parse_hex, parse_positive_duration, parse_ttl, resolve_key};
 use starling_gateway::render::{self, hex, Shown};
+use starling_gateway::signals::terminated;
 
 /// Starling: brokerless, encrypted publish/subscribe over UDP multicast.
 ///
@@ -384,6 +385,7 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
@@ -705,7 +707,7 @@ async fn subscribe(a: SubArgs) -> Result<()> {
         let next = tokio::select! {
             m = rx.recv() => m,
             _ = sleep_until(deadline) => None,
-            _ = tokio::signal::ctrl_c() => None,
+            _ = terminated() => None,
             _ = hint_check.tick(), if !hinted && seen == 0 => {
                 if let Some(hint) = other_network(&node, &a.mesh).await {
                     eprintln!("note: nothing received yet, but {hint}");
@@ -945,7 +947,7 @@ async fn serve_echo(a: ServeArgs) -> Result<()> {
     while a.count.is_none_or(|c| answered < c) {
         let next = tokio::select! {
             r = rx.recv() => r,
-            _ = tokio::signal::ctrl_c() => None,
+            _ = terminated() => None,
         };
         let Some((method, req)) = next else { break };
         answered += 1;
@@ -1132,21 +1134,4 @@ async fn replay(a: ReplayArgs) -> Result<()> {
     eprintln!("replayed {} message(s) from {}", messages.len(), a.file.display());
     node.close().await?;
     Ok(())
-}
-
-/// Ctrl-C or SIGTERM (what service managers send): time to leave cleanly.
-async fn terminated() {
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
 }

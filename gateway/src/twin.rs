@@ -94,7 +94,7 @@ fn embedded_bounds(c: &mut Config, identity: bool) {
 pub async fn run(a: TwinArgs) -> Result<()> {
     let prov = tokio::select! {
         p = read_provisioning(&a.blob) => p,
-        _ = tokio::signal::ctrl_c() => return Ok(()),
+        _ = crate::signals::terminated() => return Ok(()),
     };
     let board = Arc::new(Mutex::new(SimBoard::default()));
     loop {
@@ -204,7 +204,7 @@ async fn boot(a: &TwinArgs, prov: &Provisioning, board: &Arc<Mutex<SimBoard>>) -
                 PeerEvent::IdConflict { addr } => eprintln!("twin: another node at {addr} uses this id"),
                 _ => {}
             },
-            _ = tokio::signal::ctrl_c() => {
+            _ = crate::signals::terminated() => {
                 node.close().await.context("closing")?;
                 return Ok(Exit::Interrupted);
             }

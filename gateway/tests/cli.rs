@@ -454,6 +454,7 @@ fn a_wrong_key_is_named_not_met_with_silence() {
     assert!(stdout(&out).contains("note heard") && stdout(&out).contains("from another network"), "{}", stdout(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("INFO") && err.contains("from another network on this group and port"), "{err}");
+    assert!(!err.contains('\x1b'), "log lines carry no colour codes when stderr is not a terminal: {err:?}");
     // With the right key there is nothing to say.
     let out = env.cmd("nodes").args(["--wait", "3s"]).output().unwrap();
     assert!(stdout(&out).contains("echo-1"), "{}", stdout(&out));

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use starling::runtime::{Node, NodeBuilder};
 use starling::NodeId;
 use starling_integration::process::spawn_ready;
-use starling_integration::{eventually, isolated_mesh, random_key};
+use starling_integration::{down_within, eventually, isolated_mesh, random_key};
 
 const BIN: &str = env!("CARGO_BIN_EXE_starling");
 const NAME: &str = "kitchen-sensor";
@@ -506,4 +506,34 @@ async fn twin_in_identity_mode_serves_members_and_gives_outsiders_nothing() {
     let stats = call(&a, id, "$stats", b"").await.unwrap();
     assert!(stat(&stats, "unknown_keys") > 0, "{stats}");
     assert_eq!(stat(&stats, "drop_auth") + stat(&stats, "drop_replay"), 0, "{stats}");
+}
+
+/// systemd and docker stop the twin with SIGTERM: it leaves the mesh as on Ctrl-C, so its peers
+/// see it leave at once rather than losing it after 15 s, and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twin_leaves_the_mesh_on_sigterm() {
+    let dir = TempDir::new("sigterm");
+    let key = random_key();
+    let mesh = isolated_mesh();
+    let blob = provision(&dir.0, &write_key(&dir.0, &key), mesh);
+    let a = host_node(&key, mesh, "host-a").await;
+    let mut twin = Twin::start(&blob, &dir.0.join("kitchen.state"));
+    assert!(eventually(Duration::from_secs(10), || async { twin_id(&a).await.is_some() }).await);
+    let (id, _) = twin_id(&a).await.unwrap();
+    let mut events = a.peer_events();
+    assert!(Command::new("kill").args(["-TERM", &twin.child.id().to_string()]).status().unwrap().success());
+    let left = down_within(&mut events, id, Duration::from_secs(3))
+        .await
+        .expect("the twin was not seen leaving within 3 s of SIGTERM");
+    assert_eq!(left, starling::DownReason::Left);
+    let end = Instant::now() + Duration::from_secs(3);
+    let status = loop {
+        if let Some(s) = twin.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < end, "the twin did not exit within 3 s of SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "the twin exited with {status:?} after SIGTERM");
+    a.close().await.unwrap();
 }

@@ -36,6 +36,28 @@ where
     false
 }
 
+/// Waits (at most `limit`) for `events` to report peer `id` down; returns why, or `None` if it
+/// was not reported in time. A lagged receiver keeps waiting.
+pub async fn down_within(
+    events: &mut tokio::sync::broadcast::Receiver<starling::runtime::PeerEvent>,
+    id: starling::NodeId,
+    limit: Duration,
+) -> Option<starling::DownReason> {
+    use tokio::sync::broadcast::error::RecvError;
+    tokio::time::timeout(limit, async {
+        loop {
+            match events.recv().await {
+                Ok(starling::runtime::PeerEvent::Down { id: gone, reason }) if gone == id => return Some(reason),
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
 /// Helpers for tests that run the `starling` binary as separate processes.
 pub mod process {
     use std::io::{BufRead, BufReader};

@@ -105,7 +105,7 @@ pub async fn run(node: Node, cfg: WatchConfig) -> Result<()> {
                 }
             }
             _ = sleep_until(deadline) => break Ok(()),
-            _ = tokio::signal::ctrl_c() => break Ok(()),
+            _ = crate::signals::terminated() => break Ok(()),
             input = inputs.recv() => match input {
                 Some(Input::Key(k)) => {
                     if !handle_key(k, &node, &mut model, &mut ui, &tx).await {
