@@ -12,7 +12,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use tokio::process::{Child, Command};
 
-/// Starts Mosquitto listening on `listen` (anonymous access, as a default Mosquitto on loopback)
+/// Starts Mosquitto listening on `listen` (anonymous access, as a default Mosquitto on loopback; TCP_NODELAY,
+/// without which Nagle delays replies of MQTT clients' calls: 87 -> 44 ms a round trip as measured in issue 20)
 /// and waits until it accepts connections. The child is killed when the returned value drops.
 pub async fn start(listen: SocketAddr) -> Result<Child> {
     if tokio::net::TcpStream::connect(listen).await.is_ok() {
@@ -23,7 +24,11 @@ pub async fn start(listen: SocketAddr) -> Result<Child> {
     let conf = dir.join("mosquitto.conf");
     std::fs::write(
         &conf,
-        format!("listener {} {}\nallow_anonymous true\nmax_queued_messages 100000\n", listen.port(), listen.ip()),
+        format!(
+            "listener {} {}\nallow_anonymous true\nmax_queued_messages 100000\nset_tcp_nodelay true\n",
+            listen.port(),
+            listen.ip()
+        ),
     )
     .with_context(|| format!("writing {}", conf.display()))?;
     let child = Command::new("mosquitto")
