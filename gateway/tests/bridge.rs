@@ -418,6 +418,16 @@ async fn rpc_from_mqtt5_request_response_and_the_311_convention() {
     })
     .await;
     assert_eq!(seen, vec!["starling/$rpc/svc/echo/tx-42/reply v311".to_owned()]);
+    // A txid that merely ends like an answer level is a txid like any other.
+    for tx in ["no-error", "autoreply"] {
+        let seen = seen_on_mqtt(&s, &format!("starling/$rpc/svc/echo/{tx}/+"), 3, async {
+            let mut pubber = s.mqtt("mosquitto_pub");
+            pubber.args(["-V", "mqttv311", "-t", &format!("starling/$rpc/svc/echo/{tx}"), "-m", tx]);
+            assert!(pubber.status().unwrap().success());
+        })
+        .await;
+        assert_eq!(seen, vec![format!("starling/$rpc/svc/echo/{tx}/reply {tx}")], "txid {tx}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -213,8 +213,17 @@ impl Rpc {
                 );
                 return;
             }
-            (None, Some(tx)) if !tx.ends_with("reply") && !tx.ends_with("error") => {
+            // Answers go one level below the txid, so they never parse as requests (their txid
+            // level would hold a '/'); a txid merely ending in "reply" or "error" is a txid.
+            (None, Some(tx)) if tx != "reply" && tx != "error" => {
                 Answer::V311 { reply: format!("{topic}/reply"), error: format!("{topic}/error") }
+            }
+            (None, Some(tx)) => {
+                self.stats.lock().expect("not poisoned").rpc_refused += 1;
+                tracing::warn!(
+                    "refusing the call on '{topic}': a transaction id may not be '{tx}' (the level answers go to)"
+                );
+                return;
             }
             _ => return, // a reply of the 3.1.1 convention, or nowhere to answer
         };
