@@ -79,6 +79,10 @@ pub struct BridgeConfig {
     pub tls: Option<TlsFiles>,
     /// Which calls MQTT clients may make through `<prefix>/$rpc/` (default: none).
     pub rpc: RpcPolicy,
+    /// Printed on standard error at the first successful connection to the broker.
+    pub banner: Option<String>,
+    /// Printed once, after the first report that the broker cannot be reached (what to try).
+    pub unreachable_hint: Option<String>,
 }
 
 /// One topic mapping (a `[[mapping]]` table of the config file): filters of one direction and
@@ -138,6 +142,8 @@ impl BridgeConfig {
             credentials: None,
             tls: None,
             rpc: RpcPolicy::off(),
+            banner: None,
+            unreachable_hint: None,
         }
     }
 
@@ -257,6 +263,62 @@ impl BridgeStats {
     }
 }
 
+/// How often a broker that cannot be reached is reported again (the first failure at once).
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+/// The longest wait between two connection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// What the poller says about the broker connection: the first failure at once, then one line
+/// every [`REPORT_EVERY`] while it lasts, so a broker that is down is named, not met with
+/// silence, and the terminal is not flooded.
+struct ConnectionReport {
+    broker: String,
+    banner: Option<String>,
+    hint: Option<String>,
+    ever_connected: bool,
+    up: bool,
+    failures: u64,
+    last_said: Option<std::time::Instant>,
+}
+
+impl ConnectionReport {
+    fn connected(&mut self) {
+        if !self.ever_connected {
+            if let Some(b) = self.banner.take() {
+                eprintln!("{b}");
+            }
+        } else if !self.up {
+            eprintln!("reconnected to the MQTT broker at {} after {} failed attempt(s)", self.broker, self.failures);
+        }
+        (self.ever_connected, self.up, self.failures, self.last_said) = (true, true, 0, None);
+    }
+
+    fn failed(&mut self, e: &rumqttc::v5::ConnectionError) {
+        self.failures += 1;
+        let now = std::time::Instant::now();
+        let broker = &self.broker;
+        tracing::debug!("broker connection to {broker}: {e}");
+        if self.up {
+            self.up = false;
+            eprintln!("lost the MQTT broker at {broker}: {e}; reconnecting");
+        } else if self.last_said.is_none_or(|t| now.duration_since(t) >= REPORT_EVERY) {
+            let failures = self.failures;
+            eprintln!(
+                "cannot reach the MQTT broker at {broker}: {e} ({failures} attempt(s)); retrying every {}s at most",
+                MAX_BACKOFF.as_secs()
+            );
+            if !self.ever_connected {
+                if let Some(h) = self.hint.take() {
+                    eprintln!("hint: {h}");
+                }
+            }
+        } else {
+            return;
+        }
+        self.last_said = Some(now);
+    }
+}
+
 /// How often the gateway publishes its counters (retained JSON).
 const STATS_EVERY: Duration = Duration::from_secs(10);
 
@@ -304,11 +366,21 @@ pub async fn run(node: Node, config: BridgeConfig) -> Result<()> {
     let (connected_tx, mut connected_rx) = mpsc::channel::<()>(8);
     let poller = {
         let election = election.clone();
+        let mut report = ConnectionReport {
+            broker: format!("{}:{}", config.host, config.port),
+            banner: config.banner.clone(),
+            hint: config.unreachable_hint.clone(),
+            ever_connected: false,
+            up: false,
+            failures: 0,
+            last_said: None,
+        };
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        report.connected();
                         backoff = Duration::from_millis(100);
                         election.connected.store(true, Ordering::Relaxed);
                         let _ = connected_tx.try_send(());
@@ -322,9 +394,9 @@ pub async fn run(node: Node, config: BridgeConfig) -> Result<()> {
                     Err(e) => {
                         // Not announced on the mesh while cut off, so another gateway takes over.
                         election.connected.store(false, Ordering::Relaxed);
-                        tracing::warn!("broker connection: {e}; retrying in {backoff:?}");
+                        report.failed(&e);
                         tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
                     }
                 }
             }

@@ -1110,12 +1110,25 @@ async fn gateway(mut a: GatewayArgs) -> Result<()> {
         eprintln!("no --broker given: started Mosquitto on {} for this gateway", a.listen);
         Some(child)
     } else {
+        config.unreachable_hint = Some(format!(
+            "is a broker running there? Without --broker (and without `broker` in the config file) the gateway \
+             runs its own Mosquitto on --listen ({})",
+            a.listen
+        ));
         None
     };
     let node = open(&a.mesh, "gateway").await.map_err(key_context)?;
     let rpc: Vec<&str> = config.rpc.rules().collect();
     let rpc = if rpc.is_empty() { "off (--rpc NODE/METHOD allows some)".to_owned() } else { rpc.join(" ") };
     eprintln!(
+        "gateway {} on mesh {}:{}: connecting to mqtt://{}:{}",
+        node.id(),
+        a.mesh.group,
+        a.mesh.port,
+        config.host,
+        config.port
+    );
+    config.banner = Some(format!(
         "bridging mesh {}:{} as {} to mqtt://{}:{} under '{}/'; calls from MQTT: {rpc}; Ctrl-C to stop",
         a.mesh.group,
         a.mesh.port,
@@ -1123,7 +1136,7 @@ async fn gateway(mut a: GatewayArgs) -> Result<()> {
         config.host,
         config.port,
         config.prefix
-    );
+    ));
     tokio::select! {
         r = starling_gateway::bridge::run(node.clone(), config) => r?,
         _ = terminated() => {}
