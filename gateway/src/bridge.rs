@@ -302,12 +302,21 @@ impl ConnectionReport {
             self.up = false;
             eprintln!("lost the MQTT broker at {broker}: {e}; reconnecting");
         } else if self.last_said.is_none_or(|t| now.duration_since(t) >= REPORT_EVERY) {
-            let failures = self.failures;
-            eprintln!(
-                "cannot reach the MQTT broker at {broker}: {e} ({failures} attempt(s)); retrying every {}s at most",
-                MAX_BACKOFF.as_secs()
-            );
-            if !self.ever_connected {
+            let (failures, every) = (self.failures, MAX_BACKOFF.as_secs());
+            // A broker that answers and says no needs other credentials, not another broker.
+            let refused = matches!(e, rumqttc::v5::ConnectionError::ConnectionRefused(_));
+            if refused {
+                eprintln!(
+                    "the MQTT broker at {broker} refused the connection: {e} ({failures} attempt(s)); check the user \
+                     and password (mqtt://user:password@host:port) and what the broker allows; retrying every \
+                     {every}s at most"
+                );
+            } else {
+                eprintln!(
+                    "cannot reach the MQTT broker at {broker}: {e} ({failures} attempt(s)); retrying every {every}s at most"
+                );
+            }
+            if !self.ever_connected && !refused {
                 if let Some(h) = self.hint.take() {
                     eprintln!("hint: {h}");
                 }

@@ -933,3 +933,23 @@ fn an_unreachable_broker_is_named_with_the_error_and_the_own_broker_hint() {
     let (after, found) = lines_until(&rx, "bridging mesh", Duration::from_secs(10));
     assert!(found, "never bridged once the broker came up: {after:?}");
 }
+
+/// A broker that answers but refuses the gateway is named as refusing, with what to check, and
+/// without the hint about running a broker.
+#[test]
+fn a_broker_that_refuses_the_gateway_says_to_check_the_credentials() {
+    let broker = Broker::start_with("refuse", |_| "allow_anonymous false\n".into());
+    let mesh = isolated_mesh();
+    let key = key_file(&broker._dir.0, &random_key());
+    let url = format!("mqtt://127.0.0.1:{}", broker.port);
+    let mut cmd = Gateway::command(&["--key", key.to_str().unwrap(), "--broker", &url]);
+    cmd.args(["--group", &mesh.0.to_string(), "--port", &mesh.1.to_string()]).stderr(Stdio::piped());
+    let mut gw = Gateway(cmd.spawn().unwrap());
+    let rx = stderr_lines(&mut gw.0);
+    let (lines, found) = lines_until(&rx, "refused the connection", Duration::from_secs(5));
+    assert!(found, "no refusal within 5 s: {lines:?}");
+    let line = lines.last().unwrap();
+    assert!(line.contains(&format!("127.0.0.1:{}", broker.port)) && line.contains("user and password"), "{line}");
+    let (more, _) = lines_until(&rx, "hint", Duration::from_millis(500));
+    assert!(lines.iter().chain(&more).all(|l| !l.contains("runs its own Mosquitto")), "{lines:?} {more:?}");
+}
