@@ -90,11 +90,11 @@ struct Raw {
 ///
 /// Keys: `key_file`, `name`, `broker` (`mqtt[s]://[user:password@]host[:port]`), `group`,
 /// `port` and `interface` (the mesh's, as `--group`, `--port`, `--interface`), `prefix`, `out`
-/// and `in` (each one filter, `out = "home/#"`, or a list, `out = ["home/#", "cmd/#"]`),
-/// `retain`, `rpc` (a list of `NODE/METHOD` rules), `ca`, `client_cert`, `client_key`, and
-/// `[[mapping]]` tables, each with exactly one of `out` or `in` (again one filter or a list),
-/// optional `qos = 0|1` and `retain = true|false`. Relative paths (`key_file`, `ca`,
-/// `client_cert`, `client_key`) are relative to the directory of the file.
+/// and `in` (each one filter, `out = "home/#"`, or a list, `out = ["home/#", "cmd/#"]`; an empty
+/// list bridges nothing that way), `retain`, `rpc` (a list of `NODE/METHOD` rules), `ca`,
+/// `client_cert`, `client_key`, and `[[mapping]]` tables, each with exactly one of `out` or `in`
+/// (again one filter or a list), optional `qos = 0|1` and `retain = true|false`. Relative paths
+/// (`key_file`, `ca`, `client_cert`, `client_key`) are relative to the directory of the file.
 #[derive(Debug, Default, Clone)]
 pub struct GatewayFile {
     /// Network key file.
@@ -239,9 +239,10 @@ impl GatewayFile {
 
         let check_filters = |what: &str, where_: &str, filters: &Spanned<Filters>| -> Result<Vec<String>> {
             let here = at(filters.span());
-            if filters.get_ref().0.is_empty() {
+            // At the top, `out = []` is a one-way bridge (nothing out); a mapping must map something.
+            if filters.get_ref().0.is_empty() && !where_.is_empty() {
                 return Err(anyhow!(
-                    "{here}: {where_}`{what} = []` lists no filter; give one (\"home/#\") or leave `{what}` out"
+                    "{here}: {where_}`{what} = []` lists no filter; give one (\"home/#\") or remove the mapping"
                 ));
             }
             for f in &filters.get_ref().0 {
@@ -376,6 +377,7 @@ mod tests {
         assert!(e.contains("line 4: mapping 2 (line 3) repeats `in` filter 'a' of mapping 1 (line 1)"), "{e}");
         let e = err("[[mapping]]\nout = []\n");
         assert!(e.contains("lists no filter"), "{e}");
+        assert_eq!(parse("out = []\n").unwrap().out, Some(vec![]), "a one-way bridge");
         let e = err("retain = true\nin = [\"x\", \"+x\"]\n");
         assert!(e.contains("line 2: `in` filter '+x'"), "{e}");
         let e = err("\nprefix = \"a/\"\n");
