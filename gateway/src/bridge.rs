@@ -29,9 +29,11 @@
 //! Refusals count in the `rpc_refused` counter, calls made in `rpc_calls`.
 
 pub mod election;
+pub mod file;
 pub mod rpc;
 
 pub use election::{ALIVE_TOPIC, LEADER_TIMEOUT};
+pub use file::{Filters, GatewayFile};
 pub use rpc::{reply_topic_allowed, RpcPolicy, REPLY_LEVEL};
 
 use std::collections::BTreeMap;
@@ -77,17 +79,20 @@ pub struct BridgeConfig {
     pub tls: Option<TlsFiles>,
     /// Which calls MQTT clients may make through `<prefix>/$rpc/` (default: none).
     pub rpc: RpcPolicy,
+    /// Printed on standard error at the first successful connection to the broker.
+    pub banner: Option<String>,
+    /// Printed once, after the first report that the broker cannot be reached (what to try).
+    pub unreachable_hint: Option<String>,
 }
 
-/// One topic mapping of the config file: a filter, its direction, and how it crosses.
-#[derive(Debug, Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One topic mapping (a `[[mapping]]` table of the config file): filters of one direction and
+/// how the topics they match cross.
+#[derive(Debug, Clone, Default)]
 pub struct Mapping {
-    /// Mesh filter bridged out to MQTT.
-    pub out: Option<String>,
-    /// MQTT filter (relative to the prefix) bridged into the mesh.
-    #[serde(rename = "in")]
-    pub inbound: Option<String>,
+    /// Mesh filters bridged out to MQTT (empty for an inbound mapping).
+    pub out: Vec<String>,
+    /// MQTT filters (relative to the prefix) bridged into the mesh (empty for an outbound one).
+    pub inbound: Vec<String>,
     /// MQTT QoS (0 or 1) for this mapping; by default reliable mesh messages are QoS 1, others 0.
     pub qos: Option<u8>,
     /// Retain the last value of these topics on the broker (default: the global `retain`).
@@ -96,9 +101,8 @@ pub struct Mapping {
 
 impl Mapping {
     fn check(&self) -> Result<()> {
-        match (&self.out, &self.inbound) {
-            (Some(_), None) | (None, Some(_)) => {}
-            _ => bail!("each [[mapping]] has exactly one of `out` or `in`"),
+        if self.out.is_empty() == self.inbound.is_empty() {
+            bail!("each mapping has filters for exactly one direction, `out` or `in`");
         }
         if self.qos.is_some_and(|q| q > 1) {
             bail!("mapping `qos` must be 0 or 1");
@@ -138,14 +142,14 @@ impl BridgeConfig {
             credentials: None,
             tls: None,
             rpc: RpcPolicy::off(),
+            banner: None,
+            unreachable_hint: None,
         }
     }
 
     /// Checks prefix and filters; errors name the field.
     pub fn validate(&self) -> Result<()> {
-        if self.prefix.is_empty() || self.prefix.contains(['+', '#']) || self.prefix.ends_with('/') {
-            bail!("prefix '{}' must be a non-empty topic without wildcards or a trailing '/'", self.prefix);
-        }
+        check_prefix(&self.prefix)?;
         for f in &self.mesh_filters {
             starling::TopicFilter::new(f).with_context(|| format!("mesh filter '{f}'"))?;
         }
@@ -160,6 +164,14 @@ impl BridgeConfig {
         }
         Ok(())
     }
+}
+
+/// Checks an MQTT topic prefix: a topic without wildcards or a trailing `/`.
+fn check_prefix(prefix: &str) -> Result<()> {
+    if prefix.is_empty() || prefix.contains(['+', '#']) || prefix.ends_with('/') {
+        bail!("prefix '{prefix}' must be a non-empty topic without wildcards or a trailing '/' (such as `starling`)");
+    }
+    Ok(())
 }
 
 /// A broker address parsed from `mqtt://[user:password@]host[:port]`.
@@ -251,6 +263,71 @@ impl BridgeStats {
     }
 }
 
+/// How often a broker that cannot be reached is reported again (the first failure at once).
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+/// The longest wait between two connection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// What the poller says about the broker connection: the first failure at once, then one line
+/// every [`REPORT_EVERY`] while it lasts, so a broker that is down is named, not met with
+/// silence, and the terminal is not flooded.
+struct ConnectionReport {
+    broker: String,
+    banner: Option<String>,
+    hint: Option<String>,
+    ever_connected: bool,
+    up: bool,
+    failures: u64,
+    last_said: Option<std::time::Instant>,
+}
+
+impl ConnectionReport {
+    fn connected(&mut self) {
+        if !self.ever_connected {
+            if let Some(b) = self.banner.take() {
+                eprintln!("{b}");
+            }
+        } else if !self.up {
+            eprintln!("reconnected to the MQTT broker at {} after {} failed attempt(s)", self.broker, self.failures);
+        }
+        (self.ever_connected, self.up, self.failures, self.last_said) = (true, true, 0, None);
+    }
+
+    fn failed(&mut self, e: &rumqttc::v5::ConnectionError) {
+        self.failures += 1;
+        let now = std::time::Instant::now();
+        let broker = &self.broker;
+        tracing::debug!("broker connection to {broker}: {e}");
+        if self.up {
+            self.up = false;
+            eprintln!("lost the MQTT broker at {broker}: {e}; reconnecting");
+        } else if self.last_said.is_none_or(|t| now.duration_since(t) >= REPORT_EVERY) {
+            let (failures, every) = (self.failures, MAX_BACKOFF.as_secs());
+            // A broker that answers and says no needs other credentials, not another broker.
+            let refused = matches!(e, rumqttc::v5::ConnectionError::ConnectionRefused(_));
+            if refused {
+                eprintln!(
+                    "the MQTT broker at {broker} refused the connection: {e} ({failures} attempt(s)); check the user \
+                     and password (mqtt://user:password@host:port) and what the broker allows; retrying every \
+                     {every}s at most"
+                );
+            } else {
+                eprintln!(
+                    "cannot reach the MQTT broker at {broker}: {e} ({failures} attempt(s)); retrying every {every}s at most"
+                );
+            }
+            if !self.ever_connected && !refused {
+                if let Some(h) = self.hint.take() {
+                    eprintln!("hint: {h}");
+                }
+            }
+        } else {
+            return;
+        }
+        self.last_said = Some(now);
+    }
+}
+
 /// How often the gateway publishes its counters (retained JSON).
 const STATS_EVERY: Duration = Duration::from_secs(10);
 
@@ -298,11 +375,21 @@ pub async fn run(node: Node, config: BridgeConfig) -> Result<()> {
     let (connected_tx, mut connected_rx) = mpsc::channel::<()>(8);
     let poller = {
         let election = election.clone();
+        let mut report = ConnectionReport {
+            broker: format!("{}:{}", config.host, config.port),
+            banner: config.banner.clone(),
+            hint: config.unreachable_hint.clone(),
+            ever_connected: false,
+            up: false,
+            failures: 0,
+            last_said: None,
+        };
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        report.connected();
                         backoff = Duration::from_millis(100);
                         election.connected.store(true, Ordering::Relaxed);
                         let _ = connected_tx.try_send(());
@@ -316,9 +403,9 @@ pub async fn run(node: Node, config: BridgeConfig) -> Result<()> {
                     Err(e) => {
                         // Not announced on the mesh while cut off, so another gateway takes over.
                         election.connected.store(false, Ordering::Relaxed);
-                        tracing::warn!("broker connection: {e}; retrying in {backoff:?}");
+                        report.failed(&e);
                         tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
                     }
                 }
             }
@@ -348,7 +435,7 @@ pub async fn run(node: Node, config: BridgeConfig) -> Result<()> {
                     config
                         .mappings
                         .iter()
-                        .find(|m| m.inbound.as_deref().is_some_and(|i| to_mqtt(&config.prefix, i) == f))
+                        .find(|m| m.inbound.iter().any(|i| to_mqtt(&config.prefix, i) == f))
                         .and_then(|m| m.qos)
                         .map_or(QoS::AtLeastOnce, qos_of)
                 };
@@ -384,7 +471,7 @@ pub async fn run(node: Node, config: BridgeConfig) -> Result<()> {
         let rules: Vec<(starling::TopicFilter, Option<u8>, Option<bool>)> = config
             .mappings
             .iter()
-            .filter_map(|m| Some((starling::TopicFilter::new(m.out.as_deref()?).ok()?, m.qos, m.retain)))
+            .flat_map(|m| m.out.iter().filter_map(|f| Some((starling::TopicFilter::new(f).ok()?, m.qos, m.retain))))
             .collect();
         let election = election.clone();
         tokio::spawn(async move {
@@ -546,47 +633,6 @@ pub async fn run(node: Node, config: BridgeConfig) -> Result<()> {
     Ok(())
 }
 
-/// The gateway's config file (TOML). Every field is optional; command-line flags win.
-#[derive(Debug, Default, Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GatewayFile {
-    /// Network key file.
-    pub key_file: Option<std::path::PathBuf>,
-    /// Node name.
-    pub name: Option<String>,
-    /// `mqtt://[user:password@]host[:port]`.
-    pub broker: Option<String>,
-    /// MQTT topic prefix.
-    pub prefix: Option<String>,
-    /// Mesh filters bridged to MQTT.
-    pub out: Option<Vec<String>>,
-    /// MQTT filters (relative to the prefix) bridged into the mesh.
-    #[serde(rename = "in")]
-    pub inbound: Option<Vec<String>>,
-    /// Keep the last value per topic retained.
-    pub retain: Option<bool>,
-    /// CA certificate for `mqtts://` (PEM).
-    pub ca: Option<std::path::PathBuf>,
-    /// Client certificate for `mqtts://` (PEM).
-    pub client_cert: Option<std::path::PathBuf>,
-    /// Client key for `mqtts://` (PEM).
-    pub client_key: Option<std::path::PathBuf>,
-    /// Calls MQTT clients may make, as `NODE/METHOD` rules (see [`RpcPolicy`]); none by default.
-    pub rpc: Option<RpcPolicy>,
-    /// Topic mappings with their own QoS and retain (`[[mapping]]` tables).
-    #[serde(default, rename = "mapping")]
-    pub mappings: Vec<Mapping>,
-}
-
-impl GatewayFile {
-    /// Reads and parses a config file; errors name the file, line and field.
-    pub fn load(path: &std::path::Path) -> Result<GatewayFile> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -605,33 +651,16 @@ mod tests {
     }
 
     #[test]
-    fn config_file_errors_name_the_field_and_line() {
-        let err = toml::from_str::<GatewayFile>("broker = \"mqtt://h\"\nbrokr = 1\n").unwrap_err().to_string();
-        assert!(err.contains("brokr") && err.contains("line 2"), "{err}");
-        let f: GatewayFile = toml::from_str(
-            "in = [\"cmd/#\"]\nout = [\"#\"]\nretain = true\nrpc = [\"relay-1/relay.*\", \"*/$info\"]\n",
-        )
-        .unwrap();
-        assert_eq!(f.inbound, Some(vec!["cmd/#".to_owned()]));
-        assert_eq!(f.retain, Some(true));
-        assert_eq!(f.rpc.unwrap().rules().collect::<Vec<_>>(), ["relay-1/relay.*", "*/$info"]);
-        let err = toml::from_str::<GatewayFile>("prefix = \"s\"\nrpc = [\"relay-1\"]\n").unwrap_err().to_string();
-        assert!(err.contains("line 2") && err.contains("NODE/METHOD"), "{err}");
-        assert!(BridgeConfig::new("h", 1).rpc.is_off(), "calls from MQTT are off unless configured");
-        let f: GatewayFile = toml::from_str(
-            "[[mapping]]\nout = \"home/#\"\nqos = 1\nretain = true\n[[mapping]]\nin = \"cmd/#\"\nqos = 0\n",
-        )
-        .unwrap();
-        assert_eq!(f.mappings.len(), 2);
-        assert_eq!(
-            (f.mappings[0].out.as_deref(), f.mappings[0].qos, f.mappings[0].retain),
-            (Some("home/#"), Some(1), Some(true))
-        );
+    fn mappings_are_checked() {
         let mut c = BridgeConfig::new("h", 1);
-        c.mappings = f.mappings;
+        c.mappings = vec![Mapping { out: vec!["home/#".into()], qos: Some(1), ..Mapping::default() }];
         c.validate().unwrap();
         c.mappings[0].qos = Some(2);
         assert!(c.validate().unwrap_err().to_string().contains("0 or 1"));
+        c.mappings[0].qos = None;
+        c.mappings[0].inbound = vec!["cmd/#".into()];
+        assert!(c.validate().unwrap_err().to_string().contains("exactly one direction"));
+        assert!(BridgeConfig::new("h", 1).rpc.is_off(), "calls from MQTT are off unless configured");
     }
 
     #[test]

@@ -215,13 +215,29 @@ struct GatewayArgs {
     /// With mqtts://: the client certificate's key (PEM).
     #[arg(long, value_name = "FILE", requires = "client_cert")]
     client_key: Option<PathBuf>,
-    /// A TOML file with any of: key_file, name, broker, prefix, out, in, retain, rpc, ca,
-    /// client_cert, client_key, and `[[mapping]]` tables. Flags win.
+    /// A TOML file with any of: key_file, name, broker, group, port, interface, prefix, out, in,
+    /// retain, rpc, ca, client_cert, client_key, and `[[mapping]]` tables (each with one of `out`
+    /// or `in`, and optional `qos = 0|1`, `retain = true|false`). `out` and `in`, at the top and
+    /// in a mapping, take one filter (`out = "home/#"`) or a list (`out = ["home/#", "cmd/#"]`).
+    /// Relative paths are relative to the file's directory. Flags and their environment
+    /// variables win over the file.
     #[arg(short, long, env = "STARLING_GATEWAY_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Check the configuration (file, flags, key) and exit.
     #[arg(long)]
     check_config: bool,
+    /// Which mesh settings the command line (or environment) gave: those win over the file.
+    #[arg(skip)]
+    given: MeshGiven,
+}
+
+/// Whether `--group`, `--port` and `--interface` (or their variables) were given, rather than
+/// left at their defaults.
+#[derive(Default, Clone, Copy)]
+struct MeshGiven {
+    group: bool,
+    port: bool,
+    interface: bool,
 }
 
 /// A payload given on the command line: text, a file, hex or empty.
@@ -387,7 +403,12 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let mut cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let (Command::Gateway(a), Some(m)) = (&mut cli.command, matches.subcommand_matches("gateway")) {
+        let given = |id: &str| m.value_source(id).is_some_and(|s| s != clap::parser::ValueSource::DefaultValue);
+        a.given = MeshGiven { group: given("group"), port: given("port"), interface: given("interface") };
+    }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     if let Err(e) = rt.block_on(run(cli)) {
         eprintln!("error: {e:#}");
@@ -964,12 +985,17 @@ async fn gateway(mut a: GatewayArgs) -> Result<()> {
         Some(path) => GatewayFile::load(path)?,
         None => GatewayFile::default(),
     };
+    // "(`ca` in gw.toml line 3)" for a value that came from the file, for errors found later.
+    let from_file = |key: &str| file.place(key).map(|p| format!(" (`{key}` in {p})")).unwrap_or_default();
+    // "`key_file` in gw.toml line 1", to put before an error about a value from the file.
+    let named_in_file = |key: &str| file.place(key).map(|p| format!("`{key}` in {p}")).unwrap_or_default();
     let own_broker = a.broker.is_none() && file.broker.is_none();
     let url = match a.broker.clone().or(file.broker.clone()) {
         Some(url) => url,
         None => format!("mqtt://{}", a.listen),
     };
-    let broker = parse_broker(&url).context(if a.broker.is_some() { "--broker" } else { "config field `broker`" })?;
+    let broker =
+        parse_broker(&url).context(if a.broker.is_some() { "--broker".to_owned() } else { named_in_file("broker") })?;
     let mut config = BridgeConfig::new(broker.host, broker.port);
     config.credentials = broker.credentials;
     if broker.tls {
@@ -983,9 +1009,14 @@ async fn gateway(mut a: GatewayArgs) -> Result<()> {
             (None, None) => None,
             _ => bail!("a client certificate needs its key and the other way round (client_cert, client_key)"),
         };
-        for f in [Some(&ca), client.as_ref().map(|c| &c.0), client.as_ref().map(|c| &c.1)].into_iter().flatten() {
-            if !f.is_file() {
-                bail!("TLS file {} does not exist", f.display());
+        let checks = [
+            (Some(&ca), a.ca.is_none().then(|| from_file("ca"))),
+            (client.as_ref().map(|c| &c.0), a.client_cert.is_none().then(|| from_file("client_cert"))),
+            (client.as_ref().map(|c| &c.1), a.client_key.is_none().then(|| from_file("client_key"))),
+        ];
+        for (f, whence) in checks {
+            if let Some(f) = f.filter(|f| !f.is_file()) {
+                bail!("TLS file {} does not exist{}", f.display(), whence.unwrap_or_default());
             }
         }
         config.tls = Some(starling_gateway::bridge::TlsFiles { ca, client });
@@ -1003,20 +1034,20 @@ async fn gateway(mut a: GatewayArgs) -> Result<()> {
             vec!["#".into()]
         }
     };
-    let mapped = |f: fn(&starling_gateway::bridge::Mapping) -> Option<&String>| {
-        file.mappings.iter().filter_map(f).cloned().collect::<Vec<String>>()
+    let mapped = |f: fn(&starling_gateway::bridge::Mapping) -> &Vec<String>| {
+        file.mappings.iter().flat_map(f).cloned().collect::<Vec<String>>()
     };
-    config.mesh_filters = pick(&a.out, &file.out, mapped(|m| m.out.as_ref()));
-    config.mqtt_filters = pick(&a.r#in, &file.inbound, mapped(|m| m.inbound.as_ref()));
+    config.mesh_filters = pick(&a.out, &file.out, mapped(|m| &m.out));
+    config.mqtt_filters = pick(&a.r#in, &file.inbound, mapped(|m| &m.inbound));
     config.retain = a.retain || file.retain.unwrap_or(false);
     // Mapped filters always cross, each with its own QoS and retain.
     for m in &file.mappings {
-        if let Some(f) = &m.out {
+        for f in &m.out {
             if !config.mesh_filters.contains(f) {
                 config.mesh_filters.push(f.clone());
             }
         }
-        if let Some(f) = &m.inbound {
+        for f in &m.inbound {
             if !config.mqtt_filters.contains(f) {
                 config.mqtt_filters.push(f.clone());
             }
@@ -1031,35 +1062,68 @@ async fn gateway(mut a: GatewayArgs) -> Result<()> {
         file.rpc.clone().unwrap_or_default()
     };
     config.validate()?;
+    // The mesh: flags (and their variables) win over the file, the file over the defaults.
+    let key_from_file = a.mesh.key.is_none() && file.key_file.is_some();
     if a.mesh.key.is_none() {
         a.mesh.key = file.key_file.clone();
     }
     if a.mesh.name.is_none() {
         a.mesh.name = file.name.clone();
     }
+    if let (false, Some(g)) = (a.given.group, file.group) {
+        a.mesh.group = g;
+    }
+    if let (false, Some(p)) = (a.given.port, file.port) {
+        a.mesh.port = p;
+    }
+    if let (false, Some(i)) = (a.given.interface, &file.interface) {
+        a.mesh.interface = i.clone();
+    }
+    let key_context = |e: anyhow::Error| if key_from_file { e.context(named_in_file("key_file")) } else { e };
     if a.check_config {
-        membership(&a.mesh)?;
+        membership(&a.mesh).map_err(key_context)?;
         let whose = if own_broker { " (its own Mosquitto)" } else { "" };
         let rpc: Vec<&str> = config.rpc.rules().collect();
         let rpc = if rpc.is_empty() { "off".to_owned() } else { format!("{rpc:?}") };
         println!(
-            "config OK: broker {}:{}{whose}, prefix '{}', out {:?}, in {:?}, retain {}, rpc {rpc}",
-            config.host, config.port, config.prefix, config.mesh_filters, config.mqtt_filters, config.retain
+            "config OK: broker {}:{}{whose}, prefix '{}', out {:?}, in {:?}, retain {}, rpc {rpc}, mesh {}:{} on {}",
+            config.host,
+            config.port,
+            config.prefix,
+            config.mesh_filters,
+            config.mqtt_filters,
+            config.retain,
+            a.mesh.group,
+            a.mesh.port,
+            a.mesh.interface
         );
         return Ok(());
     }
     // Without a configured broker, run one: Mosquitto, as a child that ends with the gateway.
-    let _broker = if own_broker && !a.check_config {
+    let _broker = if own_broker {
         let child = starling_gateway::own_broker::start(a.listen).await?;
         eprintln!("no --broker given: started Mosquitto on {} for this gateway", a.listen);
         Some(child)
     } else {
+        config.unreachable_hint = Some(format!(
+            "is a broker running there? Without --broker (and without `broker` in the config file) the gateway \
+             runs its own Mosquitto on --listen ({})",
+            a.listen
+        ));
         None
     };
-    let node = open(&a.mesh, "gateway").await?;
+    let node = open(&a.mesh, "gateway").await.map_err(key_context)?;
     let rpc: Vec<&str> = config.rpc.rules().collect();
     let rpc = if rpc.is_empty() { "off (--rpc NODE/METHOD allows some)".to_owned() } else { rpc.join(" ") };
     eprintln!(
+        "gateway {} on mesh {}:{}: connecting to mqtt://{}:{}",
+        node.id(),
+        a.mesh.group,
+        a.mesh.port,
+        config.host,
+        config.port
+    );
+    config.banner = Some(format!(
         "bridging mesh {}:{} as {} to mqtt://{}:{} under '{}/'; calls from MQTT: {rpc}; Ctrl-C to stop",
         a.mesh.group,
         a.mesh.port,
@@ -1067,7 +1131,7 @@ async fn gateway(mut a: GatewayArgs) -> Result<()> {
         config.host,
         config.port,
         config.prefix
-    );
+    ));
     tokio::select! {
         r = starling_gateway::bridge::run(node.clone(), config) => r?,
         _ = terminated() => {}

@@ -33,7 +33,11 @@ impl Broker {
 
     /// Starts a broker whose configuration gets `extra(dir)` appended (for TLS files in `dir`).
     fn start_with(tag: &str, extra: impl FnOnce(&std::path::Path) -> String) -> Broker {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Self::start_on(tag, free_tcp_port(), extra)
+    }
+
+    /// [`Broker::start_with`] on a given port.
+    fn start_on(tag: &str, port: u16, extra: impl FnOnce(&std::path::Path) -> String) -> Broker {
         let dir = std::env::temp_dir().join(format!("starling-mqtt-{tag}-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let conf = dir.join("mosquitto.conf");
@@ -104,15 +108,20 @@ impl Gateway {
 
     /// Runs `starling gateway` on `mesh` named `gw` with `args`, once it bridges.
     fn spawn(args: &[&str], mesh: (std::net::Ipv4Addr, u16)) -> Gateway {
-        let mut child = Command::new(BIN);
-        child
-            .arg("gateway")
-            .args(args)
-            .args(["--group", &mesh.0.to_string(), "--port", &mesh.1.to_string(), "--name", "gw"])
-            .env_remove("STARLING_KEY")
-            .env_remove("STARLING_BROKER")
-            .stdout(Stdio::null());
+        let mut child = Self::command(args);
+        child.args(["--group", &mesh.0.to_string(), "--port", &mesh.1.to_string(), "--name", "gw"]);
         Gateway(spawn_ready(&mut child, "bridging mesh"))
+    }
+
+    /// `starling gateway ARGS`, with no settings from the environment.
+    fn command(args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("gateway").args(args).stdout(Stdio::null());
+        for var in ["STARLING_KEY", "STARLING_KEY_FILE", "STARLING_BROKER", "STARLING_GROUP", "STARLING_PORT"] {
+            c.env_remove(var);
+        }
+        c.env_remove("STARLING_INTERFACE").env_remove("STARLING_GATEWAY_CONFIG");
+        c
     }
 }
 
@@ -121,6 +130,11 @@ impl Drop for Gateway {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A TCP port on loopback that nothing listened on a moment ago.
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn key_file(dir: &std::path::Path, key: &starling::NetworkKey) -> std::path::PathBuf {
@@ -541,7 +555,7 @@ async fn without_a_broker_the_gateway_runs_its_own() {
     let key = random_key();
     let dir = TempDir(std::env::temp_dir().join(format!("starling-own-{}-{}", std::process::id(), mesh.1)));
     std::fs::create_dir_all(&dir.0).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_tcp_port();
     let key_path = key_file(&dir.0, &key);
     let gw = Gateway::spawn(&["--key", key_path.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")], mesh);
     let node = mesh_node(&key, mesh, "own").await;
@@ -829,4 +843,123 @@ async fn a_fake_gateway_alive_on_mqtt_does_not_stop_the_bridge() {
     // Cleared, so the broker's store keeps no forged retained message.
     let ok = s.mqtt("mosquitto_pub").args(["-t", "starling/$gateway/0000000000000001/alive", "-n", "-r"]).status();
     assert!(ok.unwrap().success());
+}
+
+/// The config file sets the mesh's group and port (no flags for them), names the key file
+/// relative to its own directory (the gateway runs elsewhere), and takes `out` as one filter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_config_file_sets_the_mesh_and_names_files_relative_to_itself() {
+    let s = Setup::new("file");
+    let etc = s.dir.0.join("etc");
+    std::fs::create_dir_all(&etc).unwrap();
+    key_file(&etc, &s.key);
+    let conf = etc.join("gw.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "key_file = \"net.key\"\nname = \"gw\"\nbroker = \"mqtt://127.0.0.1:{}\"\n\
+             group = \"{}\"\nport = {}\nout = \"cfg/#\"\n",
+            s.broker.port, s.mesh.0, s.mesh.1
+        ),
+    )
+    .unwrap();
+    let mut cmd = Gateway::command(&["--config", conf.to_str().unwrap()]);
+    let _gw = Gateway(spawn_ready(cmd.current_dir("/"), "bridging mesh"));
+    let node = mesh_node(&s.key, s.mesh, "cfg").await;
+    wait_for_peer(&node, "gw").await; // on the file's group and port
+    let seen = seen_on_mqtt(&s, "starling/#", 2, async {
+        node.publish("cfg/x", "in").await.unwrap();
+        node.publish("other/y", "out of the filter").await.unwrap();
+    })
+    .await;
+    let bridged: Vec<&String> = seen.iter().filter(|l| !l.contains('$')).collect();
+    assert_eq!(bridged, ["starling/cfg/x in"], "{seen:?}");
+}
+
+/// Lines the child prints on stderr, read by a thread, so waits on them can be bounded.
+fn stderr_lines(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let err = std::io::BufReader::new(child.stderr.take().expect("stderr piped"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in err.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Collects lines from `rx` until one contains `needle` or `limit` passes; returns them all and
+/// whether the needle was seen.
+fn lines_until(rx: &std::sync::mpsc::Receiver<String>, needle: &str, limit: Duration) -> (Vec<String>, bool) {
+    let end = Instant::now() + limit;
+    let mut lines = Vec::new();
+    while let Some(left) = end.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let found = line.contains(needle);
+                lines.push(line);
+                if found {
+                    return (lines, true);
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    (lines, false)
+}
+
+/// A broker nobody listens on is named with the OS error at once, then not again for a while;
+/// the hint says the gateway runs its own without `--broker`; "bridging" waits for a connection,
+/// which comes when a broker starts there.
+#[test]
+fn an_unreachable_broker_is_named_with_the_error_and_the_own_broker_hint() {
+    let mesh = isolated_mesh();
+    let dir = TempDir(std::env::temp_dir().join(format!("starling-unreach-{}-{}", std::process::id(), mesh.1)));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let key = key_file(&dir.0, &random_key());
+    let port = free_tcp_port();
+    let broker = format!("mqtt://127.0.0.1:{port}");
+    let mut cmd = Gateway::command(&["--key", key.to_str().unwrap(), "--broker", &broker]);
+    cmd.args(["--group", &mesh.0.to_string(), "--port", &mesh.1.to_string()]).stderr(Stdio::piped());
+    let mut gw = Gateway(cmd.spawn().unwrap());
+    let rx = stderr_lines(&mut gw.0);
+    let (lines, found) = lines_until(&rx, "runs its own Mosquitto", Duration::from_secs(5));
+    assert!(found, "no hint within 5 s: {lines:?}");
+    let named: Vec<&String> = lines.iter().filter(|l| l.contains(&format!("127.0.0.1:{port}"))).collect();
+    assert!(
+        named.iter().any(|l| l.contains("cannot reach the MQTT broker") && l.contains("Connection refused")),
+        "the broker and the OS error are named: {lines:?}"
+    );
+    assert!(lines.iter().any(|l| l.contains("without `broker` in the config file")), "{lines:?}");
+    // Rate-limited: several attempts in the next 3 s, no more lines about them.
+    let (more, _) = lines_until(&rx, "cannot reach", Duration::from_secs(3));
+    assert!(more.iter().all(|l| !l.contains("cannot reach")), "reported again too soon: {more:?}");
+    assert!(lines.iter().chain(&more).all(|l| !l.contains("bridging")), "not bridging yet: {lines:?} {more:?}");
+    // A broker that comes up later is found: now it bridges, and says so.
+    let _broker = Broker::start_on("unreach", port, |_| String::new());
+    let (after, found) = lines_until(&rx, "bridging mesh", Duration::from_secs(10));
+    assert!(found, "never bridged once the broker came up: {after:?}");
+}
+
+/// A broker that answers but refuses the gateway is named as refusing, with what to check, and
+/// without the hint about running a broker.
+#[test]
+fn a_broker_that_refuses_the_gateway_says_to_check_the_credentials() {
+    let broker = Broker::start_with("refuse", |_| "allow_anonymous false\n".into());
+    let mesh = isolated_mesh();
+    let key = key_file(&broker._dir.0, &random_key());
+    let url = format!("mqtt://127.0.0.1:{}", broker.port);
+    let mut cmd = Gateway::command(&["--key", key.to_str().unwrap(), "--broker", &url]);
+    cmd.args(["--group", &mesh.0.to_string(), "--port", &mesh.1.to_string()]).stderr(Stdio::piped());
+    let mut gw = Gateway(cmd.spawn().unwrap());
+    let rx = stderr_lines(&mut gw.0);
+    let (lines, found) = lines_until(&rx, "refused the connection", Duration::from_secs(5));
+    assert!(found, "no refusal within 5 s: {lines:?}");
+    let line = lines.last().unwrap();
+    assert!(line.contains(&format!("127.0.0.1:{}", broker.port)) && line.contains("user and password"), "{line}");
+    let (more, _) = lines_until(&rx, "hint", Duration::from_millis(500));
+    assert!(lines.iter().chain(&more).all(|l| !l.contains("runs its own Mosquitto")), "{lines:?} {more:?}");
 }

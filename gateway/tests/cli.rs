@@ -462,3 +462,97 @@ fn a_wrong_key_is_named_not_met_with_silence() {
     server.kill().unwrap();
     let _ = server.wait();
 }
+
+/// `starling gateway --check-config ARGS` run in `cwd`, with no gateway settings from the
+/// environment.
+fn gateway_check(cwd: &Path, args: &[&str]) -> Output {
+    let mut c = Command::new(BIN);
+    c.args(["gateway", "--check-config"]).args(args).current_dir(cwd);
+    for var in ["STARLING_KEY", "STARLING_KEY_FILE", "STARLING_BROKER", "STARLING_GROUP", "STARLING_PORT"] {
+        c.env_remove(var);
+    }
+    c.env_remove("STARLING_INTERFACE").env_remove("STARLING_GATEWAY_CONFIG").output().unwrap()
+}
+
+/// Runs `--check-config` on a config file of `text` in the test's directory; its stdout, or its
+/// stderr as the error.
+fn check_file(env: &Env, name: &str, text: &str, args: &[&str]) -> Result<String, String> {
+    let path = env.dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    let mut all = vec!["--config", path.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = gateway_check(&env.dir, &all);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    if out.status.success() {
+        Ok(stdout(&out))
+    } else {
+        Err(err)
+    }
+}
+
+#[test]
+fn gateway_config_errors_name_the_file_mapping_and_line() {
+    let env = Env::new("gwconf-errors");
+    let head = format!("key_file = \"{}\"\nbroker = \"mqtt://127.0.0.1:1884\"\n", env.key.display());
+    // Line 3 opens mapping 1, line 7 mapping 2, whose filter on line 9 is bad.
+    let text =
+        format!("{head}[[mapping]]\nout = \"state/#\"\nqos = 1\n\n[[mapping]]\nretain = true\nout = \"a/#/b\"\n");
+    let err = check_file(&env, "map2.toml", &text, &[]).unwrap_err();
+    assert!(err.contains("map2.toml line 9: mapping 2 (line 7): `out` filter 'a/#/b'"), "{err}");
+    assert!(err.contains("must be the whole last level, as in 'a/#'"), "the fix: {err}");
+    let err =
+        check_file(&env, "both.toml", &format!("{head}\n[[mapping]]\nout = \"a\"\nin = \"b\"\n"), &[]).unwrap_err();
+    assert!(err.contains("both.toml line 5: mapping 1 (line 4) has both `out` and `in`"), "{err}");
+    let err = check_file(&env, "port.toml", &format!("{head}port = 0\n"), &[]).unwrap_err();
+    assert!(err.contains("port.toml line 3: `port = 0`") && err.contains("1-65535"), "{err}");
+    let err = check_file(&env, "if.toml", &format!("{head}interface = \"nosuchif0\"\n"), &[]).unwrap_err();
+    assert!(err.contains("if.toml line 3") && err.contains("nosuchif0"), "{err}");
+    // A key file the file names but that is not there: the error says where it was named.
+    let err = check_file(&env, "nokey.toml", "broker = \"mqtt://h\"\nkey_file = \"missing.key\"\n", &[]).unwrap_err();
+    assert!(err.contains("`key_file` in") && err.contains("nokey.toml line 2") && err.contains("missing.key"), "{err}");
+}
+
+#[test]
+fn gateway_config_takes_one_filter_or_a_list_and_the_mesh_settings() {
+    let env = Env::new("gwconf-lists");
+    let head = format!("key_file = \"{}\"\nbroker = \"mqtt://h\"\n", env.key.display());
+    let one = check_file(&env, "one.toml", &format!("{head}out = \"home/#\"\nin = \"cmd/#\"\n"), &[]).unwrap();
+    let list = check_file(&env, "list.toml", &format!("{head}out = [\"home/#\"]\nin = [\"cmd/#\"]\n"), &[]).unwrap();
+    assert_eq!(one, list);
+    assert!(one.contains(r#"out ["home/#"], in ["cmd/#"]"#), "{one}");
+    let mapped = "[[mapping]]\nout = [\"a/#\", \"b/#\"]\nqos = 1\n[[mapping]]\nin = \"c/#\"\n";
+    let out = check_file(&env, "mapped.toml", &format!("{head}{mapped}"), &[]).unwrap();
+    assert!(out.contains(r#"out ["a/#", "b/#"], in ["c/#"]"#), "{out}");
+    // group, port and interface from the file; flags win.
+    let mesh = format!("{head}group = \"239.255.1.2\"\nport = 4999\ninterface = \"127.0.0.1\"\n");
+    let out = check_file(&env, "mesh.toml", &mesh, &[]).unwrap();
+    assert!(out.contains("mesh 239.255.1.2:4999 on 127.0.0.1"), "{out}");
+    let out = check_file(&env, "mesh.toml", &mesh, &["--port", "5001", "--group", "239.255.3.4"]).unwrap();
+    assert!(out.contains("mesh 239.255.3.4:5001 on 127.0.0.1"), "{out}");
+}
+
+#[test]
+fn gateway_config_paths_are_relative_to_its_directory() {
+    let env = Env::new("gwconf-paths");
+    let conf_dir = env.dir.join("etc");
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    write_private(&conf_dir.join("gw.key"), &std::fs::read(&env.key).unwrap());
+    let conf = conf_dir.join("gw.toml");
+    std::fs::write(&conf, "key_file = \"gw.key\"\nbroker = \"mqtt://h\"\n").unwrap();
+    // Run from elsewhere: the key is found next to the file, not in the working directory.
+    let out = gateway_check(Path::new("/"), &["--config", conf.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The command line still wins.
+    let mut c = Command::new(BIN);
+    c.args(["gateway", "--check-config", "--config", conf.to_str().unwrap(), "--key", "/nonexistent/flag.key"]);
+    fails_with(c.env_remove("STARLING_BROKER").env_remove("STARLING_KEY_FILE"), "/nonexistent/flag.key");
+    // TLS files too: a missing CA is named with the file's directory.
+    std::fs::write(&conf, "key_file = \"gw.key\"\nbroker = \"mqtts://h\"\nca = \"ca.pem\"\n").unwrap();
+    let out = gateway_check(Path::new("/"), &["--config", conf.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{} does not exist", conf_dir.join("ca.pem").display())), "{err}");
+    assert!(err.contains("gw.toml line 3"), "{err}");
+    std::fs::write(conf_dir.join("ca.pem"), "not checked by --check-config").unwrap();
+    let out = gateway_check(Path::new("/"), &["--config", conf.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
