@@ -23,6 +23,7 @@ mod driver;
 pub mod identity_file;
 mod socket;
 mod state_file;
+mod target;
 
 use std::boxed::Box;
 use std::future::{Future, IntoFuture};
@@ -44,6 +45,7 @@ use crate::{DownReason, PublishFailure, SubscribeError, SubscriptionId};
 
 pub use socket::resolve_interface;
 pub use state_file::StateFile;
+pub use target::{Interface, Target};
 
 /// Default multicast group: organisation-local scope (RFC 2365), so routers never forward it.
 pub const DEFAULT_GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 83, 76);
@@ -92,6 +94,22 @@ pub enum Error {
     Allowlist(String),
     /// The node has shut down.
     Closed,
+    /// No peer of this name was up within the time the call or lookup allowed.
+    NoSuchNode {
+        /// The name looked for.
+        name: String,
+        /// How long it was waited for.
+        waited: Duration,
+    },
+    /// Several distinct nodes carry the name: call one of them by id.
+    AmbiguousName {
+        /// The name.
+        name: String,
+        /// The ids carrying it, in order.
+        ids: Vec<NodeId>,
+    },
+    /// The interface given to [`NodeBuilder::interface`] does not exist or has no IPv4 address.
+    Interface(String),
 }
 
 impl fmt::Display for Error {
@@ -108,6 +126,9 @@ impl fmt::Display for Error {
             Error::Call(e) => e.fmt(f),
             Error::Allowlist(e) => write!(f, "allowlist: {e}"),
             Error::Closed => f.write_str("the node has shut down"),
+            Error::NoSuchNode { name, waited } => write!(f, "no node named '{name}' appeared within {waited:?}"),
+            Error::AmbiguousName { name, ids } => f.write_str(&target::ambiguous(name, ids)),
+            Error::Interface(e) => f.write_str(e),
         }
     }
 }
@@ -228,15 +249,15 @@ pub enum Persistence {
 #[derive(Debug, Clone)]
 pub struct NodeBuilder {
     security: Security,
-    name: String,
+    /// The core's settings so far: name, beacon interval and [`configure`](Self::configure)'s
+    /// changes, in call order. Its `rng_seed` stays zero unless set, and is then drawn at open.
+    config: Config,
     group: Ipv4Addr,
     port: u16,
-    interface: Ipv4Addr,
+    interface: Interface,
     ttl: u32,
     persistence: Persistence,
     subscription_capacity: usize,
-    tweak: Option<fn(&mut Config)>,
-    beacon_interval: Option<Duration>,
     rx_loss_percent: u8,
     udp_offload: bool,
 }
@@ -274,15 +295,13 @@ impl NodeBuilder {
     fn with(security: Security) -> Self {
         NodeBuilder {
             security,
-            name: String::new(),
+            config: Config::new(String::new(), UNSET_SEED),
             group: DEFAULT_GROUP,
             port: DEFAULT_PORT,
-            interface: Ipv4Addr::LOCALHOST,
+            interface: Interface::Addr(Ipv4Addr::LOCALHOST),
             ttl: 1,
             persistence: Persistence::Ephemeral,
             subscription_capacity: 1024,
-            tweak: None,
-            beacon_interval: None,
             rx_loss_percent: 0,
             udp_offload: true,
         }
@@ -290,7 +309,7 @@ impl NodeBuilder {
 
     /// The node's human-readable name (at most 32 bytes).
     pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
+        self.config.name = name.into();
         self
     }
 
@@ -306,10 +325,12 @@ impl NodeBuilder {
         self
     }
 
-    /// The IPv4 address of the interface to use (default 127.0.0.1, loopback). See
-    /// [`resolve_interface`] to accept interface names.
-    pub fn interface(mut self, addr: Ipv4Addr) -> Self {
-        self.interface = addr;
+    /// The interface to use (default 127.0.0.1, loopback): an `Ipv4Addr`, or text naming an
+    /// interface (`"lo"`, `"wlan0"`) or giving its address (`"192.168.1.20"`). Text is resolved
+    /// by [`resolve_interface`] when the node opens; a name without an IPv4 address makes
+    /// [`open`](Self::open) fail with [`Error::Interface`], listing the interfaces there are.
+    pub fn interface(mut self, interface: impl Into<Interface>) -> Self {
+        self.interface = interface.into();
         self
     }
 
@@ -328,7 +349,7 @@ impl NodeBuilder {
 
     /// Mean beacon interval (default 5 s).
     pub fn beacon_interval(mut self, interval: Duration) -> Self {
-        self.beacon_interval = Some(interval);
+        self.config.beacon_interval = interval;
         self
     }
 
@@ -355,23 +376,27 @@ impl NodeBuilder {
         self
     }
 
-    /// Adjusts any other core setting (bounds, datagram size) before the node starts.
-    pub fn configure(mut self, f: fn(&mut Config)) -> Self {
-        self.tweak = Some(f);
+    /// Adjusts any other core setting (bounds, datagram size) with a closure or a `fn`, which
+    /// runs now, on the settings given so far: a later [`name`](Self::name) or
+    /// [`beacon_interval`](Self::beacon_interval) call wins over it, an earlier one does not.
+    /// The random seed is drawn when the node opens, unless `f` sets one.
+    ///
+    /// ```
+    /// # use starling::{runtime::NodeBuilder, NetworkKey};
+    /// let peers = 16;
+    /// let builder = NodeBuilder::new(NetworkKey::generate()).configure(|c| c.max_peers = peers);
+    /// ```
+    pub fn configure(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        f(&mut self.config);
         self
     }
 
     /// Opens the sockets, claims the state file and starts the driver task on the current tokio
     /// runtime. The node announces itself at once.
     pub async fn open(self) -> Result<Node, Error> {
-        let mut seed = [0u8; 32];
-        os_random(&mut seed)?;
-        let mut config = Config::new(self.name.clone(), seed);
-        if let Some(i) = self.beacon_interval {
-            config.beacon_interval = i;
-        }
-        if let Some(f) = self.tweak {
-            f(&mut config);
+        let mut config = self.config.clone();
+        if config.rng_seed == UNSET_SEED {
+            os_random(&mut config.rng_seed)?;
         }
         config.validate().map_err(Error::Config)?;
         let fresh_id = match &self.security {
@@ -393,7 +418,8 @@ impl NodeBuilder {
                 (boot, Some(file))
             }
         };
-        let sockets = socket::Sockets::open(self.group, self.port, self.interface, self.ttl)?;
+        let interface = self.interface.resolve()?;
+        let sockets = socket::Sockets::open(self.group, self.port, interface, self.ttl)?;
         let local_addr = sockets.local_addr();
         let origin = std::time::Instant::now();
         // Identity mode only: PSK nodes resume whatever id their state file holds.
@@ -476,6 +502,9 @@ async fn watch_allowlist(path: PathBuf, mut current: Allowlist, cmd: mpsc::WeakS
         }
     }
 }
+
+/// The seed a builder's settings hold until one is drawn at open: never used as a seed.
+const UNSET_SEED: [u8; 32] = [0; 32];
 
 /// How often a watched allowlist file is checked for changes.
 const ALLOWLIST_POLL: Duration = Duration::from_millis(500);
@@ -607,16 +636,22 @@ impl Node {
         self.request(|reply| Command::Serve { method, handler, reply }).await?.map_err(Error::Call)
     }
 
-    /// Calls `method` on `peer`: the reply bytes, or a [`CallError`] (`Timeout`, `Unreachable`,
-    /// `NoSuchMethod`, `Denied`, `Remote(bytes)`) at the latest after `timeout`. If the peer
-    /// restarts or is not up yet, the call goes to it as soon as it is.
+    /// Calls `method` on `peer`, a [`NodeId`] or a node name (see [`Target`]): the reply bytes,
+    /// or an error at the latest after `timeout`: a [`CallError`] (`Timeout`, `Unreachable`,
+    /// `NoSuchMethod`, `Denied`, `Remote(bytes)`), or for a name [`Error::NoSuchNode`] or
+    /// [`Error::AmbiguousName`]. A name is looked up as [`resolve`](Self::resolve) does, within
+    /// the same `timeout`. If the peer restarts or is not up yet, the call goes to it as soon as
+    /// it is.
     pub async fn call(
         &self,
-        peer: NodeId,
+        peer: impl Into<Target>,
         method: &str,
         payload: impl Into<Vec<u8>>,
         timeout: Duration,
     ) -> Result<Vec<u8>, Error> {
+        let started = tokio::time::Instant::now();
+        let peer = self.resolve(peer, timeout).await?;
+        let timeout = timeout.saturating_sub(started.elapsed());
         let (method, payload) = (method.into(), payload.into());
         self.request(|reply| Command::Call { peer, method, payload, timeout, reply }).await?.map_err(Error::Call)
     }
