@@ -24,6 +24,8 @@ pub mod identity_file;
 mod socket;
 mod state_file;
 mod target;
+#[cfg(feature = "typed")]
+pub mod typed;
 
 use std::boxed::Box;
 use std::future::{Future, IntoFuture};
@@ -46,6 +48,8 @@ use crate::{DownReason, PublishFailure, SubscribeError, SubscriptionId};
 pub use socket::resolve_interface;
 pub use state_file::StateFile;
 pub use target::{Interface, Target};
+#[cfg(feature = "typed")]
+pub use typed::{DecodeError, TypedMessage, TypedSubscription};
 
 /// Default multicast group: organisation-local scope (RFC 2365), so routers never forward it.
 pub const DEFAULT_GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 83, 76);
@@ -110,6 +114,17 @@ pub enum Error {
     },
     /// The interface given to [`NodeBuilder::interface`] does not exist or has no IPv4 address.
     Interface(String),
+    /// A value could not be encoded for a typed call or publication (feature `typed`).
+    #[cfg(feature = "typed")]
+    Encode {
+        /// The Rust type of the value.
+        type_name: &'static str,
+        /// Why, in postcard's words.
+        problem: String,
+    },
+    /// Received bytes did not decode as the expected type (feature `typed`).
+    #[cfg(feature = "typed")]
+    Decode(typed::DecodeError),
 }
 
 impl fmt::Display for Error {
@@ -129,6 +144,10 @@ impl fmt::Display for Error {
             Error::NoSuchNode { name, waited } => write!(f, "no node named '{name}' appeared within {waited:?}"),
             Error::AmbiguousName { name, ids } => f.write_str(&target::ambiguous(name, ids)),
             Error::Interface(e) => f.write_str(e),
+            #[cfg(feature = "typed")]
+            Error::Encode { type_name, problem } => write!(f, "a {type_name} cannot be encoded: {problem}"),
+            #[cfg(feature = "typed")]
+            Error::Decode(e) => e.fmt(f),
         }
     }
 }
@@ -620,7 +639,7 @@ impl Node {
     /// # Ok(()) }
     /// ```
     pub fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) -> Publish<'_> {
-        Publish { node: self, topic: topic.into(), payload: payload.into(), reliable: false, ttl: None }
+        Publish { node: self, topic: topic.into(), payload: payload.into(), reliable: false, ttl: None, error: None }
     }
 
     /// Serves `method`: each call runs `handler` (concurrently with others); its `Ok` bytes are
@@ -716,6 +735,8 @@ pub struct Publish<'a> {
     payload: Vec<u8>,
     reliable: bool,
     ttl: Option<Duration>,
+    /// Why it cannot be sent, found before it was awaited (a typed value that did not encode).
+    error: Option<Error>,
 }
 
 impl Publish<'_> {
@@ -739,7 +760,10 @@ impl Publish<'_> {
     /// resolves when it is done (for reliable ones: acknowledged). Lets a caller keep many
     /// reliable publications in flight without waiting for each.
     pub async fn submit(self) -> Result<PublishHandle, Error> {
-        let Publish { node, topic, payload, reliable, ttl } = self;
+        let Publish { node, topic, payload, reliable, ttl, error } = self;
+        if let Some(e) = error {
+            return Err(e);
+        }
         let (reply, rx) = oneshot::channel();
         node.cmd.send(Command::Publish { topic, payload, reliable, ttl, reply }).await.map_err(|_| Error::Closed)?;
         Ok(PublishHandle(rx))

@@ -150,10 +150,9 @@ impl Node {
                 return Err(Error::NoSuchNode { name, waited: limit });
             }
             let wake = deadline.min(now + NAME_POLL);
-            match tokio::time::timeout_at(wake, events.recv()).await {
-                Ok(Err(RecvError::Closed)) => return Err(Error::Closed),
-                // An event, a lag or the poll interval: look again.
-                _ => {}
+            // An event, a lag or the poll interval: look again.
+            if let Ok(Err(RecvError::Closed)) = tokio::time::timeout_at(wake, events.recv()).await {
+                return Err(Error::Closed);
             }
         }
     }
