@@ -5,17 +5,39 @@
 //! system calls as the kernel allows (GSO, GRO, `sendmmsg`, `recvmmsg`, with fallbacks), `driver`
 //! is the loop around the core, `state_file` and [`identity_file`] keep what survives a restart.
 //!
-//! ```no_run
-//! # async fn demo() -> Result<(), starling::runtime::Error> {
-//! use starling::{runtime::NodeBuilder, NetworkKey};
-//! let key = NetworkKey::parse(&std::fs::read_to_string("net.key").unwrap()).unwrap();
-//! let node = NodeBuilder::new(key).name("kitchen").open().await?;
-//! let mut sub = node.subscribe("home/+/temp").await?;
-//! node.publish("home/kitchen/temp", b"21.5").await?;
-//! while let Some(msg) = sub.recv().await {
-//!     println!("{} from {}: {:?}", msg.topic, msg.from, msg.payload);
+//! A complete program (the one in `examples/hello.rs` and the README): two nodes find each
+//! other on loopback, one calls the other by name, and a reliable message goes across.
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! use starling::prelude::*; // runtime::Node (the async one), NodeBuilder, NetworkKey, ...
+//! use tokio::time::timeout;
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! #   let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+//!     // A real mesh shares one key: NetworkKey::parse(&std::fs::read_to_string("net.key")?)?
+//!     let key = NetworkKey::generate();
+//!     // Loopback by default; .interface("wlan0") (or an Ipv4Addr) for a real network.
+//!     let kitchen = NodeBuilder::new(key.clone()).name("kitchen").port(port).open().await?;
+//!     let display = NodeBuilder::new(key).name("display").port(port).open().await?;
+//!
+//!     kitchen.serve("relay.set", |req| async move { Ok(req.payload) }).await?;
+//!     // By name (or NodeId): waits, within the timeout, for a node named "kitchen" to be up.
+//!     let reply = display.call("kitchen", "relay.set", vec![1], Duration::from_secs(10)).await?;
+//!     assert_eq!(reply, [1]);
+//!
+//!     let mut sub = display.subscribe("home/+/temp").await?; // also a Stream of messages
+//!     kitchen.publish("home/kitchen/temp", b"21.5".to_vec()).reliable().await?; // acked by every subscriber
+//!     let msg = timeout(Duration::from_secs(5), sub.recv()).await?.ok_or("the node shut down")?;
+//!     println!("{} from {} ({:?}): {}", msg.topic, msg.from, msg.from_name, String::from_utf8_lossy(&msg.payload));
+//!     assert_eq!((msg.from, msg.payload.as_slice()), (kitchen.id(), &b"21.5"[..]));
+//!
+//!     kitchen.close().await?;
+//!     display.close().await?;
+//!     Ok(())
 //! }
-//! # Ok(()) }
 //! ```
 
 mod batch;
