@@ -887,28 +887,9 @@ async fn remote_stats(node: &Node, id: starling::NodeId) -> Option<Vec<(String, 
 
 /// Finds a node by id or name, waiting for it to appear (up to `limit`).
 async fn find_peer(node: &Node, who: &str, limit: Duration) -> Result<starling::NodeId> {
-    if let Ok(id) = who.parse::<starling::NodeId>() {
-        if who.len() == 16 {
-            return Ok(id);
-        }
-    }
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let peers = node.peers().await?;
-        let named: Vec<_> = peers.iter().filter(|p| p.name == who).collect();
-        match named.as_slice() {
-            [one] => return Ok(one.id),
-            [] => {}
-            many => bail!(
-                "{} nodes are named '{who}'; call one by id: {}",
-                many.len(),
-                many.iter().map(|p| p.id.to_string()).collect::<Vec<_>>().join(", ")
-            ),
-        }
-        if tokio::time::Instant::now() >= deadline {
-            bail!("no node named '{who}' appeared within {limit:?}; `starling nodes` lists the mesh");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    match node.resolve(runtime::Target::parse(who), limit).await {
+        Err(e @ runtime::Error::NoSuchNode { .. }) => bail!("{e}; `starling nodes` lists the mesh"),
+        r => Ok(r?),
     }
 }
 

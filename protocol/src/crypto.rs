@@ -72,6 +72,18 @@ impl NetworkKey {
         NetworkKey(bytes)
     }
 
+    /// A fresh random key from the operating system's randomness (what `starling keygen` writes),
+    /// for a new network or a test mesh of its own. Host builds only (feature `std`).
+    ///
+    /// # Panics
+    /// If the OS cannot supply randomness (no such host is supported).
+    #[cfg(feature = "std")]
+    pub fn generate() -> Self {
+        let mut key = [0u8; KEY_LEN];
+        getrandom::fill(&mut key).expect("the OS supplies randomness");
+        NetworkKey(key)
+    }
+
     /// The raw key bytes, for writing a key file.
     pub fn as_bytes(&self) -> &[u8; KEY_LEN] {
         &self.0

@@ -3,6 +3,20 @@
 //! The crate is a sans-IO protocol core that runs anywhere (`#![no_std]` + `alloc`), plus, with
 //! the default `std` feature, a tokio runtime that drives it over a real multicast socket.
 //!
+//! # Which `Node` is which
+//! - [`runtime::Node`] (feature `std`) is the one a tokio program wants: it owns the sockets and
+//!   timers, and its methods are async. Open one with [`runtime::NodeBuilder`]; bring it and
+//!   the rest of the async API into scope with `use starling::prelude::*;`.
+//! - [`Node`] (also `starling::node::Node`) is the sans-IO state machine underneath: no sockets,
+//!   no clock, no threads. Firmware and simulations feed it datagrams and time themselves.
+//!   Likewise [`Message`] is the core's borrowed event; [`runtime::Message`] is the owned one a
+//!   [`runtime::Subscription`] yields.
+//!
+//! # Features
+//! - `std` (default): the tokio runtime, [`NetworkKey::generate`].
+//! - `parity` (default): RaptorQ repair of reliable multicast streams.
+//! - `typed`: typed calls and pub/sub over serde and postcard (`runtime::typed`).
+//!
 //! # Map
 //! - [`node`]: the [`Node`] state machine: discovery, pub/sub, sealing, replay protection.
 //! - [`wire`]: wire format v1, header and records (PROTOCOL.md §2).
@@ -42,6 +56,21 @@ pub mod wire;
 
 #[cfg(feature = "std")]
 pub mod runtime;
+
+/// What a tokio program needs, in one `use starling::prelude::*;`: the async
+/// [`runtime::Node`] (not the sans-IO [`Node`]), its builder, messages and errors, and the
+/// key and id types.
+#[cfg(feature = "std")]
+pub mod prelude {
+    pub use crate::crypto::NetworkKey;
+    #[cfg(feature = "typed")]
+    pub use crate::runtime::{DecodeError, TypedMessage, TypedSubscription};
+    pub use crate::runtime::{
+        Error, Interface, Message, Node, NodeBuilder, PeerEvent, Received, Reply, Request, Subscription, Target,
+    };
+    pub use crate::wire::NodeId;
+    pub use crate::{CallError, Config};
+}
 #[cfg(test)]
 mod test_rng;
 

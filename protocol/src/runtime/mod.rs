@@ -5,17 +5,39 @@
 //! system calls as the kernel allows (GSO, GRO, `sendmmsg`, `recvmmsg`, with fallbacks), `driver`
 //! is the loop around the core, `state_file` and [`identity_file`] keep what survives a restart.
 //!
-//! ```no_run
-//! # async fn demo() -> Result<(), starling::runtime::Error> {
-//! use starling::{runtime::NodeBuilder, NetworkKey};
-//! let key = NetworkKey::parse(&std::fs::read_to_string("net.key").unwrap()).unwrap();
-//! let node = NodeBuilder::new(key).name("kitchen").open().await?;
-//! let mut sub = node.subscribe("home/+/temp").await?;
-//! node.publish("home/kitchen/temp", b"21.5").await?;
-//! while let Some(msg) = sub.recv().await {
-//!     println!("{} from {}: {:?}", msg.topic, msg.from, msg.payload);
+//! A complete program (the one in `examples/hello.rs` and the README): two nodes find each
+//! other on loopback, one calls the other by name, and a reliable message goes across.
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! use starling::prelude::*; // runtime::Node (the async one), NodeBuilder, NetworkKey, ...
+//! use tokio::time::timeout;
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! #   let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+//!     // A real mesh shares one key: NetworkKey::parse(&std::fs::read_to_string("net.key")?)?
+//!     let key = NetworkKey::generate();
+//!     // Loopback by default; .interface("wlan0") (or an Ipv4Addr) for a real network.
+//!     let kitchen = NodeBuilder::new(key.clone()).name("kitchen").port(port).open().await?;
+//!     let display = NodeBuilder::new(key).name("display").port(port).open().await?;
+//!
+//!     kitchen.serve("relay.set", |req| async move { Ok(req.payload) }).await?;
+//!     // By name (or NodeId): waits, within the timeout, for a node named "kitchen" to be up.
+//!     let reply = display.call("kitchen", "relay.set", vec![1], Duration::from_secs(10)).await?;
+//!     assert_eq!(reply, [1]);
+//!
+//!     let mut sub = display.subscribe("home/+/temp").await?; // also a Stream of messages
+//!     kitchen.publish("home/kitchen/temp", b"21.5".to_vec()).reliable().await?; // acked by every subscriber
+//!     let msg = timeout(Duration::from_secs(5), sub.recv()).await?.ok_or("the node shut down")?;
+//!     println!("{} from {} ({:?}): {}", msg.topic, msg.from, msg.from_name, String::from_utf8_lossy(&msg.payload));
+//!     assert_eq!((msg.from, msg.payload.as_slice()), (kitchen.id(), &b"21.5"[..]));
+//!
+//!     kitchen.close().await?;
+//!     display.close().await?;
+//!     Ok(())
 //! }
-//! # Ok(()) }
 //! ```
 
 mod batch;
@@ -23,6 +45,9 @@ mod driver;
 pub mod identity_file;
 mod socket;
 mod state_file;
+mod target;
+#[cfg(feature = "typed")]
+pub mod typed;
 
 use std::boxed::Box;
 use std::future::{Future, IntoFuture};
@@ -44,6 +69,9 @@ use crate::{DownReason, PublishFailure, SubscribeError, SubscriptionId};
 
 pub use socket::resolve_interface;
 pub use state_file::StateFile;
+pub use target::{Interface, Target};
+#[cfg(feature = "typed")]
+pub use typed::{DecodeError, TypedMessage, TypedSubscription};
 
 /// Default multicast group: organisation-local scope (RFC 2365), so routers never forward it.
 pub const DEFAULT_GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 83, 76);
@@ -92,6 +120,33 @@ pub enum Error {
     Allowlist(String),
     /// The node has shut down.
     Closed,
+    /// No peer of this name was up within the time the call or lookup allowed.
+    NoSuchNode {
+        /// The name looked for.
+        name: String,
+        /// How long it was waited for.
+        waited: Duration,
+    },
+    /// Several distinct nodes carry the name: call one of them by id.
+    AmbiguousName {
+        /// The name.
+        name: String,
+        /// The ids carrying it, in order.
+        ids: Vec<NodeId>,
+    },
+    /// The interface given to [`NodeBuilder::interface`] does not exist or has no IPv4 address.
+    Interface(String),
+    /// A value could not be encoded for a typed call or publication (feature `typed`).
+    #[cfg(feature = "typed")]
+    Encode {
+        /// The Rust type of the value.
+        type_name: &'static str,
+        /// Why, in postcard's words.
+        problem: String,
+    },
+    /// Received bytes did not decode as the expected type (feature `typed`).
+    #[cfg(feature = "typed")]
+    Decode(typed::DecodeError),
 }
 
 impl fmt::Display for Error {
@@ -108,6 +163,13 @@ impl fmt::Display for Error {
             Error::Call(e) => e.fmt(f),
             Error::Allowlist(e) => write!(f, "allowlist: {e}"),
             Error::Closed => f.write_str("the node has shut down"),
+            Error::NoSuchNode { name, waited } => write!(f, "no node named '{name}' appeared within {waited:?}"),
+            Error::AmbiguousName { name, ids } => f.write_str(&target::ambiguous(name, ids)),
+            Error::Interface(e) => f.write_str(e),
+            #[cfg(feature = "typed")]
+            Error::Encode { type_name, problem } => write!(f, "a {type_name} cannot be encoded: {problem}"),
+            #[cfg(feature = "typed")]
+            Error::Decode(e) => e.fmt(f),
         }
     }
 }
@@ -228,15 +290,15 @@ pub enum Persistence {
 #[derive(Debug, Clone)]
 pub struct NodeBuilder {
     security: Security,
-    name: String,
+    /// The core's settings so far: name, beacon interval and [`configure`](Self::configure)'s
+    /// changes, in call order. Its `rng_seed` stays zero unless set, and is then drawn at open.
+    config: Config,
     group: Ipv4Addr,
     port: u16,
-    interface: Ipv4Addr,
+    interface: Interface,
     ttl: u32,
     persistence: Persistence,
     subscription_capacity: usize,
-    tweak: Option<fn(&mut Config)>,
-    beacon_interval: Option<Duration>,
     rx_loss_percent: u8,
     udp_offload: bool,
 }
@@ -274,15 +336,13 @@ impl NodeBuilder {
     fn with(security: Security) -> Self {
         NodeBuilder {
             security,
-            name: String::new(),
+            config: Config::new(String::new(), UNSET_SEED),
             group: DEFAULT_GROUP,
             port: DEFAULT_PORT,
-            interface: Ipv4Addr::LOCALHOST,
+            interface: Interface::Addr(Ipv4Addr::LOCALHOST),
             ttl: 1,
             persistence: Persistence::Ephemeral,
             subscription_capacity: 1024,
-            tweak: None,
-            beacon_interval: None,
             rx_loss_percent: 0,
             udp_offload: true,
         }
@@ -290,7 +350,7 @@ impl NodeBuilder {
 
     /// The node's human-readable name (at most 32 bytes).
     pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
+        self.config.name = name.into();
         self
     }
 
@@ -306,10 +366,12 @@ impl NodeBuilder {
         self
     }
 
-    /// The IPv4 address of the interface to use (default 127.0.0.1, loopback). See
-    /// [`resolve_interface`] to accept interface names.
-    pub fn interface(mut self, addr: Ipv4Addr) -> Self {
-        self.interface = addr;
+    /// The interface to use (default 127.0.0.1, loopback): an `Ipv4Addr`, or text naming an
+    /// interface (`"lo"`, `"wlan0"`) or giving its address (`"192.168.1.20"`). Text is resolved
+    /// by [`resolve_interface`] when the node opens; a name without an IPv4 address makes
+    /// [`open`](Self::open) fail with [`Error::Interface`], listing the interfaces there are.
+    pub fn interface(mut self, interface: impl Into<Interface>) -> Self {
+        self.interface = interface.into();
         self
     }
 
@@ -328,7 +390,7 @@ impl NodeBuilder {
 
     /// Mean beacon interval (default 5 s).
     pub fn beacon_interval(mut self, interval: Duration) -> Self {
-        self.beacon_interval = Some(interval);
+        self.config.beacon_interval = interval;
         self
     }
 
@@ -355,23 +417,27 @@ impl NodeBuilder {
         self
     }
 
-    /// Adjusts any other core setting (bounds, datagram size) before the node starts.
-    pub fn configure(mut self, f: fn(&mut Config)) -> Self {
-        self.tweak = Some(f);
+    /// Adjusts any other core setting (bounds, datagram size) with a closure or a `fn`, which
+    /// runs now, on the settings given so far: a later [`name`](Self::name) or
+    /// [`beacon_interval`](Self::beacon_interval) call wins over it, an earlier one does not.
+    /// The random seed is drawn when the node opens, unless `f` sets one.
+    ///
+    /// ```
+    /// # use starling::{runtime::NodeBuilder, NetworkKey};
+    /// let peers = 16;
+    /// let builder = NodeBuilder::new(NetworkKey::generate()).configure(|c| c.max_peers = peers);
+    /// ```
+    pub fn configure(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        f(&mut self.config);
         self
     }
 
     /// Opens the sockets, claims the state file and starts the driver task on the current tokio
     /// runtime. The node announces itself at once.
     pub async fn open(self) -> Result<Node, Error> {
-        let mut seed = [0u8; 32];
-        os_random(&mut seed)?;
-        let mut config = Config::new(self.name.clone(), seed);
-        if let Some(i) = self.beacon_interval {
-            config.beacon_interval = i;
-        }
-        if let Some(f) = self.tweak {
-            f(&mut config);
+        let mut config = self.config.clone();
+        if config.rng_seed == UNSET_SEED {
+            os_random(&mut config.rng_seed)?;
         }
         config.validate().map_err(Error::Config)?;
         let fresh_id = match &self.security {
@@ -393,7 +459,8 @@ impl NodeBuilder {
                 (boot, Some(file))
             }
         };
-        let sockets = socket::Sockets::open(self.group, self.port, self.interface, self.ttl)?;
+        let interface = self.interface.resolve()?;
+        let sockets = socket::Sockets::open(self.group, self.port, interface, self.ttl)?;
         let local_addr = sockets.local_addr();
         let origin = std::time::Instant::now();
         // Identity mode only: PSK nodes resume whatever id their state file holds.
@@ -476,6 +543,9 @@ async fn watch_allowlist(path: PathBuf, mut current: Allowlist, cmd: mpsc::WeakS
         }
     }
 }
+
+/// The seed a builder's settings hold until one is drawn at open: never used as a seed.
+const UNSET_SEED: [u8; 32] = [0; 32];
 
 /// How often a watched allowlist file is checked for changes.
 const ALLOWLIST_POLL: Duration = Duration::from_millis(500);
@@ -591,7 +661,7 @@ impl Node {
     /// # Ok(()) }
     /// ```
     pub fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) -> Publish<'_> {
-        Publish { node: self, topic: topic.into(), payload: payload.into(), reliable: false, ttl: None }
+        Publish { node: self, topic: topic.into(), payload: payload.into(), reliable: false, ttl: None, error: None }
     }
 
     /// Serves `method`: each call runs `handler` (concurrently with others); its `Ok` bytes are
@@ -607,16 +677,22 @@ impl Node {
         self.request(|reply| Command::Serve { method, handler, reply }).await?.map_err(Error::Call)
     }
 
-    /// Calls `method` on `peer`: the reply bytes, or a [`CallError`] (`Timeout`, `Unreachable`,
-    /// `NoSuchMethod`, `Denied`, `Remote(bytes)`) at the latest after `timeout`. If the peer
-    /// restarts or is not up yet, the call goes to it as soon as it is.
+    /// Calls `method` on `peer`, a [`NodeId`] or a node name (see [`Target`]): the reply bytes,
+    /// or an error at the latest after `timeout`: a [`CallError`] (`Timeout`, `Unreachable`,
+    /// `NoSuchMethod`, `Denied`, `Remote(bytes)`), or for a name [`Error::NoSuchNode`] or
+    /// [`Error::AmbiguousName`]. A name is looked up as [`resolve`](Self::resolve) does, within
+    /// the same `timeout`. If the peer restarts or is not up yet, the call goes to it as soon as
+    /// it is.
     pub async fn call(
         &self,
-        peer: NodeId,
+        peer: impl Into<Target>,
         method: &str,
         payload: impl Into<Vec<u8>>,
         timeout: Duration,
     ) -> Result<Vec<u8>, Error> {
+        let started = tokio::time::Instant::now();
+        let peer = self.resolve(peer, timeout).await?;
+        let timeout = timeout.saturating_sub(started.elapsed());
         let (method, payload) = (method.into(), payload.into());
         self.request(|reply| Command::Call { peer, method, payload, timeout, reply }).await?.map_err(Error::Call)
     }
@@ -681,6 +757,8 @@ pub struct Publish<'a> {
     payload: Vec<u8>,
     reliable: bool,
     ttl: Option<Duration>,
+    /// Why it cannot be sent, found before it was awaited (a typed value that did not encode).
+    error: Option<Error>,
 }
 
 impl Publish<'_> {
@@ -704,7 +782,10 @@ impl Publish<'_> {
     /// resolves when it is done (for reliable ones: acknowledged). Lets a caller keep many
     /// reliable publications in flight without waiting for each.
     pub async fn submit(self) -> Result<PublishHandle, Error> {
-        let Publish { node, topic, payload, reliable, ttl } = self;
+        let Publish { node, topic, payload, reliable, ttl, error } = self;
+        if let Some(e) = error {
+            return Err(e);
+        }
         let (reply, rx) = oneshot::channel();
         node.cmd.send(Command::Publish { topic, payload, reliable, ttl, reply }).await.map_err(|_| Error::Closed)?;
         Ok(PublishHandle(rx))
