@@ -17,12 +17,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let kitchen = NodeBuilder::new(key.clone()).name("kitchen").port(port).open().await?;
     let display = NodeBuilder::new(key).name("display").port(port).open().await?;
 
+    // Subscribed first: the filter is announced at once, so by the time the call below is answered
+    // kitchen knows that display wants home/+/temp and its reliable publish waits for display.
+    let mut sub = display.subscribe("home/+/temp").await?; // also a Stream of messages
     kitchen.serve("relay.set", |req| async move { Ok(req.payload) }).await?;
     // By name (or NodeId): waits, within the timeout, for a node named "kitchen" to be up.
     let reply = display.call("kitchen", "relay.set", vec![1], Duration::from_secs(10)).await?;
     println!("relay.set answered {reply:?}");
 
-    let mut sub = display.subscribe("home/+/temp").await?; // also a Stream of messages
     kitchen.publish("home/kitchen/temp", b"21.5".to_vec()).reliable().await?; // acked by every subscriber
     let msg = timeout(Duration::from_secs(5), sub.recv()).await?.ok_or("the node shut down")?;
     println!("{} from {} ({:?}): {}", msg.topic, msg.from, msg.from_name, String::from_utf8_lossy(&msg.payload));
