@@ -402,8 +402,9 @@ async fn two_gateways_deliver_once_and_one_takes_over_when_the_other_dies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rpc_from_mqtt5_request_response_and_the_311_convention() {
     let s = Setup::new("rpc");
-    let _gw = s.gateway_with(&["--rpc", "svc/*"]);
+    let _gw = s.gateway_with(&["--rpc", "svc/*", "--rpc", "dup/*", "--rpc", "00000000deadbeef/*"]);
     let node = mesh_node(&s.key, s.mesh, "svc").await;
+    let dups = [mesh_node(&s.key, s.mesh, "dup").await, mesh_node(&s.key, s.mesh, "dup").await];
     node.serve("echo", |req: starling::runtime::Request| async move { Ok(req.payload) }).await.unwrap();
     node.serve("fail", |_req: starling::runtime::Request| async move { Err(b"broken".to_vec()) }).await.unwrap();
     wait_for_peer(&node, "gw").await;
@@ -423,6 +424,14 @@ async fn rpc_from_mqtt5_request_response_and_the_311_convention() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "|starling-error:the handler failed: broken");
     let out = tokio::task::spawn_blocking(rr("starling/$rpc/svc/nope".into(), "x")).await.unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("starling-error:the node serves no such method"));
+    // A name two nodes carry is ambiguous, not "no node"; an id nobody has fails at once, not after the timeout.
+    let out = tokio::task::spawn_blocking(rr("starling/$rpc/dup/echo".into(), "x")).await.unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 nodes are named 'dup'; call one by id"), "{out:?}");
+    let asked = Instant::now();
+    let out = tokio::task::spawn_blocking(rr("starling/$rpc/00000000deadbeef/echo".into(), "x")).await.unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no node with id 00000000deadbeef is up"), "{out:?}");
+    assert!(asked.elapsed() < Duration::from_secs(3), "an unknown id took {:?}", asked.elapsed());
+    drop(dups);
 
     // MQTT 3.1.1: a transaction id level, the reply on .../<txid>/reply
     let seen = seen_on_mqtt(&s, "starling/$rpc/svc/echo/tx-42/+", 3, async {

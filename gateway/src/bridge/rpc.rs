@@ -262,8 +262,26 @@ impl Rpc {
             return refused(format!("'{who}/{method}' is not among the calls allowed from MQTT (--rpc)"));
         }
         let Some(id) = target.id else {
+            let mut ids: Vec<NodeId> = self
+                .node
+                .peers()
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|p| p.name == who)
+                .map(|p| p.id)
+                .collect();
+            ids.sort();
+            ids.dedup();
+            if ids.len() > 1 {
+                return Err(starling::runtime::Error::AmbiguousName { name: who.to_owned(), ids }.to_string());
+            }
             return Err(format!("no node '{who}' is up on the mesh (give its name or 16-digit id)"));
         };
+        if target.name.is_none() {
+            // An id no peer has: say so now rather than after the call's whole timeout.
+            return Err(format!("no node with id {id} is up on the mesh"));
+        }
         self.stats.lock().expect("not poisoned").rpc_calls += 1;
         self.node.call(id, method, payload, RPC_TIMEOUT).await.map_err(|e| e.to_string())
     }
