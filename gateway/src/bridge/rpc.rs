@@ -262,21 +262,11 @@ impl Rpc {
             return refused(format!("'{who}/{method}' is not among the calls allowed from MQTT (--rpc)"));
         }
         let Some(id) = target.id else {
-            let mut ids: Vec<NodeId> = self
-                .node
-                .peers()
-                .await
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|p| p.name == who)
-                .map(|p| p.id)
-                .collect();
-            ids.sort();
-            ids.dedup();
-            if ids.len() > 1 {
-                return Err(starling::runtime::Error::AmbiguousName { name: who.to_owned(), ids }.to_string());
-            }
-            return Err(format!("no node '{who}' is up on the mesh (give its name or 16-digit id)"));
+            // The library's look-up, at once, tells an ambiguous name from an absent one.
+            return Err(match self.node.resolve(who, std::time::Duration::ZERO).await {
+                Err(e @ starling::runtime::Error::AmbiguousName { .. }) => e.to_string(),
+                _ => format!("no node '{who}' is up on the mesh (give its name or 16-digit id)"),
+            });
         };
         if target.name.is_none() {
             // An id no peer has: say so now rather than after the call's whole timeout.
