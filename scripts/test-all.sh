@@ -49,5 +49,5 @@ cargo test --workspace
 
 step "starling watch (--plain and full-screen) under 50 000 messages per second (optimized build; prints rate, memory, key latency)"
 cargo test --release -p starling-gateway --test watch_load -- --ignored --nocapture
-step "fuzzing: every target of fuzz/ for ${STARLING_FUZZ_SECONDS:-60}s (nightly; installs cargo-fuzz if missing)"
-bash scripts/fuzz.sh "${STARLING_FUZZ_SECONDS:-60}"
+step "fuzzing: every target of fuzz/ for ${STARLING_FUZZ_SECONDS:-30}s (nightly; installs cargo-fuzz if missing)"
+bash scripts/fuzz.sh "${STARLING_FUZZ_SECONDS:-30}"
