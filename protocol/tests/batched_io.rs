@@ -4,20 +4,15 @@
 
 #![cfg(feature = "std")]
 
-use std::net::{Ipv4Addr, UdpSocket};
+mod common;
+
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use common::mesh::isolated_mesh;
 use starling::runtime::{Node, NodeBuilder};
 use starling::NetworkKey;
 use tokio::time::timeout;
-
-fn isolated_mesh() -> (Ipv4Addr, u16) {
-    let mut r = [0u8; 2];
-    getrandom::fill(&mut r).expect("OS randomness");
-    let group = Ipv4Addr::new(239, 255, r[0], r[1].max(1));
-    let port = UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("a free port").port();
-    (group, port)
-}
 
 async fn open(key: &NetworkKey, mesh: (Ipv4Addr, u16), name: &str, offload: bool) -> Node {
     NodeBuilder::new(key.clone())

@@ -3,21 +3,15 @@
 
 #![cfg(feature = "std")]
 
-use std::net::{Ipv4Addr, UdpSocket};
+mod common;
+
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+use common::mesh::isolated_mesh;
 use starling::prelude::*;
 use starling::SubscribeError;
 use tokio::time::timeout;
-
-/// A multicast group and port no other test uses.
-fn isolated_mesh() -> (Ipv4Addr, u16) {
-    let mut r = [0u8; 2];
-    getrandom::fill(&mut r).expect("OS randomness");
-    let group = Ipv4Addr::new(239, 255, r[0], r[1].max(1));
-    let port = UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("a free port").port();
-    (group, port)
-}
 
 fn builder(key: &NetworkKey, mesh: (Ipv4Addr, u16), name: &str) -> NodeBuilder {
     NodeBuilder::new(key.clone()).name(name).group(mesh.0).port(mesh.1).beacon_interval(Duration::from_millis(300))

@@ -1,20 +1,14 @@
 //! Typed calls and pub/sub (feature `typed`) over real loopback sockets: round trips, and every
 //! decode failure reported with the type that failed.
 
-use std::net::{Ipv4Addr, UdpSocket};
+mod common;
+
 use std::time::Duration;
 
+use common::mesh::isolated_mesh;
 use serde::{Deserialize, Serialize, Serializer};
 use starling::prelude::*;
 use tokio::time::timeout;
-
-fn isolated_mesh() -> (Ipv4Addr, u16) {
-    let mut r = [0u8; 2];
-    getrandom::fill(&mut r).expect("OS randomness");
-    let group = Ipv4Addr::new(239, 255, r[0], r[1].max(1));
-    let port = UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("a free port").port();
-    (group, port)
-}
 
 async fn pair() -> (Node, Node) {
     let (mesh, key) = (isolated_mesh(), NetworkKey::generate());
