@@ -18,6 +18,10 @@ use starling_integration::{down_within, eventually, isolated_mesh, random_key};
 
 const BIN: &str = env!("CARGO_BIN_EXE_starling");
 const NAME: &str = "kitchen-sensor";
+/// The identity-mode test asserts that its twin dropped no frame as a replay; with the SIGTERM
+/// test's twin starting beside it, one such drop was seen in 2 of 6 runs (under investigation), so
+/// the two do not overlap.
+static IDENTITY_TEST: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 struct TempDir(PathBuf);
 
@@ -411,6 +415,7 @@ fn stat(stats: &str, name: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twin_in_identity_mode_serves_members_and_gives_outsiders_nothing() {
+    let _one_at_a_time = IDENTITY_TEST.lock().await;
     let dir = TempDir::new("identity");
     let d = &dir.0;
     let mesh = isolated_mesh();
@@ -512,6 +517,7 @@ async fn twin_in_identity_mode_serves_members_and_gives_outsiders_nothing() {
 /// see it leave at once rather than losing it after 15 s, and exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twin_leaves_the_mesh_on_sigterm() {
+    let _one_at_a_time = IDENTITY_TEST.lock().await;
     let dir = TempDir::new("sigterm");
     let key = random_key();
     let mesh = isolated_mesh();
